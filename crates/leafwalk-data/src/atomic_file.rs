@@ -1,0 +1,47 @@
+//! Writing files so that readers see either the old file or the complete new
+//! one, never a partial write (an interrupted run, a viewer polling the file).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::error::{DataError, Result};
+
+/// Runs `write` against a temporary file in `path`'s directory (so the final
+/// rename stays on one file system and is atomic), then renames it to `path`.
+/// On failure the temporary file is removed and `path` is untouched.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| DataError::invalid(path, "not a file name"))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp_path = path.with_file_name(temp_name);
+
+    let result = write_then_rename(path, &temp_path, write);
+    if result.is_err() {
+        // Best effort: the original error is the one worth reporting.
+        let _ = std::fs::remove_file(&temp_path);
+    }
+    result
+}
+
+fn write_then_rename(
+    path: &Path,
+    temp_path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let file = File::create(temp_path).map_err(|error| DataError::io(temp_path, error))?;
+    let mut writer = BufWriter::new(file);
+    write(&mut writer)?;
+    let file = writer
+        .into_inner()
+        .map_err(|error| DataError::io(temp_path, error.into_error()))?;
+    file.sync_all()
+        .map_err(|error| DataError::io(temp_path, error))?;
+    std::fs::rename(temp_path, path).map_err(|error| DataError::io(path, error))
+}

@@ -1,0 +1,135 @@
+//! Safetensors files with leafwalk metadata.
+//!
+//! A checkpoint is a plain safetensors file (never a pickle) whose metadata carries everything
+//! needed to rebuild the classifier without side information: `leafwalk.arch`, `.dataset`,
+//! `.classes`, `.mean`, `.std` (JSON arrays), `.epoch`, `.step`, `.test_accuracy` and
+//! `.format_version`. Other `leafwalk.*` keys (seed, optimizer, mean trace of G, …) are kept as
+//! they are. Files are written atomically: a temporary file in the target folder, flushed, then
+//! renamed over the target, so a crash leaves either the old file or the new one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::{Arch, ModelError, Result};
+
+pub const FORMAT_VERSION: u32 = 1;
+const PREFIX: &str = "leafwalk.";
+
+/// What a checkpoint says about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointMeta {
+    pub arch: Arch,
+    pub dataset: String,
+    pub classes: Vec<String>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub epoch: usize,
+    pub step: usize,
+    pub test_accuracy: Option<f64>,
+    /// Any other `leafwalk.*` key, without the prefix.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl CheckpointMeta {
+    /// Metadata for a fresh model of `arch` on a registered dataset.
+    pub fn new(arch: Arch, dataset: &leafwalk_data::DatasetInfo) -> Self {
+        CheckpointMeta {
+            arch,
+            dataset: dataset.name.to_string(),
+            classes: dataset.classes.iter().map(|c| c.to_string()).collect(),
+            mean: dataset.mean.to_vec(),
+            std: dataset.std.to_vec(),
+            epoch: 0,
+            step: 0,
+            test_accuracy: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> =
+            self.extra.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())).collect();
+        m.insert(format!("{PREFIX}format_version"), FORMAT_VERSION.to_string());
+        m.insert(format!("{PREFIX}arch"), self.arch.name().to_string());
+        m.insert(format!("{PREFIX}dataset"), self.dataset.clone());
+        m.insert(format!("{PREFIX}classes"), json(&self.classes));
+        m.insert(format!("{PREFIX}mean"), json(&self.mean));
+        m.insert(format!("{PREFIX}std"), json(&self.std));
+        m.insert(format!("{PREFIX}epoch"), self.epoch.to_string());
+        m.insert(format!("{PREFIX}step"), self.step.to_string());
+        if let Some(acc) = self.test_accuracy {
+            m.insert(format!("{PREFIX}test_accuracy"), format!("{acc:.6}"));
+        }
+        m
+    }
+
+    /// Parses leafwalk metadata; `Ok(None)` when the file has none (e.g. a plain PyTorch export).
+    pub fn from_metadata(path: &Path, metadata: &HashMap<String, String>) -> Result<Option<Self>> {
+        let Some(arch) = metadata.get(&format!("{PREFIX}arch")) else { return Ok(None) };
+        let bad = |key: &str, why: String| ModelError::checkpoint(path, format!("metadata {PREFIX}{key}: {why}"));
+        let get = |key: &str| metadata.get(&format!("{PREFIX}{key}")).ok_or_else(|| bad(key, "missing".into()));
+        let version: u32 = get("format_version")?.parse().map_err(|e| bad("format_version", format!("{e}")))?;
+        if version > FORMAT_VERSION {
+            return Err(bad("format_version", format!("{version} is newer than this leafwalk understands ({FORMAT_VERSION})")));
+        }
+        let arch: Arch = arch.parse().map_err(|e: ModelError| bad("arch", e.to_string()))?;
+        let parse_json = |key: &str| -> Result<serde_json::Value> {
+            serde_json::from_str(get(key)?).map_err(|e| bad(key, format!("not JSON: {e}")))
+        };
+        let classes: Vec<String> = serde_json::from_value(parse_json("classes")?).map_err(|e| bad("classes", format!("{e}")))?;
+        let mean: Vec<f32> = serde_json::from_value(parse_json("mean")?).map_err(|e| bad("mean", format!("{e}")))?;
+        let std: Vec<f32> = serde_json::from_value(parse_json("std")?).map_err(|e| bad("std", format!("{e}")))?;
+        if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || mean.len() != std.len() {
+            return Err(bad("std", "must be positive and as long as the mean".into()));
+        }
+        let int = |key: &str| -> Result<usize> { get(key)?.parse().map_err(|e| bad(key, format!("{e}"))) };
+        let test_accuracy = match metadata.get(&format!("{PREFIX}test_accuracy")) {
+            Some(v) => Some(v.parse().map_err(|e| bad("test_accuracy", format!("{e}")))?),
+            None => None,
+        };
+        const KNOWN: [&str; 9] = ["format_version", "arch", "dataset", "classes", "mean", "std", "epoch", "step", "test_accuracy"];
+        let extra = metadata
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|k| (k, v)))
+            .filter(|(k, _)| !KNOWN.contains(k))
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Ok(Some(CheckpointMeta {
+            arch,
+            dataset: get("dataset")?.clone(),
+            classes,
+            mean,
+            std,
+            epoch: int("epoch")?,
+            step: int("step")?,
+            test_accuracy,
+            extra,
+        }))
+    }
+}
+
+fn json<T: serde::Serialize>(value: &[T]) -> String {
+    // Serialising a slice of strings or floats cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Reads every tensor of a safetensors file and its metadata.
+pub fn read(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::checkpoint(path, format!("cannot read: {e}")))?;
+    let not_safetensors = |e: &dyn std::fmt::Display| ModelError::checkpoint(path, format!("not a safetensors file ({e})"));
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(&e))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| not_safetensors(&e))?;
+    Ok((tensors, metadata))
+}
+
+/// Writes tensors and metadata atomically (temporary file in the same folder, then rename).
+pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let items = tensors.iter().map(|(name, t)| (name.as_str(), t));
+    let bytes = safetensors::serialize(items, Some(metadata))
+        .map_err(|e| ModelError::checkpoint(path, format!("cannot serialise: {e}")))?;
+    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    Ok(())
+}

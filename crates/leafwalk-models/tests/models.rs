@@ -1,0 +1,214 @@
+//! Properties of the built-in classifiers and their checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use leafwalk_data::dataset_info;
+use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn dataset_for(arch: Arch) -> &'static str {
+    match arch {
+        Arch::CifarVgg11 => "cifar10",
+        _ => "mnist",
+    }
+}
+
+fn model(arch: Arch, seed: u64, dtype: DType) -> Classifier {
+    Classifier::new(arch, dataset_info(dataset_for(arch)).unwrap(), seed, &Device::Cpu, dtype).unwrap()
+}
+
+fn random_pixels(model: &Classifier, batch: usize, seed: u64) -> Tensor {
+    let s = model.input_shape();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f64> = (0..batch * s.len()).map(|_| rng.random_range(0.05..0.95)).collect();
+    Tensor::from_vec(values, (batch, s.channels, s.height, s.width), &Device::Cpu).unwrap().to_dtype(model.dtype()).unwrap()
+}
+
+/// The input gradient of log p_k against central differences, in f64. With candle's own
+/// `max_pool2d` the mnist-cnn and VGG gradients would come out 4× too small.
+#[test]
+fn input_gradient_matches_finite_differences() {
+    for arch in Arch::ALL {
+        let model = model(arch, 7, DType::F64);
+        let x = random_pixels(&model, 1, 11);
+        let var = Var::from_tensor(&x).unwrap();
+        let log_probs = model.forward(var.as_tensor()).unwrap();
+        let class = 3;
+        let grads = log_probs.get(0).unwrap().get(class).unwrap().backward().unwrap();
+        let grad: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let eval = |values: &[f64]| -> f64 {
+            let t = Tensor::from_slice(values, x.shape(), &Device::Cpu).unwrap();
+            model.forward(&t).unwrap().get(0).unwrap().get(class).unwrap().to_scalar::<f64>().unwrap()
+        };
+        let max_grad = grad.iter().fold(0f64, |m, g| m.max(g.abs()));
+        // The pixels with the largest gradients, plus a few random ones.
+        let mut by_size: Vec<usize> = (0..grad.len()).collect();
+        by_size.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let probes: Vec<usize> = by_size[..6].iter().copied().chain((0..6).map(|_| rng.random_range(0..grad.len()))).collect();
+        let eps = 1e-5;
+        for i in probes {
+            let (mut plus, mut minus) = (base.clone(), base.clone());
+            plus[i] += eps;
+            minus[i] -= eps;
+            let fd = (eval(&plus) - eval(&minus)) / (2.0 * eps);
+            let err = (fd - grad[i]).abs();
+            assert!(err <= 1e-6 * max_grad + 1e-4 * fd.abs(), "{arch}: pixel {i}: autograd {} vs finite difference {fd}", grad[i]);
+        }
+    }
+}
+
+#[test]
+fn log_probs_are_normalised_and_batch_independent() {
+    for arch in Arch::ALL {
+        let model = model(arch, 1, DType::F32);
+        let x = random_pixels(&model, 3, 2);
+        let log_probs = model.forward(&x).unwrap();
+        assert_eq!(log_probs.dims(), &[3, 10]);
+        let sums: Vec<f32> = log_probs.exp().unwrap().sum(D::Minus1).unwrap().to_vec1().unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{arch}: {sums:?}");
+        let single = model.forward(&x.narrow(0, 1, 1).unwrap()).unwrap();
+        let diff = (single - log_probs.narrow(0, 1, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "{arch}: output depends on the batch (eval mode)");
+    }
+}
+
+#[test]
+fn same_seed_same_weights() {
+    let tensors = |seed| -> Vec<Vec<f32>> {
+        model(Arch::MnistCnn, seed, DType::F32)
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t)| t.flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    };
+    assert_eq!(tensors(42), tensors(42));
+    assert_ne!(tensors(42), tensors(43));
+}
+
+#[test]
+fn mnist_cnn_tensor_names_and_shapes_follow_pytorch() {
+    let names: Vec<(String, Vec<usize>)> =
+        model(Arch::MnistCnn, 0, DType::F32).named_tensors().into_iter().map(|(n, t)| (n, t.dims().to_vec())).collect();
+    let expected = [
+        ("conv1.weight", vec![32, 1, 3, 3]),
+        ("conv1.bias", vec![32]),
+        ("conv2.weight", vec![64, 32, 3, 3]),
+        ("conv2.bias", vec![64]),
+        ("fc1.weight", vec![128, 9216]),
+        ("fc1.bias", vec![128]),
+        ("fc2.weight", vec![10, 128]),
+        ("fc2.bias", vec![10]),
+    ];
+    assert_eq!(names, expected.map(|(n, s)| (n.to_string(), s)).to_vec());
+}
+
+#[test]
+fn checkpoint_round_trip_keeps_outputs_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in Arch::ALL {
+        let mut model = model(arch, 3, DType::F32);
+        model.meta_mut().epoch = 4;
+        model.meta_mut().step = 536;
+        model.meta_mut().test_accuracy = Some(0.9575);
+        model.meta_mut().extra.insert("mean_trace_g".into(), "12.5".into());
+        let path = dir.path().join(format!("{arch}.safetensors"));
+        model.save(&path).unwrap();
+        let loaded = Classifier::load(&path, LoadOptions::default(), &Device::Cpu).unwrap();
+        assert_eq!(loaded.meta(), model.meta());
+        let x = random_pixels(&model, 2, 9);
+        let a: Vec<Vec<f32>> = model.forward(&x).unwrap().to_vec2().unwrap();
+        let b: Vec<Vec<f32>> = loaded.forward(&x).unwrap().to_vec2().unwrap();
+        assert_eq!(a, b, "{arch}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}
+
+fn load_err(path: &Path, options: LoadOptions) -> String {
+    match Classifier::load(path, options, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn write_tensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: HashMap<String, String>) {
+    checkpoint::write(path, &tensors, metadata).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_give_one_line_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = model(Arch::MnistCnn, 0, DType::F32);
+    let meta = good.meta().to_metadata();
+
+    let missing = dir.path().join("missing.safetensors");
+    let mut tensors = good.named_tensors();
+    tensors.retain(|(n, _)| n != "fc2.bias");
+    write_tensors(&missing, tensors, meta.clone());
+    let e = load_err(&missing, LoadOptions::default());
+    assert!(e.contains("missing.safetensors") && e.contains("missing tensor 'fc2.bias'"), "{e}");
+
+    let wrong_shape = dir.path().join("wrong-shape.safetensors");
+    let mut tensors = good.named_tensors();
+    tensors[0].1 = Tensor::zeros((16, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    write_tensors(&wrong_shape, tensors, meta.clone());
+    let e = load_err(&wrong_shape, LoadOptions::default());
+    assert!(e.contains("wrong-shape.safetensors") && e.contains("'conv1.weight' has shape [16, 1, 3, 3]"), "{e}");
+
+    let extra = dir.path().join("extra.safetensors");
+    let mut tensors = good.named_tensors();
+    tensors.push(("fc3.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()));
+    write_tensors(&extra, tensors, meta.clone());
+    let e = load_err(&extra, LoadOptions::default());
+    assert!(e.contains("extra.safetensors") && e.contains("unexpected tensor 'fc3.weight'"), "{e}");
+
+    let unknown = dir.path().join("unknown-arch.safetensors");
+    let mut bad_meta = meta.clone();
+    bad_meta.insert("leafwalk.arch".into(), "resnet50".into());
+    write_tensors(&unknown, good.named_tensors(), bad_meta);
+    let e = load_err(&unknown, LoadOptions::default());
+    assert!(e.contains("unknown-arch.safetensors") && e.contains("unknown architecture 'resnet50'"), "{e}");
+
+    let not_st = dir.path().join("notes.safetensors");
+    std::fs::write(&not_st, b"this is not a checkpoint at all").unwrap();
+    let e = load_err(&not_st, LoadOptions::default());
+    assert!(e.contains("notes.safetensors") && e.contains("not a safetensors file"), "{e}");
+
+    let absent = dir.path().join("absent.safetensors");
+    let e = load_err(&absent, LoadOptions::default());
+    assert!(e.contains("absent.safetensors") && e.contains("cannot read") && !e.contains('\n'), "{e}");
+}
+
+/// A plain `safetensors.torch.save_file(model.state_dict())` export (the golden weights) loads
+/// once told its architecture and dataset, and reproduces PyTorch's log-probabilities.
+#[test]
+fn pytorch_export_matches_golden_log_probs() {
+    let weights = fixture("mnist-cnn-epoch01.safetensors");
+    let e = load_err(&weights, LoadOptions::default());
+    assert!(e.contains("no leafwalk metadata") && e.contains("--arch"), "{e}");
+    let mnist = dataset_info("mnist").unwrap();
+    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
+    let model = Classifier::load(&weights, options, &Device::Cpu).unwrap();
+    let (golden, _) = checkpoint::read(&fixture("golden-epoch01.safetensors"), &Device::Cpu).unwrap();
+    // Pixels exactly as PyTorch made them: u8 / 255 in f32.
+    let bytes: Vec<u8> = golden["test_u8"].flatten_all().unwrap().to_vec1().unwrap();
+    let pixels: Vec<f32> = bytes.iter().map(|&u| u as f32 / 255.0).collect();
+    let pixels = Tensor::from_vec(pixels, (16, 1, 28, 28), &Device::Cpu).unwrap();
+    let ours: Vec<Vec<f32>> = model.forward(&pixels).unwrap().to_vec2().unwrap();
+    let theirs: Vec<Vec<f32>> = golden["test_log_probs"].to_vec2().unwrap();
+    for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-5, "log-prob {a} vs golden {b}");
+    }
+    let wrong = LoadOptions { arch: Some(Arch::Mlp), dataset: Some(mnist) };
+    let e = load_err(&weights, wrong);
+    assert!(e.contains("missing tensor") || e.contains("has shape"), "{e}");
+}

@@ -1,0 +1,406 @@
+//! The trainer that produces *partially trained* leafwalk checkpoints.
+//!
+//! The geometry leafwalk shows is sharpest on a model stopped well before convergence (the
+//! paper's observation: information in G rises, then fades as the model saturates), so this
+//! crate owns a small, exact training loop rather than a general one: seeded shuffles (ChaCha8,
+//! one stream per epoch) and seeded initialisation make a run deterministic for a seed and
+//! thread count; every epoch ends in an atomically written `epoch-XX.safetensors`; a
+//! `resume.safetensors` (weights, optimizer moments, running tallies) written at each epoch end
+//! and every `checkpoint_every` steps lets `--resume` reproduce an uninterrupted run bit for bit;
+//! `train-log.jsonl` records loss and accuracy about ten times an epoch.
+
+mod log;
+mod optim;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use leafwalk_data::{Dataset, DatasetInfo, Split};
+use leafwalk_models::{Arch, CheckpointMeta, Classifier, ModelError};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use log::LogRecord;
+pub use optim::{Optimizer, OptimizerKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{}: {msg}", path.display())]
+    Run { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Data(#[from] leafwalk_data::DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+fn run_error(path: &Path, msg: impl Into<String>) -> TrainError {
+    TrainError::Run { path: path.to_path_buf(), msg: msg.into() }
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub dataset: &'static DatasetInfo,
+    pub arch: Arch,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub data_root: PathBuf,
+    /// Also write the resume file every this many steps (it is always written at epoch ends).
+    pub checkpoint_every: Option<usize>,
+    pub resume: bool,
+    /// Draw an indicatif progress bar (on stderr, only when it is a terminal).
+    pub progress: bool,
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(TrainError::Config(msg));
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be a positive finite number, got {}", self.lr));
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1".into());
+        }
+        if self.checkpoint_every == Some(0) {
+            return bad("--checkpoint-every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// One finished epoch.
+#[derive(Clone, Debug)]
+pub struct EpochResult {
+    pub epoch: usize,
+    pub step: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub checkpoint: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub epochs: Vec<EpochResult>,
+    /// `Some(step)` when `should_stop` ended the run early (state saved at that step).
+    pub interrupted_at: Option<usize>,
+}
+
+/// Loss and accuracy summed over some batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Tally {
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl Tally {
+    fn add(&mut self, loss: f64, correct: usize, seen: usize) {
+        self.loss_sum += loss * seen as f64;
+        self.correct += correct;
+        self.seen += seen;
+    }
+    fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.seen.max(1) as f64
+    }
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.seen.max(1) as f64
+    }
+}
+
+const RESUME_FILE: &str = "resume.safetensors";
+pub const LOG_FILE: &str = "train-log.jsonl";
+
+pub fn checkpoint_name(epoch: usize) -> String {
+    format!("epoch-{epoch:02}.safetensors")
+}
+
+/// Where a run stands: everything besides weights and optimizer moments that `--resume` needs.
+struct RunState {
+    step: usize,
+    epoch_tally: Tally,
+    window_tally: Tally,
+    seconds: f64,
+}
+
+/// Trains per `config`. `should_stop(step)` is asked after every step; when it says yes the
+/// resume file is written and the run returns with `interrupted_at` (Ctrl-C handling).
+pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -> Result<TrainSummary> {
+    config.validate()?;
+    prepare_out(config)?;
+    let train_set = Dataset::load(config.dataset, Split::Train, &config.data_root)?;
+    let test_set = Dataset::load(config.dataset, Split::Test, &config.data_root)?;
+    let device = Device::Cpu;
+    let batches_per_epoch = train_set.len().div_ceil(config.batch_size);
+    let total_steps = config.epochs * batches_per_epoch;
+    let log_every = batches_per_epoch.div_ceil(10);
+    let log_path = config.out.join(LOG_FILE);
+
+    let (model, mut optimizer, mut state) = if config.resume {
+        let (model, optimizer, state) = load_resume(config, &device)?;
+        log::truncate(&log_path, state.step).map_err(|e| run_error(&log_path, e.to_string()))?;
+        (model, optimizer, state)
+    } else {
+        let model = Classifier::new(config.arch, config.dataset, config.seed, &device, DType::F32)?;
+        let optimizer = Optimizer::new(config.optimizer, config.lr, model.trainable_vars())?;
+        log::truncate(&log_path, 0).map_err(|e| run_error(&log_path, e.to_string()))?;
+        (model, optimizer, RunState { step: 0, epoch_tally: Tally::default(), window_tally: Tally::default(), seconds: 0.0 })
+    };
+    let mut model = model;
+    if state.step >= total_steps {
+        return Err(TrainError::Config(format!(
+            "{}: the run already has {} steps ({} epochs); raise --epochs to continue it",
+            config.out.display(),
+            state.step,
+            state.step / batches_per_epoch
+        )));
+    }
+
+    let progress = progress_bar(config.progress, total_steps as u64, state.step as u64);
+    // Seconds of earlier sessions of this run plus this session's, so interruptions don't count.
+    let (resumed_at, session) = (state.seconds, Instant::now());
+    let run_seconds = || resumed_at + session.elapsed().as_secs_f64();
+    let mut window_started = Instant::now();
+    let mut summary = TrainSummary { epochs: Vec::new(), interrupted_at: None };
+    let first_epoch = state.step / batches_per_epoch + 1;
+    for epoch in first_epoch..=config.epochs {
+        let order = epoch_order(config.seed, epoch, train_set.len());
+        let done_in_epoch = state.step - (epoch - 1) * batches_per_epoch;
+        for batch in order.chunks(config.batch_size).skip(done_in_epoch) {
+            let (images, labels) = train_set.batch(batch, &device)?;
+            let (loss, correct) = train_step(&model, &mut optimizer, &images, &labels)?;
+            state.step += 1;
+            state.epoch_tally.add(loss, correct, batch.len());
+            state.window_tally.add(loss, correct, batch.len());
+            let in_epoch = state.step - (epoch - 1) * batches_per_epoch;
+            if in_epoch % log_every == 0 && in_epoch != batches_per_epoch {
+                let seconds = window_started.elapsed().as_secs_f64();
+                let record = LogRecord::batch(state.step, epoch, &state.window_tally, run_seconds(), seconds);
+                log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
+                progress.set_message(format!(
+                    "epoch {epoch} loss {:.4} acc {:.1}% {:.0} img/s",
+                    state.window_tally.mean_loss(),
+                    100.0 * state.window_tally.accuracy(),
+                    record.images_per_s
+                ));
+                state.window_tally = Tally::default();
+                window_started = Instant::now();
+            }
+            progress.set_position(state.step as u64);
+            if in_epoch == batches_per_epoch {
+                break; // the epoch end below saves and asks should_stop
+            }
+            let stop = should_stop(state.step);
+            if stop || config.checkpoint_every.is_some_and(|every| state.step % every == 0) {
+                state.seconds = run_seconds();
+                save_resume(config, &model, &optimizer, &state)?;
+            }
+            if stop {
+                progress.abandon_with_message(format!("interrupted at step {}; continue with --resume", state.step));
+                summary.interrupted_at = Some(state.step);
+                return Ok(summary);
+            }
+        }
+
+        let (test_loss, test_accuracy) = evaluate(&model, &test_set, 500)?;
+        state.seconds = run_seconds();
+        let record = LogRecord::epoch(state.step, epoch, &state.epoch_tally, test_loss, test_accuracy, state.seconds);
+        log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
+        let meta = model.meta_mut();
+        meta.epoch = epoch;
+        meta.step = state.step;
+        meta.test_accuracy = Some(test_accuracy);
+        meta.extra.extend(run_metadata(config));
+        let checkpoint = config.out.join(checkpoint_name(epoch));
+        model.save(&checkpoint)?;
+        let result = EpochResult {
+            epoch,
+            step: state.step,
+            train_loss: state.epoch_tally.mean_loss(),
+            train_accuracy: state.epoch_tally.accuracy(),
+            test_loss,
+            test_accuracy,
+            checkpoint,
+        };
+        // Printed even when the bar is hidden (stderr not a terminal): logs want these lines.
+        progress.suspend(|| {
+            eprintln!(
+                "epoch {epoch:>2}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} s → {}",
+                result.train_loss,
+                100.0 * result.train_accuracy,
+                test_loss,
+                100.0 * test_accuracy,
+                state.seconds,
+                result.checkpoint.display()
+            )
+        });
+        state.epoch_tally = Tally::default();
+        state.window_tally = Tally::default();
+        window_started = Instant::now();
+        save_resume(config, &model, &optimizer, &state)?;
+        summary.epochs.push(result);
+        if epoch < config.epochs && should_stop(state.step) {
+            summary.interrupted_at = Some(state.step);
+            return Ok(summary);
+        }
+    }
+    progress.finish_and_clear();
+    Ok(summary)
+}
+
+/// One SGD step on a batch; returns the batch's mean loss and number of correct predictions.
+pub fn train_step(model: &Classifier, optimizer: &mut Optimizer, images: &Tensor, labels: &Tensor) -> Result<(f64, usize)> {
+    let log_probs = model.log_probs_t(images, true)?;
+    let loss = candle_nn::loss::nll(&log_probs, labels)?;
+    let grads = loss.backward()?;
+    optimizer.step(&grads)?;
+    let correct = count_correct(&log_probs, labels)?;
+    Ok((loss.to_scalar::<f32>()? as f64, correct))
+}
+
+fn count_correct(log_probs: &Tensor, labels: &Tensor) -> candle_core::Result<usize> {
+    Ok(log_probs.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+}
+
+/// Mean NLL and accuracy of `model` (evaluation mode) over a whole dataset.
+pub fn evaluate(model: &Classifier, dataset: &Dataset, batch_size: usize) -> Result<(f64, f64)> {
+    let mut tally = Tally::default();
+    let indices: Vec<usize> = (0..dataset.len()).collect();
+    for batch in indices.chunks(batch_size.max(1)) {
+        let (images, labels) = dataset.batch(batch, model.device())?;
+        let log_probs = model.log_probs_t(&images, false)?.detach();
+        let loss = candle_nn::loss::nll(&log_probs, &labels)?.to_scalar::<f32>()? as f64;
+        tally.add(loss, count_correct(&log_probs, &labels)?, batch.len());
+    }
+    Ok((tally.mean_loss(), tally.accuracy()))
+}
+
+/// The visiting order of epoch `epoch`: a shuffle drawn from ChaCha8 stream `epoch` of `seed`,
+/// so any epoch's order can be rebuilt on resume without replaying the earlier ones.
+pub fn epoch_order(seed: u64, epoch: usize, len: usize) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch as u64);
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+fn prepare_out(config: &TrainConfig) -> Result<()> {
+    let out = &config.out;
+    std::fs::create_dir_all(out).map_err(|e| run_error(out, format!("cannot create the output folder: {e}")))?;
+    tempfile::tempfile_in(out).map_err(|e| run_error(out, format!("output folder is not writable: {e}")))?;
+    let has_run = out.join(RESUME_FILE).exists() || out.join(checkpoint_name(1)).exists();
+    if has_run && !config.resume {
+        return Err(run_error(out, "already holds a training run; pass --resume to continue it or choose another --out"));
+    }
+    if !has_run && config.resume {
+        return Err(run_error(&out.join(RESUME_FILE), "no run to resume here (start without --resume)"));
+    }
+    Ok(())
+}
+
+fn run_metadata(config: &TrainConfig) -> [(String, String); 4] {
+    [
+        ("seed".into(), config.seed.to_string()),
+        ("optimizer".into(), config.optimizer.to_string()),
+        ("lr".into(), config.lr.to_string()),
+        ("batch_size".into(), config.batch_size.to_string()),
+    ]
+}
+
+fn save_resume(config: &TrainConfig, model: &Classifier, optimizer: &Optimizer, state: &RunState) -> Result<()> {
+    let mut meta = model.meta().clone();
+    meta.step = state.step;
+    meta.extra.extend(run_metadata(config));
+    let tally = |t: &Tally| format!("{:?},{},{}", t.loss_sum, t.correct, t.seen);
+    meta.extra.insert("resume.epoch_tally".into(), tally(&state.epoch_tally));
+    meta.extra.insert("resume.window_tally".into(), tally(&state.window_tally));
+    meta.extra.insert("resume.seconds".into(), format!("{:?}", state.seconds));
+    meta.extra.insert("resume.optimizer_updates".into(), optimizer.updates().to_string());
+    let mut tensors = model.named_tensors();
+    tensors.extend(optimizer.state());
+    leafwalk_models::checkpoint::write(&config.out.join(RESUME_FILE), &tensors, meta.to_metadata())?;
+    Ok(())
+}
+
+fn load_resume(config: &TrainConfig, device: &Device) -> Result<(Classifier, Optimizer, RunState)> {
+    let path = config.out.join(RESUME_FILE);
+    let (mut tensors, metadata) = leafwalk_models::checkpoint::read(&path, device)?;
+    let meta = CheckpointMeta::from_metadata(&path, &metadata)?
+        .ok_or_else(|| run_error(&path, "has no leafwalk metadata"))?;
+    for (key, wanted) in run_metadata(config).into_iter().chain([
+        ("arch".to_string(), config.arch.to_string()),
+        ("dataset".to_string(), config.dataset.name.to_string()),
+    ]) {
+        let found = match key.as_str() {
+            "arch" => meta.arch.to_string(),
+            "dataset" => meta.dataset.clone(),
+            _ => meta.extra.get(&key).cloned().unwrap_or_default(),
+        };
+        if found != wanted {
+            return Err(run_error(&path, format!("was started with {key} {found}, not {wanted}: resume with the same settings")));
+        }
+    }
+    let extra = |key: &str| meta.extra.get(key).cloned().ok_or_else(|| run_error(&path, format!("metadata lacks {key}")));
+    let parse_tally = |key: &str| -> Result<Tally> {
+        let text = extra(key)?;
+        let parts: Vec<&str> = text.split(',').collect();
+        let bad = || run_error(&path, format!("metadata {key} is malformed: '{text}'"));
+        match parts.as_slice() {
+            [loss, correct, seen] => Ok(Tally {
+                loss_sum: loss.parse().map_err(|_| bad())?,
+                correct: correct.parse().map_err(|_| bad())?,
+                seen: seen.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    };
+    let state = RunState {
+        step: meta.step,
+        epoch_tally: parse_tally("resume.epoch_tally")?,
+        window_tally: parse_tally("resume.window_tally")?,
+        seconds: extra("resume.seconds")?.parse().map_err(|_| run_error(&path, "metadata resume.seconds is malformed"))?,
+    };
+    let updates: usize = extra("resume.optimizer_updates")?
+        .parse()
+        .map_err(|_| run_error(&path, "metadata resume.optimizer_updates is malformed"))?;
+    let optimizer_state: std::collections::HashMap<String, Tensor> =
+        tensors.iter().filter(|(k, _)| Optimizer::is_state(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    tensors.retain(|k, _| !Optimizer::is_state(k));
+    let model = Classifier::from_tensors(&path, meta, tensors, device)?;
+    let mut optimizer = Optimizer::new(config.optimizer, config.lr, model.trainable_vars())?;
+    optimizer.restore(updates, |name| {
+        optimizer_state
+            .get(name)
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: missing optimizer tensor '{name}'", path.display())))
+    })?;
+    Ok((model, optimizer, state))
+}
+
+fn progress_bar(enabled: bool, total: u64, position: u64) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta}] {msg}") {
+        bar.set_style(style);
+    }
+    bar.set_position(position);
+    bar
+}

@@ -1,0 +1,109 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use leafwalk_data::{Invert, ImageSource};
+use leafwalk_models::Arch;
+use leafwalk_train::OptimizerKind;
+
+/// See what an image classifier sees: the local data matrix G(x,w) = Σ pᵢ ∇ₓlog pᵢ ∇ₓlog pᵢᵀ,
+/// the foliation it defines on input space, and walks on its data leaf.
+#[derive(Parser, Debug)]
+#[command(name = "leafwalk", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Worker threads for candle's CPU kernels (sets RAYON_NUM_THREADS); default: all cores.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Folder holding datasets (mnist/, fashion-mnist/, cifar10/).
+    #[arg(long, global = true, env = "LEAFWALK_DATA", default_value = "data")]
+    pub data_root: PathBuf,
+    /// Log debug messages to stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a classifier and checkpoint it every epoch (partially trained models are the point).
+    #[command(after_help = "Example:\n  leafwalk train --dataset mnist --arch mnist-cnn --epochs 3 --optimizer adamw --lr 0.001 --out runs/mnist")]
+    Train(TrainArgs),
+    /// Classify images or dataset entries with a model and print the class probabilities.
+    #[command(after_help = "Examples:\n  leafwalk predict models/samples/mnist-7.png\n  leafwalk predict mnist:test:17 fashion-mnist:test:3 --model models/fashion-mnist-cnn.safetensors")]
+    Predict(PredictArgs),
+    /// Download a dataset from the Hugging Face hub into --data-root (needs network).
+    #[cfg(feature = "hub")]
+    #[command(after_help = "Example:\n  leafwalk fetch --download mnist")]
+    Fetch(FetchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset to train on: mnist, fashion-mnist or cifar10.
+    #[arg(long, default_value = "mnist")]
+    pub dataset: String,
+    /// Architecture: mnist-cnn, mlp or cifar-vgg11.
+    #[arg(long, default_value = "mnist-cnn")]
+    pub arch: Arch,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 60)]
+    pub batch_size: usize,
+    /// sgd (plain, the paper's) or adamw.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Run folder: epoch-XX.safetensors, resume.safetensors, train-log.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also save the resume state every this many steps (it is always saved at epoch ends).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run in --out from its last saved state.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print a JSON summary on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a command's model comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint (safetensors).
+    #[arg(long, default_value = "models/mnist-cnn.safetensors")]
+    pub model: PathBuf,
+    /// Architecture, for a plain PyTorch-exported safetensors without leafwalk metadata.
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Dataset the model was trained on, for a plain PyTorch export.
+    #[arg(long)]
+    pub dataset: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Image files (PNG/JPEG) or dataset entries NAME:SPLIT:INDEX (e.g. mnist:test:17).
+    #[arg(required = true)]
+    pub inputs: Vec<ImageSource>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Invert image files (MNIST digits are white on black); auto inverts when the border is
+    /// brighter than the centre.
+    #[arg(long, default_value = "auto")]
+    pub invert: Invert,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(feature = "hub")]
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// Dataset to download: mnist or cifar10.
+    #[arg(long)]
+    pub download: String,
+}

@@ -1,0 +1,56 @@
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use leafwalk_data::dataset_info;
+use leafwalk_train::{train, TrainConfig};
+
+use crate::cli::TrainArgs;
+
+pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
+    let config = TrainConfig {
+        dataset: dataset_info(&args.dataset)?,
+        arch: args.arch,
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        optimizer: args.optimizer,
+        seed: args.seed,
+        out: args.out.clone(),
+        data_root: data_root.to_path_buf(),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume,
+        progress: !args.json,
+    };
+    // First Ctrl-C: finish the current step, save the resume state and stop. A second one
+    // exits at once; atomic writes mean no file is left half-written either way.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nleafwalk: stopping after this step (Ctrl-C again to quit now)");
+    })?;
+    let summary = train(&config, |_| interrupted.load(Ordering::SeqCst))?;
+    if args.json {
+        let epochs: Vec<_> = summary
+            .epochs
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "epoch": e.epoch, "step": e.step, "train_loss": e.train_loss,
+                    "train_accuracy": e.train_accuracy, "test_loss": e.test_loss,
+                    "test_accuracy": e.test_accuracy, "checkpoint": e.checkpoint,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "out": args.out, "epochs": epochs, "interrupted_at": summary.interrupted_at }));
+    }
+    if let Some(step) = summary.interrupted_at {
+        eprintln!("leafwalk: interrupted at step {step}; continue with the same command plus --resume");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,34 @@
+//! `leafwalk`: see what an image classifier sees.
+//!
+//! A thin binary: argument parsing and output formatting live here, every capability lives in a
+//! crate under `crates/`.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    // candle sizes its thread pools from RAYON_NUM_THREADS on first use, so this must come
+    // before any tensor is created.
+    if let Some(threads) = cli.threads {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let filter = if cli.verbose { "leafwalk=debug" } else { "leafwalk=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // One line, however deep the chain: the outermost context names the file.
+            let message = format!("{err:#}").replace('\n', " ");
+            eprintln!("leafwalk: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
