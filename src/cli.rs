@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use leafwalk_data::{Invert, ImageSource};
+use leafwalk_data::{ImageSource, Invert};
 use leafwalk_models::Arch;
 use leafwalk_train::OptimizerKind;
 
@@ -26,10 +26,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a classifier and checkpoint it every epoch (partially trained models are the point).
-    #[command(after_help = "Example:\n  leafwalk train --dataset mnist --arch mnist-cnn --epochs 3 --optimizer adamw --lr 0.001 --out runs/mnist")]
+    #[command(
+        after_help = "Example:\n  leafwalk train --dataset mnist --arch mnist-cnn --epochs 3 --optimizer adamw --lr 0.001 --out runs/mnist"
+    )]
     Train(TrainArgs),
     /// Classify images or dataset entries with a model and print the class probabilities.
-    #[command(after_help = "Examples:\n  leafwalk predict models/samples/mnist-7.png\n  leafwalk predict mnist:test:17 fashion-mnist:test:3 --model models/fashion-mnist-cnn.safetensors")]
+    #[command(
+        after_help = "Examples:\n  leafwalk predict models/samples/mnist-7.png\n  leafwalk predict mnist:test:17 fashion-mnist:test:3 --model models/fashion-mnist-cnn.safetensors"
+    )]
     Predict(PredictArgs),
     /// Download a dataset from the Hugging Face hub into --data-root (needs network).
     #[cfg(feature = "hub")]

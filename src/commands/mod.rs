@@ -26,6 +26,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The model every command but `train` works on (errors name the checkpoint file).
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Classifier> {
     let dataset = args.dataset.as_deref().map(dataset_info).transpose()?;
-    let options = LoadOptions { arch: args.arch, dataset };
+    let options = LoadOptions {
+        arch: args.arch,
+        dataset,
+    };
     Ok(Classifier::load(&args.model, options, &Device::Cpu)?)
 }

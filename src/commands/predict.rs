@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -14,23 +15,36 @@ pub fn run(args: PredictArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     for input in &args.inputs {
         pixels.extend(input.load(shape, args.invert, data_root)?);
     }
-    let batch = Tensor::from_vec(pixels, (args.inputs.len(), shape.channels, shape.height, shape.width), model.device())?;
-    let probs = model.forward(&batch)?.exp()?.to_vec2::<f32>().context("reading the model output")?;
+    let batch = Tensor::from_vec(
+        pixels,
+        (args.inputs.len(), shape.channels, shape.height, shape.width),
+        model.device(),
+    )?;
+    let probs = model
+        .forward(&batch)?
+        .exp()?
+        .to_vec2::<f32>()
+        .context("reading the model output")?;
     let classes = &model.meta().classes;
+    let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
     for (input, p) in args.inputs.iter().zip(&probs) {
-        let (best, best_p) = p.iter().enumerate().fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+        let (best, best_p) =
+            p.iter().enumerate().fold(
+                (0, f32::MIN),
+                |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+            );
         if args.json {
             rows.push(serde_json::json!({
                 "input": input.to_string(), "prediction": classes[best], "class_index": best,
                 "probability": best_p, "probabilities": p,
             }));
         } else {
-            println!("{input}\t{}\t{:.4}", classes[best], best_p);
+            writeln!(out, "{input}\t{}\t{:.4}", classes[best], best_p)?;
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,10 +46,15 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "out": args.out, "epochs": epochs, "interrupted_at": summary.interrupted_at }));
+        println!(
+            "{}",
+            serde_json::json!({ "out": args.out, "epochs": epochs, "interrupted_at": summary.interrupted_at })
+        );
     }
     if let Some(step) = summary.interrupted_at {
-        eprintln!("leafwalk: interrupted at step {step}; continue with the same command plus --resume");
+        eprintln!(
+            "leafwalk: interrupted at step {step}; continue with the same command plus --resume"
+        );
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)

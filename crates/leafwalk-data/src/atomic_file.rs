@@ -10,10 +10,7 @@ use crate::error::{DataError, Result};
 /// Runs `write` against a temporary file in `path`'s directory (so the final
 /// rename stays on one file system and is atomic), then renames it to `path`.
 /// On failure the temporary file is removed and `path` is untouched.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<()>,
-) -> Result<()> {
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| DataError::invalid(path, "not a file name"))?;

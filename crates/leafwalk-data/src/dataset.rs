@@ -118,7 +118,9 @@ impl Dataset {
     pub fn save(&self, root: &Path) -> Result<()> {
         match layout(self.info)? {
             Layout::Idx => write_idx(self.info, self.split, root, &self.images, &self.labels),
-            Layout::CifarBinary => write_cifar(self.info, self.split, root, &self.images, &self.labels),
+            Layout::CifarBinary => {
+                write_cifar(self.info, self.split, root, &self.images, &self.labels)
+            }
         }
     }
 

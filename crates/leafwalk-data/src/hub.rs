@@ -40,7 +40,13 @@ pub fn download(info: &'static DatasetInfo, root: &Path) -> Result<()> {
         (Split::Test, &loaded.test_images, &loaded.test_labels),
     ] {
         let (images, labels) = split_bytes(info, layout, images, labels)?;
-        Dataset { info, split, images, labels }.save(root)?;
+        Dataset {
+            info,
+            split,
+            images,
+            labels,
+        }
+        .save(root)?;
     }
     Ok(())
 }
@@ -82,6 +88,3 @@ fn split_bytes(
     }
     Ok((pixels, labels))
 }
-
-
-

@@ -52,8 +52,19 @@ pub struct Classifier {
 impl Classifier {
     /// A fresh model with PyTorch-default initialisation drawn from a ChaCha8 stream seeded
     /// with `seed`: the same seed gives the same weights everywhere.
-    pub fn new(arch: Arch, dataset: &'static DatasetInfo, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(CheckpointMeta::new(arch, dataset), ParamSource::seeded(seed), device, dtype)
+    pub fn new(
+        arch: Arch,
+        dataset: &'static DatasetInfo,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        Self::build(
+            CheckpointMeta::new(arch, dataset),
+            ParamSource::seeded(seed),
+            device,
+            dtype,
+        )
     }
 
     /// Loads a checkpoint. leafwalk metadata is used when present (and must agree with
@@ -63,21 +74,25 @@ impl Classifier {
         let meta = match CheckpointMeta::from_metadata(path, &metadata)? {
             Some(meta) => {
                 if let Some(arch) = options.arch.filter(|a| *a != meta.arch) {
-                    return Err(ModelError::checkpoint(path, format!("is a {} checkpoint, not {arch}", meta.arch)));
+                    return Err(ModelError::checkpoint(
+                        path,
+                        format!("is a {} checkpoint, not {arch}", meta.arch),
+                    ));
                 }
                 if let Some(ds) = options.dataset.filter(|d| d.name != meta.dataset) {
-                    return Err(ModelError::checkpoint(path, format!("was trained on {}, not {}", meta.dataset, ds.name)));
+                    return Err(ModelError::checkpoint(
+                        path,
+                        format!("was trained on {}, not {}", meta.dataset, ds.name),
+                    ));
                 }
                 meta
             }
             None => match (options.arch, options.dataset) {
                 (Some(arch), Some(dataset)) => CheckpointMeta::new(arch, dataset),
-                _ => {
-                    return Err(ModelError::checkpoint(
-                        path,
-                        "has no leafwalk metadata (a plain PyTorch export?): pass --arch and --dataset",
-                    ))
-                }
+                _ => return Err(ModelError::checkpoint(
+                    path,
+                    "has no leafwalk metadata (a plain PyTorch export?): pass --arch and --dataset",
+                )),
             },
         };
         Self::from_tensors(path, meta, tensors, device)
@@ -85,7 +100,12 @@ impl Classifier {
 
     /// Builds the architecture named in `meta` from named tensors (e.g. a checkpoint's, minus
     /// any optimizer state the caller removed). `path` only names the source in errors.
-    pub fn from_tensors(path: &Path, meta: CheckpointMeta, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        path: &Path,
+        meta: CheckpointMeta,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
         let source = ParamSource::loaded(tensors);
         Self::build(meta, source, device, DType::F32).map_err(|e| match e {
             ModelError::Candle(e) => ModelError::checkpoint(path, e.to_string()),
@@ -94,7 +114,12 @@ impl Classifier {
         })
     }
 
-    fn build(meta: CheckpointMeta, source: ParamSource, device: &Device, dtype: DType) -> Result<Self> {
+    fn build(
+        meta: CheckpointMeta,
+        source: ParamSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let dataset = dataset_info(&meta.dataset)?;
         let shape = dataset.shape;
         let classes = meta.classes.len();
@@ -114,16 +139,24 @@ impl Classifier {
         }
         let vb = VarBuilder::from_backend(Box::new(source.clone()), dtype, device.clone());
         let net = match meta.arch {
-            Arch::MnistCnn if (shape.channels, shape.height, shape.width) != (1, 28, 28) => return Err(need("1×28×28")),
+            Arch::MnistCnn if (shape.channels, shape.height, shape.width) != (1, 28, 28) => {
+                return Err(need("1×28×28"))
+            }
             Arch::MnistCnn => Net::MnistCnn(MnistCnn::new(classes, vb)?),
             Arch::Mlp => Net::Mlp(Mlp::new(shape.len(), classes, vb)?),
-            Arch::CifarVgg11 if (shape.height, shape.width) != (32, 32) => return Err(need("C×32×32")),
+            Arch::CifarVgg11 if (shape.height, shape.width) != (32, 32) => {
+                return Err(need("C×32×32"))
+            }
             Arch::CifarVgg11 => Net::CifarVgg11(CifarVgg11::new(shape.channels, classes, vb)?),
         };
         if let Some(first) = source.unused().first() {
-            return Err(ModelError::Invalid(format!("unexpected tensor '{first}' for architecture {}", meta.arch)));
+            return Err(ModelError::Invalid(format!(
+                "unexpected tensor '{first}' for architecture {}",
+                meta.arch
+            )));
         }
-        let channel_tensor = |v: &[f32]| Tensor::from_slice(v, (1, v.len(), 1, 1), device)?.to_dtype(dtype);
+        let channel_tensor =
+            |v: &[f32]| Tensor::from_slice(v, (1, v.len(), 1, 1), device)?.to_dtype(dtype);
         Ok(Classifier {
             net,
             mean: channel_tensor(&meta.mean)?,
@@ -186,19 +219,28 @@ impl Classifier {
     /// Variables an optimizer should update, in construction order (batch-norm running
     /// statistics are state, not parameters).
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
-        self.vars().into_iter().filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var")).collect()
+        self.vars()
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
+            .collect()
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data();
         // The lock is only poisoned if a panic happened mid-construction, which aborts the build.
         let data = data.lock().unwrap_or_else(|p| p.into_inner());
-        self.param_names.iter().filter_map(|n| data.get(n).map(|v| (n.clone(), v.clone()))).collect()
+        self.param_names
+            .iter()
+            .filter_map(|n| data.get(n).map(|v| (n.clone(), v.clone())))
+            .collect()
     }
 
     /// Every tensor of the model (parameters and batch-norm statistics) in construction order.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        self.vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect()
+        self.vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_detached_tensor()))
+            .collect()
     }
 
     /// Writes the model with its metadata, atomically.

@@ -30,7 +30,13 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    pub(crate) fn batch(step: usize, epoch: usize, tally: &Tally, seconds: f64, window_seconds: f64) -> Self {
+    pub(crate) fn batch(
+        step: usize,
+        epoch: usize,
+        tally: &Tally,
+        seconds: f64,
+        window_seconds: f64,
+    ) -> Self {
         LogRecord {
             event: "batch".into(),
             step,
@@ -44,7 +50,14 @@ impl LogRecord {
         }
     }
 
-    pub(crate) fn epoch(step: usize, epoch: usize, tally: &Tally, test_loss: f64, test_accuracy: f64, seconds: f64) -> Self {
+    pub(crate) fn epoch(
+        step: usize,
+        epoch: usize,
+        tally: &Tally,
+        test_loss: f64,
+        test_accuracy: f64,
+        seconds: f64,
+    ) -> Self {
         LogRecord {
             event: "epoch".into(),
             step,
@@ -61,7 +74,10 @@ impl LogRecord {
 
 pub(crate) fn append(path: &Path, record: &LogRecord) -> std::io::Result<()> {
     let line = serde_json::to_string(record)?;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     writeln!(file, "{line}")
 }
 
@@ -82,6 +98,9 @@ pub(crate) fn truncate(path: &Path, step: usize) -> std::io::Result<()> {
             _ => {}
         }
     }
-    leafwalk_data::write_atomic(path, |w| w.write_all(kept.as_bytes()).map_err(|e| leafwalk_data::DataError::io(path, e)))
-        .map_err(std::io::Error::other)
+    leafwalk_data::write_atomic(path, |w| {
+        w.write_all(kept.as_bytes())
+            .map_err(|e| leafwalk_data::DataError::io(path, e))
+    })
+    .map_err(std::io::Error::other)
 }
