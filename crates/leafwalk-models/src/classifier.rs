@@ -177,11 +177,16 @@ impl Classifier {
         Self::build(self.meta.clone(), source, &self.device, dtype)
     }
 
+    /// The network's input for pixels in `[0, 1]`: `(pixels − mean) / std` per channel, with a
+    /// true division (as PyTorch's `Normalize`), so results match it to the last bit.
+    pub fn normalise(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        pixels.broadcast_sub(&self.mean)?.broadcast_div(&self.std)
+    }
+
     /// Logits `[B, classes]` of pixels in `[0, 1]`; `train` switches batch norm to batch
     /// statistics (and updates its running averages).
     pub fn logits_t(&self, pixels: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let x = pixels.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
-        self.net.forward_t(&x, train)
+        self.net.forward_t(&self.normalise(pixels)?, train)
     }
 
     pub fn log_probs_t(&self, pixels: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -233,6 +238,13 @@ impl Classifier {
             .iter()
             .filter_map(|n| data.get(n).map(|v| (n.clone(), v.clone())))
             .collect()
+    }
+
+    /// One named tensor (detached), e.g. `conv1.weight`.
+    pub fn tensor(&self, name: &str) -> Option<Tensor> {
+        let data = self.varmap.data();
+        let data = data.lock().unwrap_or_else(|p| p.into_inner());
+        data.get(name).map(|v| v.as_detached_tensor())
     }
 
     /// Every tensor of the model (parameters and batch-norm statistics) in construction order.

@@ -20,4 +20,4 @@ pub use arch::Arch;
 pub use checkpoint::{CheckpointMeta, FORMAT_VERSION};
 pub use classifier::{Classifier, LoadOptions};
 pub use error::{ModelError, Result};
-pub use layers::max_pool_2x2;
+pub use layers::{first_max_mask, max_pool_2x2, pool_windows};

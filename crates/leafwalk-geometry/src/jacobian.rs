@@ -1,0 +1,138 @@
+//! The input Jacobian of a classifier's log-probabilities, for a batch, in one pass.
+//!
+//! `J[b, i, :] = ∇ₓ log p_i(x_b)` with respect to pixels in `[0, 1]` (the model's normalisation
+//! is inside the derivative: `J_pixel = J_normalised / σ`). Two implementations:
+//!
+//! - **mnist-cnn, hand-written reverse pass** ([`input_jacobian`] picks it): one forward pass
+//!   keeping the ReLU and max-pool masks, then the C seeds `e_i − p` (the gradient of `log p_i`
+//!   with respect to the logits) pushed back through the layers with matmuls and convolutions of
+//!   the flipped, transposed kernels. No weight gradients are formed, no autograd graph is
+//!   built, and the pool sends each gradient to the first maximum of its window, as PyTorch does.
+//! - **autograd, any architecture** ([`input_jacobian_autograd`]): the batch is replicated C
+//!   times as one variable and `Σ_b,i log p_i(x_{b,i})` is differentiated once, so one backward
+//!   pass serves all B·C rows. It is the fallback for other models and the test oracle of the
+//!   fast path.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use leafwalk_models::{first_max_mask, pool_windows, Arch, Classifier};
+
+use crate::{GeometryError, Result};
+
+/// Log-probabilities and their input Jacobian for a batch.
+#[derive(Clone, Debug)]
+pub struct Jacobians {
+    /// `[B, C]`.
+    pub log_probs: Tensor,
+    /// `[B, C, n]` with n = channels·height·width, pixels in row-major CHW order.
+    pub jacobian: Tensor,
+}
+
+/// Rejects batches with NaN or infinite pixels (they would poison every later number).
+pub fn check_finite(pixels: &Tensor) -> Result<()> {
+    let rows: Vec<Vec<f32>> = pixels.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2()?;
+    for (index, row) in rows.iter().enumerate() {
+        if let Some(position) = row.iter().position(|v| !v.is_finite()) {
+            return Err(GeometryError::NonFinite { index, position });
+        }
+    }
+    Ok(())
+}
+
+/// The fastest correct Jacobian for `model`'s architecture. `pixels`: `[B, C, H, W]` in [0, 1].
+pub fn input_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
+    check_finite(pixels)?;
+    match model.arch() {
+        Arch::MnistCnn => mnist_cnn_jacobian(model, pixels),
+        Arch::Mlp | Arch::CifarVgg11 => autograd_jacobian(model, pixels),
+    }
+}
+
+/// The Jacobian by candle's autograd, for any architecture (evaluation mode).
+pub fn input_jacobian_autograd(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
+    check_finite(pixels)?;
+    autograd_jacobian(model, pixels)
+}
+
+fn autograd_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
+    let (b, ch, h, w) = pixels.dims4()?;
+    let c = model.classes();
+    // Row (b, i) of the replicated batch is point b; its gradient of log p_i is row i of J_b.
+    let replicated = pixels.unsqueeze(1)?.broadcast_as((b, c, ch, h, w))?.reshape((b * c, ch, h, w))?;
+    let input = Var::from_tensor(&replicated.to_dtype(model.dtype())?)?;
+    let log_probs = model.log_probs_t(input.as_tensor(), false)?;
+    let selector = Tensor::eye(c, model.dtype(), model.device())?.repeat((b, 1))?;
+    let grads = (&log_probs * &selector)?.sum_all()?.backward()?;
+    let jacobian = grads
+        .get(input.as_tensor())
+        .ok_or_else(|| GeometryError::Invalid("the model output does not depend on its input".into()))?
+        .reshape((b, c, ch * h * w))?;
+    let log_probs = log_probs.detach().reshape((b, c, c))?.narrow(1, 0, 1)?.squeeze(1)?;
+    Ok(Jacobians { log_probs, jacobian })
+}
+
+/// Flips a conv kernel `[out, in, k, k]` spatially and swaps its channel axes, giving the
+/// kernel whose convolution (padding k−1) is the gradient of the original with respect to its
+/// input. (candle's `conv_transpose2d` computes the same on CPU with a slow loop.)
+fn backward_kernel(weight: &Tensor) -> Result<Tensor> {
+    let k = weight.dim(3)?;
+    let reversed = Tensor::new((0..k as u32).rev().collect::<Vec<u32>>(), weight.device())?;
+    let swapped = weight.transpose(0, 1)?.contiguous()?;
+    Ok(swapped.index_select(&reversed, 2)?.index_select(&reversed, 3)?.contiguous()?)
+}
+
+fn weight(model: &Classifier, name: &str) -> Result<Tensor> {
+    model.tensor(name).ok_or_else(|| GeometryError::Invalid(format!("mnist-cnn without tensor {name}")))
+}
+
+fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
+    let (b, _, _, _) = pixels.dims4()?;
+    let c = model.classes();
+    let dtype = model.dtype();
+    let device: &Device = model.device();
+    let add_channel_bias = |x: Tensor, bias: &Tensor| x.broadcast_add(&bias.reshape((1, (), 1, 1))?);
+
+    // Forward, keeping what the reverse pass needs.
+    let x = model.normalise(&pixels.to_dtype(dtype)?)?;
+    let conv1_w = weight(model, "conv1.weight")?;
+    let conv2_w = weight(model, "conv2.weight")?;
+    let fc1_w = weight(model, "fc1.weight")?;
+    let fc2_w = weight(model, "fc2.weight")?;
+    let z1 = add_channel_bias(x.conv2d(&conv1_w, 0, 1, 1, 1)?, &weight(model, "conv1.bias")?)?;
+    let a1 = z1.relu()?;
+    let z2 = add_channel_bias(a1.conv2d(&conv2_w, 0, 1, 1, 1)?, &weight(model, "conv2.bias")?)?;
+    let windows = pool_windows(&z2.relu()?)?; // [b, 64, 12, 2, 12, 2]
+    let pool_mask = first_max_mask(&windows)?;
+    let pooled = (&windows * &pool_mask)?.sum(5)?.sum(3)?.flatten_from(1)?; // [b, 9216]
+    let h_pre = pooled.matmul(&fc1_w.t()?)?.broadcast_add(&weight(model, "fc1.bias")?)?;
+    let logits = h_pre.relu()?.matmul(&fc2_w.t()?)?.broadcast_add(&weight(model, "fc2.bias")?)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+
+    // Seeds: ∂ log p_i / ∂ logits = e_i − p, one row per (point, class).
+    let probs = log_probs.exp()?;
+    let eye = Tensor::eye(c, dtype, device)?.unsqueeze(0)?;
+    let seeds = eye.broadcast_sub(&probs.unsqueeze(1)?)?.reshape((b * c, c))?;
+    let per_class = |mask: &Tensor| -> Result<Tensor> {
+        let dims = mask.dims().to_vec();
+        let mut expanded = vec![dims[0], c];
+        expanded.extend_from_slice(&dims[1..]);
+        let mut merged = vec![dims[0] * c];
+        merged.extend_from_slice(&dims[1..]);
+        Ok(mask.unsqueeze(1)?.broadcast_as(expanded)?.reshape(merged)?)
+    };
+    let h_mask = h_pre.gt(0.0)?.to_dtype(dtype)?;
+    let d_h = (seeds.matmul(&fc2_w)? * per_class(&h_mask)?)?; // [b·c, 128]
+    let d_pooled = d_h.matmul(&fc1_w)?.reshape((b * c, 64, 12, 1, 12, 1))?; // [b·c, 9216]
+    // Through the pool (to the first maximum) and the ReLU after conv2 in one mask.
+    let z2_windows = pool_windows(&z2)?;
+    let conv2_mask = (&pool_mask * z2_windows.gt(0.0)?.to_dtype(dtype)?)?;
+    let d_z2 = d_pooled
+        .broadcast_as((b * c, 64, 12, 2, 12, 2))?
+        .mul(&per_class(&conv2_mask)?)?
+        .reshape((b * c, 64, 24, 24))?;
+    let d_a1 = d_z2.conv2d(&backward_kernel(&conv2_w)?, 2, 1, 1, 1)?;
+    let d_z1 = (d_a1 * per_class(&z1.gt(0.0)?.to_dtype(dtype)?)?)?;
+    let d_x = d_z1.conv2d(&backward_kernel(&conv1_w)?, 2, 1, 1, 1)?; // [b·c, 1, 28, 28]
+    let std = Tensor::new(model.meta().std.as_slice(), device)?.to_dtype(dtype)?;
+    let jacobian = d_x.reshape((b, c, 784))?.broadcast_div(&std.reshape((1, 1, 1))?)?;
+    Ok(Jacobians { log_probs, jacobian })
+}
