@@ -21,9 +21,16 @@ use leafwalk_models::Classifier;
 
 /// J and p for every point of a batch, as f64 [`PointGeometry`] values.
 pub fn batch_geometry(model: &Classifier, pixels: &Tensor) -> Result<Vec<PointGeometry>> {
-    let Jacobians { log_probs, jacobian } = input_jacobian(model, pixels)?;
+    let Jacobians {
+        log_probs,
+        jacobian,
+    } = input_jacobian(model, pixels)?;
     let classes = model.classes();
     let log_probs: Vec<Vec<f64>> = log_probs.to_dtype(DType::F64)?.to_vec2()?;
     let jacobian: Vec<Vec<f64>> = jacobian.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2()?;
-    log_probs.iter().zip(&jacobian).map(|(lp, j)| PointGeometry::new(lp, j, classes)).collect()
+    log_probs
+        .iter()
+        .zip(&jacobian)
+        .map(|(lp, j)| PointGeometry::new(lp, j, classes))
+        .collect()
 }

@@ -4,8 +4,8 @@
 //! Everything goes through C-sized objects in f64: with A = D^{1/2} J (C×n), G = AᵀA has the
 //! same nonzero eigenvalues as the C×C matrix M = A Aᵀ, and if M u = λ u then v = Aᵀu / √λ is a
 //! unit eigenvector of G. The leaf's tangent space ker G⊥ = span{Jᵢ} (rows with pᵢ > 0) gets an
-//! orthonormal basis from the thin SVD of Jᵀ (n×C), which is more accurate than the Gram
-//! matrix for the small directions.
+//! orthonormal basis from J's leading right singular vectors, made orthonormal in n dimensions
+//! by a Householder QR.
 //!
 //! **Numerical rank.** `rank` counts singular values of J above `RANK_RTOL · σ₀` (1e-6, as in
 //! the golden reference), capped at C − 1 because Σ pᵢ Jᵢ = 0 makes one direction redundant:
@@ -76,12 +76,20 @@ impl PointGeometry {
 
     /// trace G = Σᵢ pᵢ ‖Jᵢ‖².
     pub fn trace(&self) -> f64 {
-        self.jacobian.row_iter().zip(self.probs.iter()).map(|(row, p)| p * row.norm_squared()).sum()
+        self.jacobian
+            .row_iter()
+            .zip(self.probs.iter())
+            .map(|(row, p)| p * row.norm_squared())
+            .sum()
     }
 
     /// vᵀ G v = Σᵢ pᵢ (Jᵢ·v)² — half the second-order KL divergence along v.
     pub fn quadratic_form(&self, v: &DVector<f64>) -> f64 {
-        (&self.jacobian * v).iter().zip(self.probs.iter()).map(|(jv, p)| p * jv * jv).sum()
+        (&self.jacobian * v)
+            .iter()
+            .zip(self.probs.iter())
+            .map(|(jv, p)| p * jv * jv)
+            .sum()
     }
 
     /// Σᵢ pᵢ Jᵢ, which is zero up to rounding (Σ pᵢ = 1 differentiated).
@@ -95,46 +103,83 @@ impl PointGeometry {
         let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
         order.sort_by(|&x, &y| eigen.eigenvalues[y].total_cmp(&eigen.eigenvalues[x]));
         let eigenvalues = order.iter().map(|&k| eigen.eigenvalues[k]).collect();
-        let m_eigenvectors = DMatrix::from_columns(&order.iter().map(|&k| eigen.eigenvectors.column(k)).collect::<Vec<_>>());
-        Spectrum { eigenvalues, m_eigenvectors }
+        let m_eigenvectors = DMatrix::from_columns(
+            &order
+                .iter()
+                .map(|&k| eigen.eigenvectors.column(k))
+                .collect::<Vec<_>>(),
+        );
+        Spectrum {
+            eigenvalues,
+            m_eigenvectors,
+        }
     }
 
     /// Unit eigenvectors of G (n × k) for its `k` largest eigenvalues: the leaf basis ordered by
     /// how strongly the model perceives each direction. `k` is capped at the numerical rank.
+    ///
+    /// With the thin QR Aᵀ = Q R (A = D^{1/2} J), G = Q (R Rᵀ) Qᵀ, so the eigenvectors are Q W
+    /// for the eigenvectors W of the C×C matrix R Rᵀ: orthonormal to rounding even for the
+    /// smallest eigenvalues, where Aᵀu/√λ loses accuracy as λ₀/λ grows.
     pub fn eigenvectors(&self, k: usize) -> DMatrix<f64> {
-        let spectrum = self.spectrum();
-        let a_t = self.weighted_jacobian().transpose();
         let k = k.min(self.rank());
-        let columns: Vec<DVector<f64>> = (0..k)
-            .map(|j| &a_t * spectrum.m_eigenvectors.column(j) / spectrum.eigenvalues[j].max(f64::MIN_POSITIVE).sqrt())
-            .collect();
-        DMatrix::from_columns(&columns)
+        let qr = self.weighted_jacobian().transpose().qr();
+        let r = qr.r();
+        let eigen = SymmetricEigen::new(&r * r.transpose());
+        let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
+        order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+        let w = DMatrix::from_columns(
+            &order[..k]
+                .iter()
+                .map(|&j| eigen.eigenvectors.column(j))
+                .collect::<Vec<_>>(),
+        );
+        qr.q() * w
     }
 
-    /// Singular values of J, descending (length C).
+    /// Eigen-decomposition of the C×C Gram matrix J Jᵀ: singular values of J (descending) and
+    /// the matching right singular vectors (columns).
+    fn gram_svd(&self) -> (Vec<f64>, DMatrix<f64>) {
+        let eigen = SymmetricEigen::new(&self.jacobian * self.jacobian.transpose());
+        let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
+        order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+        let singular = order
+            .iter()
+            .map(|&k| eigen.eigenvalues[k].max(0.0).sqrt())
+            .collect();
+        let vectors = DMatrix::from_columns(
+            &order
+                .iter()
+                .map(|&k| eigen.eigenvectors.column(k))
+                .collect::<Vec<_>>(),
+        );
+        (singular, vectors)
+    }
+
+    /// Singular values of J, descending (length C). Taken from the C×C Gram matrix: exact to
+    /// f64 rounding for σₖ ≳ 1e-8 σ₀, far below the rank tolerance.
     pub fn jacobian_singular_values(&self) -> Vec<f64> {
-        let mut s: Vec<f64> = self.jacobian.transpose().svd(false, false).singular_values.iter().copied().collect();
-        s.sort_by(|a, b| b.total_cmp(a));
-        s
+        self.gram_svd().0
     }
 
     /// Dimension of ker G⊥ (see the module docs for the tolerance).
     pub fn rank(&self) -> usize {
-        let s = self.jacobian_singular_values();
-        let top = s.first().copied().unwrap_or(0.0);
-        s.iter().filter(|&&v| v > RANK_RTOL * top).count().min(self.classes().saturating_sub(1))
+        rank_of(&self.jacobian_singular_values(), self.classes())
     }
 
     /// Orthonormal basis of ker G⊥ and the projections it gives.
+    ///
+    /// The r leading right singular vectors V_r of J give r directions Jᵀ V_r inside the row
+    /// space of J; a Householder QR of that n×r matrix makes them orthonormal. (nalgebra's SVD
+    /// of the tall Jᵀ was measured to miss the row space by 1e-5 relative; this is exact to
+    /// rounding.)
     pub fn leaf_projector(&self) -> LeafProjector {
-        let svd = self.jacobian.transpose().svd(true, false);
-        let mut order: Vec<usize> = (0..svd.singular_values.len()).collect();
-        order.sort_by(|&a, &b| svd.singular_values[b].total_cmp(&svd.singular_values[a]));
-        let rank = self.rank();
-        // `svd(true, _)` always returns U; the expect states that invariant.
-        let u = svd.u.expect("U was requested");
-        let basis = DMatrix::from_columns(&order[..rank].iter().map(|&k| u.column(k)).collect::<Vec<_>>());
-        LeafProjector { basis }
+        let (singular, vectors) = self.gram_svd();
+        let rank = rank_of(&singular, self.classes());
+        let directions = self.jacobian.transpose() * vectors.columns(0, rank);
+        LeafProjector {
+            basis: directions.qr().q(),
+        }
     }
 
     /// The dense n×n G = AᵀA, only for small inputs.
@@ -148,6 +193,15 @@ impl PointGeometry {
         let a = self.weighted_jacobian();
         Ok(a.transpose() * a)
     }
+}
+
+fn rank_of(singular: &[f64], classes: usize) -> usize {
+    let top = singular.first().copied().unwrap_or(0.0);
+    singular
+        .iter()
+        .filter(|&&v| v > RANK_RTOL * top)
+        .count()
+        .min(classes.saturating_sub(1))
 }
 
 /// Orthogonal projections onto ker G⊥ (the data leaf's tangent space) and ker G.

@@ -325,13 +325,33 @@ fn max_pool_gradient_goes_to_the_first_of_tied_maxima() {
     let x = Tensor::new(&[[[[1f32, 1.], [1., 1.]]]], &Device::Cpu).unwrap();
     let var = Var::from_tensor(&x).unwrap();
     let pooled = leafwalk_models::max_pool_2x2(var.as_tensor()).unwrap();
-    assert_eq!(pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [1.0]);
+    assert_eq!(
+        pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        [1.0]
+    );
     let grads = pooled.sum_all().unwrap().backward().unwrap();
-    let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let g: Vec<f32> = grads
+        .get(var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(g, [1.0, 0.0, 0.0, 0.0]);
     let x = Tensor::new(&[[[[0f32, 2.], [3., 3.]]]], &Device::Cpu).unwrap();
     let var = Var::from_tensor(&x).unwrap();
-    let grads = leafwalk_models::max_pool_2x2(var.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-    let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let grads = leafwalk_models::max_pool_2x2(var.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g: Vec<f32> = grads
+        .get(var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(g, [0.0, 0.0, 1.0, 0.0]);
 }

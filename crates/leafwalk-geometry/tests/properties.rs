@@ -1,0 +1,309 @@
+//! Properties every built-in architecture's geometry must have, on random inputs.
+
+use candle_core::{DType, Device, Module, Tensor};
+use leafwalk_data::dataset_info;
+use leafwalk_geometry::{batch_geometry, input_jacobian, GeometryError, PointGeometry};
+use leafwalk_models::{Arch, Classifier};
+use nalgebra::DVector;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn model(arch: Arch, dtype: DType) -> Classifier {
+    let dataset = if arch == Arch::CifarVgg11 {
+        "cifar10"
+    } else {
+        "mnist"
+    };
+    let fresh = Classifier::new(
+        arch,
+        dataset_info(dataset).unwrap(),
+        21,
+        &Device::Cpu,
+        dtype,
+    )
+    .unwrap();
+    if arch != Arch::CifarVgg11 {
+        return fresh;
+    }
+    // A freshly initialised VGG's output hardly depends on its input (‖J‖ ~ 1e-5): G would sit
+    // at the rounding floor of every check. Scaling the last layer gives it a trained model's
+    // sensitivity without changing anything structural.
+    scaled(&fresh, &["classifier.weight", "classifier.bias"], 1e3)
+}
+
+/// `model` with the named tensors multiplied by `factor`.
+fn scaled(model: &Classifier, names: &[&str], factor: f64) -> Classifier {
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        model.named_tensors().into_iter().collect();
+    for name in names {
+        tensors.insert(name.to_string(), (&tensors[*name] * factor).unwrap());
+    }
+    let built = Classifier::from_tensors(
+        std::path::Path::new("scaled"),
+        model.meta().clone(),
+        tensors,
+        model.device(),
+    )
+    .unwrap();
+    built.to_dtype(model.dtype()).unwrap()
+}
+
+fn random_pixels(model: &Classifier, batch: usize, seed: u64) -> Tensor {
+    let s = model.input_shape();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f64> = (0..batch * s.len())
+        .map(|_| rng.random_range(0.05..0.95))
+        .collect();
+    Tensor::from_vec(values, (batch, s.channels, s.height, s.width), &Device::Cpu)
+        .unwrap()
+        .to_dtype(model.dtype())
+        .unwrap()
+}
+
+fn random_direction(n: usize, seed: u64) -> DVector<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v = DVector::from_fn(n, |_, _| rng.random_range(-1.0..1.0));
+    v.normalize()
+}
+
+fn log_probs_at(model: &Classifier, x: &DVector<f64>) -> DVector<f64> {
+    let s = model.input_shape();
+    let t = Tensor::from_slice(
+        x.as_slice(),
+        (1, s.channels, s.height, s.width),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let lp: Vec<f64> = model
+        .forward(&t.to_dtype(model.dtype()).unwrap())
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    DVector::from_vec(lp)
+}
+
+fn pixels_vector(pixels: &Tensor) -> DVector<f64> {
+    DVector::from_vec(
+        pixels
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
+    )
+}
+
+/// KL(p(y) ‖ p(x)) from log-probabilities.
+fn kl(log_p_y: &DVector<f64>, log_p_x: &DVector<f64>) -> f64 {
+    log_p_y
+        .iter()
+        .zip(log_p_x.iter())
+        .map(|(a, b)| a.exp() * (a - b))
+        .sum()
+}
+
+#[test]
+fn g_is_symmetric_psd_with_rank_below_c_and_rows_balance() {
+    for arch in Arch::ALL {
+        let model = model(arch, DType::F32);
+        let batch = if arch == Arch::CifarVgg11 { 1 } else { 3 };
+        for point in batch_geometry(&model, &random_pixels(&model, batch, 4)).unwrap() {
+            let spectrum = point.spectrum();
+            let top = spectrum.eigenvalues[0];
+            assert!(top > 0.0, "{arch}: G is zero");
+            assert!(
+                spectrum.eigenvalues.iter().all(|&l| l >= -1e-9 * top),
+                "{arch}: negative eigenvalue {:?}",
+                spectrum.eigenvalues
+            );
+            assert!(
+                (spectrum.eigenvalues.iter().sum::<f64>() - point.trace()).abs()
+                    <= 1e-9 * point.trace(),
+                "{arch}: Σλ ≠ trace"
+            );
+            assert!(point.rank() <= 9, "{arch}");
+            assert!(
+                *spectrum.eigenvalues.last().unwrap() <= 1e-6 * top,
+                "{arch}: C-th eigenvalue not ≈ 0"
+            );
+            let balance = point.weighted_row_sum().norm();
+            assert!(
+                balance <= 1e-5 * point.jacobian.norm(),
+                "{arch}: ‖Σ pᵢ Jᵢ‖ = {balance}"
+            );
+            // Eigenvectors of G (through the C×C matrix) are orthonormal and satisfy G v = λ v.
+            let v = point.eigenvectors(9);
+            let gram = v.transpose() * &v;
+            assert!(
+                (gram - nalgebra::DMatrix::identity(v.ncols(), v.ncols()))
+                    .abs()
+                    .max()
+                    < 1e-8,
+                "{arch}"
+            );
+            for k in 0..v.ncols() {
+                let col = v.column(k).into_owned();
+                let gv = point.jacobian.transpose()
+                    * point.probs.component_mul(&(&point.jacobian * &col));
+                assert!(
+                    (gv - &col * spectrum.eigenvalues[k]).norm() <= 1e-8 * top,
+                    "{arch}: G v ≠ λ v"
+                );
+            }
+            if arch == Arch::MnistCnn {
+                let dense = point.dense(4096).unwrap();
+                assert!((&dense - dense.transpose()).abs().max() <= 1e-12 * top);
+                let eig = dense.symmetric_eigenvalues();
+                assert!(eig.iter().all(|&l| l >= -1e-9 * top));
+            }
+        }
+    }
+}
+
+/// J against central differences of the f64 model.
+#[test]
+fn jacobian_matches_finite_differences() {
+    for arch in Arch::ALL {
+        let model = model(arch, DType::F64);
+        let pixels = random_pixels(&model, 1, 8);
+        let point = &batch_geometry(&model, &pixels).unwrap()[0];
+        let x = pixels_vector(&pixels);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let eps = 1e-5;
+        for _ in 0..4 {
+            let pixel = rng.random_range(0..x.len());
+            let (mut plus, mut minus) = (x.clone(), x.clone());
+            plus[pixel] += eps;
+            minus[pixel] -= eps;
+            let fd = (log_probs_at(&model, &plus) - log_probs_at(&model, &minus)) / (2.0 * eps);
+            let column = point.jacobian.column(pixel);
+            let scale = point.jacobian.abs().max();
+            assert!(
+                (fd - column).abs().max() <= 1e-6 * scale + 1e-7,
+                "{arch}: pixel {pixel}"
+            );
+        }
+    }
+}
+
+/// KL(p(x+εv) ‖ p(x)) / (½ ε² vᵀGv) → 1 as ε → 0 (mind the ½), and moving in ker G does not
+/// change p to first order.
+#[test]
+fn kl_is_half_the_quadratic_form_and_kernel_moves_keep_p() {
+    for arch in Arch::ALL {
+        let model = model(arch, DType::F64);
+        let pixels = random_pixels(&model, 1, 12);
+        let point = &batch_geometry(&model, &pixels).unwrap()[0];
+        let x = pixels_vector(&pixels);
+        let base = log_probs_at(&model, &x);
+        let v = random_direction(x.len(), 99);
+        let quad = point.quadratic_form(&v);
+        // Steps sized so the predicted KL is 1e-6, 1e-8, 1e-10: far above f64 cancellation
+        // (~1e-15) whatever the scale of G (a fresh VGG's G is tiny).
+        let ratios: Vec<f64> = [1e-6, 1e-8, 1e-10]
+            .iter()
+            .map(|&target| {
+                let eps = (2.0 * target / quad).sqrt();
+                kl(&log_probs_at(&model, &(&x + &v * eps)), &base) / (0.5 * eps * eps * quad)
+            })
+            .collect();
+        // The error shrinks with ε (third-order terms) until rounding, or for VGG's ~10⁵ ReLUs
+        // kink crossings, take over: judge the better of the two small steps.
+        let best = (ratios[1] - 1.0).abs().min((ratios[2] - 1.0).abs());
+        assert!(
+            best < 1e-2 && best < (ratios[0] - 1.0).abs(),
+            "{arch}: KL / (½ε²vᵀGv) = {ratios:?}"
+        );
+
+        let projector = point.leaf_projector();
+        let kernel_v = projector.onto_kernel(&v).normalize();
+        // Directions with singular value under RANK_RTOL·σ₀ count as kernel, so that bounds J·v.
+        let jv = (&point.jacobian * &kernel_v).norm();
+        let sigma0 = point.jacobian_singular_values()[0];
+        assert!(
+            jv <= 1.01 * leafwalk_geometry::RANK_RTOL * sigma0,
+            "{arch}: ‖J·v_ker‖ = {jv}, σ₀ = {sigma0}"
+        );
+        let eps = 1e-3;
+        let kernel_change = (log_probs_at(&model, &(&x + &kernel_v * eps)) - &base)
+            .abs()
+            .max();
+        let leaf_v = projector.onto_leaf(&v).normalize();
+        let leaf_change = (log_probs_at(&model, &(&x + &leaf_v * eps)) - &base)
+            .abs()
+            .max();
+        assert!(
+            kernel_change < 1e-2 * leaf_change,
+            "{arch}: kernel move changed log p by {kernel_change}, leaf move {leaf_change}"
+        );
+        // Projections are orthogonal and complementary.
+        let leaf = projector.onto_leaf(&v);
+        assert!(leaf.dot(&projector.onto_kernel(&v)).abs() < 1e-10);
+        assert!((projector.onto_leaf(&leaf) - &leaf).norm() < 1e-10);
+    }
+}
+
+/// Saturated outputs (some pᵢ underflow below 1e-30, others are exactly 1) still give finite
+/// geometry.
+#[test]
+fn saturated_and_underflowing_probabilities_stay_finite() {
+    let hot = scaled(
+        &model(Arch::MnistCnn, DType::F32),
+        &["fc2.weight", "fc2.bias"],
+        5000.0,
+    );
+    let points = batch_geometry(&hot, &random_pixels(&hot, 4, 5)).unwrap();
+    let smallest = points
+        .iter()
+        .flat_map(|p| p.probs.iter().copied())
+        .fold(1.0, f64::min);
+    assert!(
+        smallest < 1e-30,
+        "the scaled model is not saturated (min p = {smallest})"
+    );
+    for point in &points {
+        assert!(
+            point.log_probs.iter().all(|v| v.is_finite()),
+            "log p not finite: {:?}",
+            point.log_probs
+        );
+        assert!(point.jacobian.iter().all(|v| v.is_finite()));
+        assert!(point.trace().is_finite());
+        let spectrum = point.spectrum();
+        assert!(spectrum.eigenvalues.iter().all(|v| v.is_finite()));
+        assert!(point.rank() <= 9);
+        assert!(point.eigenvectors(9).iter().all(|v| v.is_finite()));
+        assert!(point.leaf_projector().basis.iter().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn non_finite_inputs_are_rejected() {
+    let model = model(Arch::Mlp, DType::F32);
+    let mut values = vec![0.5f32; 2 * 784];
+    values[784 + 17] = f32::NAN;
+    let pixels = Tensor::from_vec(values.clone(), (2, 1, 28, 28), &Device::Cpu).unwrap();
+    let err = input_jacobian(&model, &pixels).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GeometryError::NonFinite {
+                index: 1,
+                position: 17
+            }
+        ),
+        "{err}"
+    );
+    values[784 + 17] = f32::INFINITY;
+    let pixels = Tensor::from_vec(values, (2, 1, 28, 28), &Device::Cpu).unwrap();
+    assert!(input_jacobian(&model, &pixels)
+        .unwrap_err()
+        .to_string()
+        .contains("non-finite"));
+    assert!(PointGeometry::new(&[0.0; 3], &[0.0; 10], 10).is_err());
+}
