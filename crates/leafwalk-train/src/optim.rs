@@ -94,8 +94,11 @@ impl Optimizer {
                 let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
                 for ((_, p), mom) in self.params.iter().zip(self.moments.iter_mut()) {
                     let Some(g) = grads.get(p) else { continue };
-                    mom.m = ((&mom.m * BETA1)? + (g * (1.0 - BETA1))?)?;
-                    mom.v = ((&mom.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+                    // Detached: gradients carry their autograd history, and a moment built
+                    // from them would keep every earlier step's graph alive (≈30 MB a step).
+                    let g = g.detach();
+                    mom.m = ((&mom.m * BETA1)? + (&g * (1.0 - BETA1))?)?.detach();
+                    mom.v = ((&mom.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?.detach();
                     let update = ((&mom.m / bias1)? / ((&mom.v / bias2)?.sqrt()? + EPS)?)?;
                     let decayed = (p.as_tensor() * (1.0 - self.lr * WEIGHT_DECAY))?;
                     p.set(&(decayed - (update * self.lr)?)?)?;
