@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use leafwalk_data::{ImageSource, Invert};
+use leafwalk_data::{DatasetRef, ImageSource, Invert};
 use leafwalk_models::Arch;
 use leafwalk_train::OptimizerKind;
 
@@ -35,6 +35,12 @@ pub enum Command {
         after_help = "Examples:\n  leafwalk predict models/samples/mnist-7.png\n  leafwalk predict mnist:test:17 fashion-mnist:test:3 --model models/fashion-mnist-cnn.safetensors"
     )]
     Predict(PredictArgs),
+    /// The local data matrix G at images or over a dataset: prediction, trace, rank, spectrum
+    /// and the leaf basis (the directions the model perceives), optionally the Fisher matrix.
+    #[command(
+        after_help = "Examples:\n  leafwalk inspect --image models/samples/mnist-7.png --basis-png basis.png\n  leafwalk inspect --ref mnist:test:17 --fisher --json\n  leafwalk inspect --data mnist:test --limit 500 --spectrum-png spectrum.png"
+    )]
+    Inspect(InspectArgs),
     /// Download a dataset from the Hugging Face hub into --data-root (needs network).
     #[cfg(feature = "hub")]
     #[command(after_help = "Example:\n  leafwalk fetch --download mnist")]
@@ -100,6 +106,42 @@ pub struct PredictArgs {
     #[arg(long, default_value = "auto")]
     pub invert: Invert,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Image file (PNG/JPEG); repeatable.
+    #[arg(long)]
+    pub image: Vec<PathBuf>,
+    /// Dataset entry NAME:SPLIT:INDEX, e.g. mnist:test:17; repeatable.
+    #[arg(long = "ref")]
+    pub reference: Vec<DatasetRef>,
+    /// A whole split, NAME:SPLIT (e.g. mnist:test): summary statistics over --limit images.
+    #[arg(long, conflicts_with_all = ["image", "reference", "basis_png", "full_g"])]
+    pub data: Option<DatasetRef>,
+    /// Images taken from --data, evenly spaced over the split (its files are sorted by class).
+    #[arg(long, default_value_t = 500)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "auto")]
+    pub invert: Invert,
+    /// Also the Fisher matrix F(x,w) in parameter space (C backward passes per image; over
+    /// --data also the dataset Fisher, which holds N·C parameter gradients in memory).
+    #[arg(long)]
+    pub fisher: bool,
+    /// Draw each image with the eigenvectors of its G (signed heat-maps) into this PNG.
+    #[arg(long)]
+    pub basis_png: Option<PathBuf>,
+    /// Write the dense n×n G of the (single) input as float64 .npy (n ≤ 4096 only).
+    #[arg(long)]
+    pub full_g: Option<PathBuf>,
+    /// Over --data: plot the eigenvalue spectrum of G (median and 10–90 % band, log scale).
+    #[arg(long, requires = "data")]
+    pub spectrum_png: Option<PathBuf>,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -17,24 +17,16 @@ fn main() -> ExitCode {
     if let Some(threads) = cli.threads {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    let filter = if cli.verbose {
-        "leafwalk=debug"
-    } else {
-        "leafwalk=warn"
-    };
+    let filter = if cli.verbose { "leafwalk=debug" } else { "leafwalk=warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)
         .init();
     match commands::run(cli) {
         Ok(code) => code,
         // `leafwalk … | head` closing the pipe early is not an error.
         Err(err)
-            if err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+            if err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
         {
             ExitCode::SUCCESS
         }

@@ -26,10 +26,7 @@ fn leafwalk(args: &[&str], data_root: &Path) -> Output {
 /// Asserts the run failed cleanly and returns its single stderr line.
 fn failure(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(
-        !output.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
+    assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
@@ -42,28 +39,15 @@ fn tiny_mnist(root: &Path) {
     let info = dataset_info("mnist").unwrap();
     for (split, n) in [(Split::Train, 60), (Split::Test, 20)] {
         let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        let images = labels
-            .iter()
-            .flat_map(|&l| (0..784).map(move |p| if p / 78 == l as usize { 255 } else { 0 }))
-            .collect();
-        Dataset {
-            info,
-            split,
-            images,
-            labels,
-        }
-        .save(root)
-        .unwrap();
+        let images =
+            labels.iter().flat_map(|&l| (0..784).map(move |p| if p / 78 == l as usize { 255 } else { 0 })).collect();
+        Dataset { info, split, images, labels }.save(root).unwrap();
     }
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.sort();
     names
@@ -72,20 +56,9 @@ fn files_in(dir: &Path) -> Vec<String> {
 #[test]
 fn shipped_model_classifies_the_samples() {
     let empty = tempfile::tempdir().unwrap();
-    let output = leafwalk(
-        &[
-            "predict",
-            "models/samples/mnist-7.png",
-            "models/samples/mnist-0.png",
-            "--json",
-        ],
-        empty.path(),
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output =
+        leafwalk(&["predict", "models/samples/mnist-7.png", "models/samples/mnist-0.png", "--json"], empty.path());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(rows[0]["prediction"], "7");
     assert_eq!(rows[1]["prediction"], "0");
@@ -115,55 +88,24 @@ fn train_writes_checkpoints_log_and_loadable_models() {
         ],
         dir.path(),
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(
         files_in(&out),
-        [
-            "epoch-01.safetensors",
-            "epoch-02.safetensors",
-            "resume.safetensors",
-            "train-log.jsonl"
-        ]
+        ["epoch-01.safetensors", "epoch-02.safetensors", "resume.safetensors", "train-log.jsonl"]
     );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["epochs"][1]["step"], 6);
-    let model = Classifier::load(
-        &out.join("epoch-02.safetensors"),
-        Default::default(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let model = Classifier::load(&out.join("epoch-02.safetensors"), Default::default(), &Device::Cpu).unwrap();
     let meta = model.meta();
-    assert_eq!(
-        (meta.arch, meta.dataset.as_str(), meta.epoch, meta.step),
-        (Arch::Mlp, "mnist", 2, 6)
-    );
+    assert_eq!((meta.arch, meta.dataset.as_str(), meta.epoch, meta.step), (Arch::Mlp, "mnist", 2, 6));
     assert_eq!(meta.mean, vec![0.1307]);
     assert_eq!(meta.extra["optimizer"], "sgd");
     assert!(meta.test_accuracy.is_some());
     // Same folder again without --resume: refused, nothing lost.
     let before = std::fs::read(out.join("epoch-01.safetensors")).unwrap();
-    let again = leafwalk(
-        &[
-            "train",
-            "--arch",
-            "mlp",
-            "--epochs",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let again = leafwalk(&["train", "--arch", "mlp", "--epochs", "1", "--out", out.to_str().unwrap()], dir.path());
     assert!(failure(&again).contains("already holds a training run"));
-    assert_eq!(
-        before,
-        std::fs::read(out.join("epoch-01.safetensors")).unwrap()
-    );
+    assert_eq!(before, std::fs::read(out.join("epoch-01.safetensors")).unwrap());
 }
 
 #[test]
@@ -174,11 +116,7 @@ fn bad_training_input_fails_cleanly() {
     let train = |data_root: &Path, extra: &[&str]| {
         let out = dir.path().join("out");
         let mut args = vec!["train", "--arch", "mlp", "--out", out.to_str().unwrap()];
-        args.extend_from_slice(if extra.is_empty() {
-            &["--epochs", "1"]
-        } else {
-            extra
-        });
+        args.extend_from_slice(if extra.is_empty() { &["--epochs", "1"] } else { extra });
         let result = leafwalk(&args, data_root);
         assert!(!out.exists(), "output folder created on failure");
         result
@@ -189,63 +127,35 @@ fn bad_training_input_fails_cleanly() {
     let pristine_labels = std::fs::read(&labels).unwrap();
 
     assert!(failure(&train(data, &["--epochs", "0"])).contains("--epochs must be at least 1"));
-    assert!(
-        failure(&train(data, &["--lr", "nan"])).contains("--lr must be a positive finite number")
-    );
+    assert!(failure(&train(data, &["--lr", "nan"])).contains("--lr must be a positive finite number"));
 
     let missing = failure(&train(&data.join("nowhere"), &[]));
-    assert!(
-        missing.contains("nowhere/mnist") && missing.contains("fetch-data.sh"),
-        "{missing}"
-    );
+    assert!(missing.contains("nowhere/mnist") && missing.contains("fetch-data.sh"), "{missing}");
 
     let mut bad_magic = pristine_images.clone();
     bad_magic[..4].copy_from_slice(&[0, 0, 0, 0]);
     std::fs::write(&images, &bad_magic).unwrap();
     let e = failure(&train(data, &[]));
-    assert!(
-        e.contains("train-images-idx3-ubyte") && e.contains("magic"),
-        "{e}"
-    );
+    assert!(e.contains("train-images-idx3-ubyte") && e.contains("magic"), "{e}");
 
     std::fs::write(&images, &pristine_images[..pristine_images.len() - 100]).unwrap();
     let e = failure(&train(data, &[]));
-    assert!(
-        e.contains("train-images-idx3-ubyte") && e.contains("truncated"),
-        "{e}"
-    );
+    assert!(e.contains("train-images-idx3-ubyte") && e.contains("truncated"), "{e}");
     std::fs::write(&images, &pristine_images).unwrap();
 
     let mut fewer = pristine_labels[..pristine_labels.len() - 1].to_vec();
     fewer[4..8].copy_from_slice(&59u32.to_be_bytes());
     std::fs::write(&labels, &fewer).unwrap();
     let e = failure(&train(data, &[]));
-    assert!(
-        e.contains("train-") && e.contains("60") && e.contains("59"),
-        "{e}"
-    );
+    assert!(e.contains("train-") && e.contains("60") && e.contains("59"), "{e}");
     std::fs::write(&labels, &pristine_labels).unwrap();
 
     let not_a_dir = dir.path().join("plain-file");
     std::fs::write(&not_a_dir, b"x").unwrap();
     let blocked = not_a_dir.join("run");
-    let output = leafwalk(
-        &[
-            "train",
-            "--arch",
-            "mlp",
-            "--epochs",
-            "1",
-            "--out",
-            blocked.to_str().unwrap(),
-        ],
-        data,
-    );
+    let output = leafwalk(&["train", "--arch", "mlp", "--epochs", "1", "--out", blocked.to_str().unwrap()], data);
     let e = failure(&output);
-    assert!(
-        e.contains("plain-file/run") && e.contains("cannot create the output folder"),
-        "{e}"
-    );
+    assert!(e.contains("plain-file/run") && e.contains("cannot create the output folder"), "{e}");
 }
 
 #[test]
@@ -266,10 +176,7 @@ fn bad_images_and_models_fail_cleanly() {
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&corrupt, bytes).unwrap();
     let e = failure(&predict(&[corrupt.to_str().unwrap()]));
-    assert!(
-        e.contains("corrupt.png") && e.contains("corrupt image"),
-        "{e}"
-    );
+    assert!(e.contains("corrupt.png") && e.contains("corrupt image"), "{e}");
 
     let e = failure(&predict(&["tests/fixtures/empty-0x0.png"]));
     assert!(e.contains("empty-0x0.png") && e.contains("empty"), "{e}");
@@ -278,18 +185,9 @@ fn bad_images_and_models_fail_cleanly() {
     assert!(e.contains("mnist"), "{e}");
 
     // Checkpoints: missing tensor, wrong shape, unknown architecture, not safetensors.
-    let good = Classifier::new(
-        Arch::MnistCnn,
-        dataset_info("mnist").unwrap(),
-        1,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let good = Classifier::new(Arch::MnistCnn, dataset_info("mnist").unwrap(), 1, &Device::Cpu, DType::F32).unwrap();
     let meta = good.meta().to_metadata();
-    let write = |name: &str,
-                 tensors: Vec<(String, Tensor)>,
-                 meta: std::collections::HashMap<String, String>| {
+    let write = |name: &str, tensors: Vec<(String, Tensor)>, meta: std::collections::HashMap<String, String>| {
         let path = dir.path().join(name);
         checkpoint::write(&path, &tensors, meta).unwrap();
         path
@@ -299,44 +197,25 @@ fn bad_images_and_models_fail_cleanly() {
     tensors.retain(|(n, _)| n != "conv2.weight");
     let path = write("missing.safetensors", tensors, meta.clone());
     let e = failure(&predict(&[sample, "--model", path.to_str().unwrap()]));
-    assert!(
-        e.contains("missing.safetensors") && e.contains("missing tensor 'conv2.weight'"),
-        "{e}"
-    );
+    assert!(e.contains("missing.safetensors") && e.contains("missing tensor 'conv2.weight'"), "{e}");
 
     let mut tensors = good.named_tensors();
     tensors[6].1 = Tensor::zeros((10, 64), DType::F32, &Device::Cpu).unwrap();
     let path = write("shape.safetensors", tensors, meta.clone());
     let e = failure(&predict(&[sample, "--model", path.to_str().unwrap()]));
-    assert!(
-        e.contains("shape.safetensors") && e.contains("'fc2.weight' has shape [10, 64]"),
-        "{e}"
-    );
+    assert!(e.contains("shape.safetensors") && e.contains("'fc2.weight' has shape [10, 64]"), "{e}");
 
     let mut odd = meta.clone();
     odd.insert("leafwalk.arch".into(), "transformer".into());
     let path = write("arch.safetensors", good.named_tensors(), odd);
     let e = failure(&predict(&[sample, "--model", path.to_str().unwrap()]));
-    assert!(
-        e.contains("arch.safetensors") && e.contains("unknown architecture 'transformer'"),
-        "{e}"
-    );
+    assert!(e.contains("arch.safetensors") && e.contains("unknown architecture 'transformer'"), "{e}");
 
     let e = failure(&predict(&[sample, "--model", "Cargo.toml"]));
-    assert!(
-        e.contains("Cargo.toml") && e.contains("not a safetensors file"),
-        "{e}"
-    );
+    assert!(e.contains("Cargo.toml") && e.contains("not a safetensors file"), "{e}");
 
-    let e = failure(&predict(&[
-        sample,
-        "--model",
-        "tests/fixtures/mnist-cnn-epoch01.safetensors",
-    ]));
-    assert!(
-        e.contains("mnist-cnn-epoch01.safetensors") && e.contains("--arch"),
-        "{e}"
-    );
+    let e = failure(&predict(&[sample, "--model", "tests/fixtures/mnist-cnn-epoch01.safetensors"]));
+    assert!(e.contains("mnist-cnn-epoch01.safetensors") && e.contains("--arch"), "{e}");
     let output = predict(&[
         sample,
         "--model",
@@ -346,11 +225,7 @@ fn bad_images_and_models_fail_cleanly() {
         "--dataset",
         "mnist",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
@@ -359,9 +234,6 @@ fn every_subcommand_help_has_an_example() {
     for sub in ["train", "predict"] {
         let output = leafwalk(&[sub, "--help"], empty.path());
         let text = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && text.contains("Example"),
-            "{sub}: {text}"
-        );
+        assert!(output.status.success() && text.contains("Example"), "{sub}: {text}");
     }
 }

@@ -1,10 +1,13 @@
+mod inspect;
 mod predict;
 mod train;
 
 use std::process::ExitCode;
 
-use candle_core::Device;
-use leafwalk_data::dataset_info;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use leafwalk_data::{dataset_info, ImageSource, Invert};
 use leafwalk_models::{Classifier, LoadOptions};
 
 use crate::cli::{Cli, Command, ModelArgs};
@@ -13,6 +16,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Train(args) => train::run(args, &cli.data_root),
         Command::Predict(args) => predict::run(args, &cli.data_root),
+        Command::Inspect(args) => inspect::run(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
             let info = dataset_info(&args.download)?;
@@ -26,9 +30,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The model every command but `train` works on (errors name the checkpoint file).
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Classifier> {
     let dataset = args.dataset.as_deref().map(dataset_info).transpose()?;
-    let options = LoadOptions {
-        arch: args.arch,
-        dataset,
-    };
+    let options = LoadOptions { arch: args.arch, dataset };
     Ok(Classifier::load(&args.model, options, &Device::Cpu)?)
+}
+
+/// Loads images or dataset entries into one `[B, C, H, W]` batch shaped for `model`.
+pub fn input_batch(
+    sources: &[ImageSource],
+    model: &Classifier,
+    invert: Invert,
+    data_root: &Path,
+) -> anyhow::Result<Tensor> {
+    let shape = model.input_shape();
+    let mut pixels = Vec::with_capacity(sources.len() * shape.len());
+    for source in sources {
+        pixels.extend(source.load(shape, invert, data_root)?);
+    }
+    Ok(Tensor::from_vec(pixels, (sources.len(), shape.channels, shape.height, shape.width), model.device())?)
 }

@@ -3,37 +3,21 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::{Module, Tensor};
+use candle_core::Module;
 
 use crate::cli::PredictArgs;
-use crate::commands::load_model;
+use crate::commands::{input_batch, load_model};
 
 pub fn run(args: PredictArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let model = load_model(&args.model)?;
-    let shape = model.input_shape();
-    let mut pixels = Vec::with_capacity(args.inputs.len() * shape.len());
-    for input in &args.inputs {
-        pixels.extend(input.load(shape, args.invert, data_root)?);
-    }
-    let batch = Tensor::from_vec(
-        pixels,
-        (args.inputs.len(), shape.channels, shape.height, shape.width),
-        model.device(),
-    )?;
-    let probs = model
-        .forward(&batch)?
-        .exp()?
-        .to_vec2::<f32>()
-        .context("reading the model output")?;
+    let batch = input_batch(&args.inputs, &model, args.invert, data_root)?;
+    let probs = model.forward(&batch)?.exp()?.to_vec2::<f32>().context("reading the model output")?;
     let classes = &model.meta().classes;
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
     for (input, p) in args.inputs.iter().zip(&probs) {
         let (best, best_p) =
-            p.iter().enumerate().fold(
-                (0, f32::MIN),
-                |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
-            );
+            p.iter().enumerate().fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
         if args.json {
             rows.push(serde_json::json!({
                 "input": input.to_string(), "prediction": classes[best], "class_index": best,

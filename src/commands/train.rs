@@ -52,9 +52,7 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(step) = summary.interrupted_at {
-        eprintln!(
-            "leafwalk: interrupted at step {step}; continue with the same command plus --resume"
-        );
+        eprintln!("leafwalk: interrupted at step {step}; continue with the same command plus --resume");
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)

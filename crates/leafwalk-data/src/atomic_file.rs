@@ -11,9 +11,7 @@ use crate::error::{DataError, Result};
 /// rename stays on one file system and is atomic), then renames it to `path`.
 /// On failure the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| DataError::invalid(path, "not a file name"))?;
+    let file_name = path.file_name().ok_or_else(|| DataError::invalid(path, "not a file name"))?;
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(file_name);
     temp_name.push(format!(".{}.tmp", std::process::id()));
@@ -27,18 +25,11 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
     result
 }
 
-fn write_then_rename(
-    path: &Path,
-    temp_path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<()>,
-) -> Result<()> {
+fn write_then_rename(path: &Path, temp_path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let file = File::create(temp_path).map_err(|error| DataError::io(temp_path, error))?;
     let mut writer = BufWriter::new(file);
     write(&mut writer)?;
-    let file = writer
-        .into_inner()
-        .map_err(|error| DataError::io(temp_path, error.into_error()))?;
-    file.sync_all()
-        .map_err(|error| DataError::io(temp_path, error))?;
+    let file = writer.into_inner().map_err(|error| DataError::io(temp_path, error.into_error()))?;
+    file.sync_all().map_err(|error| DataError::io(temp_path, error))?;
     std::fs::rename(temp_path, path).map_err(|error| DataError::io(path, error))
 }

@@ -14,13 +14,8 @@ use crate::error::{DataError, Result};
 use crate::idx::check_labels;
 use crate::registry::DatasetInfo;
 
-const TRAIN_BATCHES: &[&str] = &[
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
+const TRAIN_BATCHES: &[&str] =
+    &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 const TEST_BATCHES: &[&str] = &["test_batch.bin"];
 /// Directories tried in order, relative to `root/NAME`.
 const SUBDIRS: &[&str] = &["cifar-10-batches-bin", ""];
@@ -33,11 +28,7 @@ fn batch_names(split: Split) -> &'static [&'static str] {
 }
 
 /// Reads one split: `(images, labels)`, images as `N*C*H*W` bytes.
-pub(crate) fn load(
-    info: &'static DatasetInfo,
-    split: Split,
-    root: &Path,
-) -> Result<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn load(info: &'static DatasetInfo, split: Split, root: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     let names = batch_names(split);
     let dir = find_dir(info, split, root)?;
     let mut images = Vec::new();
@@ -99,22 +90,14 @@ fn parse_batch(
         labels.push(record[0]);
         images.extend_from_slice(&record[1..]);
     }
-    check_labels(
-        path,
-        &labels[first_new_label..],
-        info.classes.len(),
-        "in record",
-    )
+    check_labels(path, &labels[first_new_label..], info.classes.len(), "in record")
 }
 
 /// Where the batches of a split go when leafwalk writes them: the layout of
 /// the official tarball, which is also the directory tried first.
 pub(crate) fn canonical_paths(info: &DatasetInfo, split: Split, root: &Path) -> Vec<PathBuf> {
     let dir = root.join(info.name).join(SUBDIRS[0]);
-    batch_names(split)
-        .iter()
-        .map(|name| dir.join(name))
-        .collect()
+    batch_names(split).iter().map(|name| dir.join(name)).collect()
 }
 
 /// Encodes records (one label and `image_len` bytes each) as a batch file.

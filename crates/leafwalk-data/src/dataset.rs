@@ -90,12 +90,7 @@ impl Dataset {
             Layout::Idx => idx::load(info, split, root)?,
             Layout::CifarBinary => cifar::load(info, split, root)?,
         };
-        Ok(Dataset {
-            info,
-            split,
-            images,
-            labels,
-        })
+        Ok(Dataset { info, split, images, labels })
     }
 
     /// The CHW bytes of one image.
@@ -118,9 +113,7 @@ impl Dataset {
     pub fn save(&self, root: &Path) -> Result<()> {
         match layout(self.info)? {
             Layout::Idx => write_idx(self.info, self.split, root, &self.images, &self.labels),
-            Layout::CifarBinary => {
-                write_cifar(self.info, self.split, root, &self.images, &self.labels)
-            }
+            Layout::CifarBinary => write_cifar(self.info, self.split, root, &self.images, &self.labels),
         }
     }
 
@@ -132,48 +125,25 @@ impl Dataset {
         let mut pixels = Vec::with_capacity(indices.len() * shape.len());
         let mut labels = Vec::with_capacity(indices.len());
         for &index in indices {
-            pixels.extend(
-                self.image(index)?
-                    .iter()
-                    .map(|&byte| f32::from(byte) / 255.0),
-            );
+            pixels.extend(self.image(index)?.iter().map(|&byte| f32::from(byte) / 255.0));
             labels.push(u32::from(self.labels[index]));
         }
-        let images = Tensor::from_vec(
-            pixels,
-            (indices.len(), shape.channels, shape.height, shape.width),
-            device,
-        )?;
+        let images = Tensor::from_vec(pixels, (indices.len(), shape.channels, shape.height, shape.width), device)?;
         let labels = Tensor::from_vec(labels, indices.len(), device)?;
         Ok((images, labels))
     }
 }
 
-fn write_idx(
-    info: &DatasetInfo,
-    split: Split,
-    root: &Path,
-    images: &[u8],
-    labels: &[u8],
-) -> Result<()> {
+fn write_idx(info: &DatasetInfo, split: Split, root: &Path, images: &[u8], labels: &[u8]) -> Result<()> {
     let (images_path, labels_path) = idx::canonical_paths(info, split, root);
     let shape = info.shape;
-    write_file(
-        &images_path,
-        &idx::encode_images(labels.len(), shape.height, shape.width, images),
-    )?;
+    write_file(&images_path, &idx::encode_images(labels.len(), shape.height, shape.width, images))?;
     write_file(&labels_path, &idx::encode_labels(labels))
 }
 
 /// Spreads the split over its batch files as evenly as possible (10,000
 /// records each for the real CIFAR-10 train split).
-fn write_cifar(
-    info: &DatasetInfo,
-    split: Split,
-    root: &Path,
-    images: &[u8],
-    labels: &[u8],
-) -> Result<()> {
+fn write_cifar(info: &DatasetInfo, split: Split, root: &Path, images: &[u8], labels: &[u8]) -> Result<()> {
     let paths = cifar::canonical_paths(info, split, root);
     let image_len = info.shape.len();
     let per_batch = labels.len().div_ceil(paths.len()).max(1);
@@ -191,11 +161,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|error| DataError::io(dir, error))?;
     }
-    write_atomic(path, |writer: &mut dyn Write| {
-        writer
-            .write_all(bytes)
-            .map_err(|error| DataError::io(path, error))
-    })
+    write_atomic(path, |writer: &mut dyn Write| writer.write_all(bytes).map_err(|error| DataError::io(path, error)))
 }
 
 #[cfg(test)]
@@ -215,9 +181,7 @@ mod tests {
 
     /// Deterministic pixels that differ between images and positions.
     fn pixels(count: usize, image_len: usize, seed: usize) -> Vec<u8> {
-        (0..count * image_len)
-            .map(|i| ((i * 31 + seed * 7) % 256) as u8)
-            .collect()
+        (0..count * image_len).map(|i| ((i * 31 + seed * 7) % 256) as u8).collect()
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -256,10 +220,7 @@ mod tests {
         assert_eq!("t10k".parse::<Split>().unwrap(), Split::Test);
         assert_eq!(Split::Test.to_string(), "test");
         let message = "validation".parse::<Split>().unwrap_err().to_string();
-        assert_eq!(
-            message,
-            "invalid split \"validation\": expected train or test"
-        );
+        assert_eq!(message, "invalid split \"validation\": expected train or test");
     }
 
     #[test]
@@ -288,16 +249,8 @@ mod tests {
         let dir = root.path().join("fashion-mnist");
         std::fs::create_dir_all(&dir).unwrap();
         let images = pixels(2, 784, 3);
-        std::fs::write(
-            dir.join("train-images.idx3-ubyte"),
-            idx::encode_images(2, 28, 28, &images),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("train-labels.idx1-ubyte"),
-            idx::encode_labels(&[9, 0]),
-        )
-        .unwrap();
+        std::fs::write(dir.join("train-images.idx3-ubyte"), idx::encode_images(2, 28, 28, &images)).unwrap();
+        std::fs::write(dir.join("train-labels.idx1-ubyte"), idx::encode_labels(&[9, 0])).unwrap();
         let info = dataset_info("fashion-mnist").unwrap();
         let dataset = Dataset::load(info, Split::Train, root.path()).unwrap();
         assert_eq!(dataset.images, images);
@@ -321,13 +274,7 @@ mod tests {
         let path = images_path.with_extension("gz");
         std::fs::write(&path, gzip(&[0u8; 16 + 2 * 784])).unwrap();
         let message = load_error(mnist(), Split::Test, root.path());
-        assert_eq!(
-            message,
-            format!(
-                "{}: bad IDX magic 0x00000000 (expected 2051 for images)",
-                path.display()
-            )
-        );
+        assert_eq!(message, format!("{}: bad IDX magic 0x00000000 (expected 2051 for images)", path.display()));
     }
 
     #[test]
@@ -341,10 +288,7 @@ mod tests {
         let message = load_error(mnist(), Split::Train, root.path());
         assert_eq!(
             message,
-            format!(
-                "{}: truncated: expected 2352 bytes of pixel data, found 2252",
-                images_path.display()
-            )
+            format!("{}: truncated: expected 2352 bytes of pixel data, found 2252", images_path.display())
         );
     }
 
@@ -368,11 +312,7 @@ mod tests {
         let message = load_error(mnist(), Split::Test, root.path());
         assert_eq!(
             message,
-            format!(
-                "{}: holds 4 images but {} holds 3 labels",
-                images_path.display(),
-                labels_path.display()
-            )
+            format!("{}: holds 4 images but {} holds 3 labels", images_path.display(), labels_path.display())
         );
     }
 
@@ -383,13 +323,7 @@ mod tests {
         let (_, labels_path) = idx::canonical_paths(mnist(), Split::Test, root.path());
         std::fs::write(&labels_path, idx::encode_labels(&[1, 10, 3])).unwrap();
         let message = load_error(mnist(), Split::Test, root.path());
-        assert_eq!(
-            message,
-            format!(
-                "{}: label 10 at index 1 is out of range (10 classes)",
-                labels_path.display()
-            )
-        );
+        assert_eq!(message, format!("{}: label 10 at index 1 is out of range (10 classes)", labels_path.display()));
     }
 
     /// Writes CIFAR batches of `per_batch` records; returns (images, labels)
@@ -418,10 +352,7 @@ mod tests {
         assert_eq!(dataset.images, images);
         assert_eq!(dataset.labels, labels);
         // Records are CHW already: the red plane comes first.
-        assert_eq!(
-            dataset.image(4).unwrap()[..1024],
-            images[4 * 3072..4 * 3072 + 1024]
-        );
+        assert_eq!(dataset.image(4).unwrap()[..1024], images[4 * 3072..4 * 3072 + 1024]);
     }
 
     #[test]
@@ -430,11 +361,7 @@ mod tests {
         let dir = root.path().join("cifar10");
         std::fs::create_dir_all(&dir).unwrap();
         let images = pixels(2, 3072, 9);
-        std::fs::write(
-            dir.join("test_batch.bin"),
-            cifar::encode_batch(&images, &[7, 2], 3072),
-        )
-        .unwrap();
+        std::fs::write(dir.join("test_batch.bin"), cifar::encode_batch(&images, &[7, 2], 3072)).unwrap();
         let dataset = Dataset::load(cifar10(), Split::Test, root.path()).unwrap();
         assert_eq!(dataset.images, images);
         assert_eq!(dataset.labels, [7, 2]);
@@ -447,10 +374,7 @@ mod tests {
         let missing = &cifar::canonical_paths(cifar10(), Split::Train, root.path())[2];
         std::fs::remove_file(missing).unwrap();
         let message = load_error(cifar10(), Split::Train, root.path());
-        assert!(
-            message.contains(&missing.display().to_string()),
-            "{message}"
-        );
+        assert!(message.contains(&missing.display().to_string()), "{message}");
         assert!(message.contains("data_batch_3.bin"), "{message}");
     }
 
@@ -463,27 +387,15 @@ mod tests {
         bytes.pop();
         std::fs::write(path, &bytes).unwrap();
         let message = load_error(cifar10(), Split::Test, root.path());
-        assert!(
-            message.starts_with(&format!("{}: length 6145", path.display())),
-            "{message}"
-        );
+        assert!(message.starts_with(&format!("{}: length 6145", path.display())), "{message}");
 
         std::fs::write(path, cifar::encode_batch(&[0; 2 * 3072], &[3, 11], 3072)).unwrap();
         let message = load_error(cifar10(), Split::Test, root.path());
-        assert_eq!(
-            message,
-            format!(
-                "{}: label 11 in record 1 is out of range (10 classes)",
-                path.display()
-            )
-        );
+        assert_eq!(message, format!("{}: label 11 in record 1 is out of range (10 classes)", path.display()));
 
         std::fs::write(path, []).unwrap();
         let message = load_error(cifar10(), Split::Test, root.path());
-        assert!(
-            message.contains("length 0 is not a non-zero multiple"),
-            "{message}"
-        );
+        assert!(message.contains("length 0 is not a non-zero multiple"), "{message}");
     }
 
     #[test]
@@ -494,20 +406,10 @@ mod tests {
         let (batch_images, batch_labels) = dataset.batch(&[2, 0], &Device::Cpu).unwrap();
         assert_eq!(batch_images.dims(), [2, 1, 28, 28]);
         assert_eq!(batch_labels.dims(), [2]);
-        assert_eq!(
-            batch_labels.to_vec1::<u32>().unwrap(),
-            [labels[2] as u32, labels[0] as u32]
-        );
-        let values = batch_images
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let expected: Vec<f32> = images[2 * 784..3 * 784]
-            .iter()
-            .chain(&images[..784])
-            .map(|&byte| byte as f32 / 255.0)
-            .collect();
+        assert_eq!(batch_labels.to_vec1::<u32>().unwrap(), [labels[2] as u32, labels[0] as u32]);
+        let values = batch_images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected: Vec<f32> =
+            images[2 * 784..3 * 784].iter().chain(&images[..784]).map(|&byte| byte as f32 / 255.0).collect();
         assert_eq!(values, expected);
     }
 
@@ -517,10 +419,7 @@ mod tests {
         write_mnist(root.path(), Split::Test, 4, false);
         let dataset = Dataset::load(mnist(), Split::Test, root.path()).unwrap();
         let message = dataset.image(4).unwrap_err().to_string();
-        assert_eq!(
-            message,
-            "mnist:test has 4 images, so index 4 is out of range"
-        );
+        assert_eq!(message, "mnist:test has 4 images, so index 4 is out of range");
         assert!(dataset.batch(&[0, 9], &Device::Cpu).is_err());
     }
 
@@ -539,14 +438,9 @@ mod tests {
                 let dataset = Dataset::load(info, split, &root).unwrap();
                 assert_eq!(dataset.images.len(), dataset.len() * 784);
                 for class in 0..10u8 {
-                    assert!(
-                        dataset.labels.contains(&class),
-                        "{name}:{split} lacks {class}"
-                    );
+                    assert!(dataset.labels.contains(&class), "{name}:{split} lacks {class}");
                 }
-                let (images, _) = dataset
-                    .batch(&[0, dataset.len() - 1], &Device::Cpu)
-                    .unwrap();
+                let (images, _) = dataset.batch(&[0, dataset.len() - 1], &Device::Cpu).unwrap();
                 let max = images.max_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(max > 0.5 && max <= 1.0, "{name}:{split} max pixel {max}");
             }

@@ -19,10 +19,7 @@ pub type Result<T> = std::result::Result<T, DataError>;
 pub enum DataError {
     /// Opening, reading, writing or renaming a file failed.
     #[error("{}: {error}", path.display())]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { path: PathBuf, error: std::io::Error },
 
     /// A file exists, but its contents (or the data meant for it) are not
     /// what the format requires.
@@ -34,11 +31,7 @@ pub enum DataError {
         "{dataset} {split} data not found: missing {missing}; \
          run scripts/fetch-data.sh or pass --data-root"
     )]
-    NotDownloaded {
-        dataset: &'static str,
-        split: Split,
-        missing: String,
-    },
+    NotDownloaded { dataset: &'static str, split: Split, missing: String },
 
     /// A dataset name that is not in the registry.
     #[error("unknown dataset {name:?} (known: {known})")]
@@ -46,29 +39,16 @@ pub enum DataError {
 
     /// An image index past the end of a dataset split.
     #[error("{dataset}:{split} has {len} images, so index {index} is out of range")]
-    IndexOutOfRange {
-        dataset: &'static str,
-        split: Split,
-        index: usize,
-        len: usize,
-    },
+    IndexOutOfRange { dataset: &'static str, split: Split, index: usize, len: usize },
 
     /// A dataset image was requested at a shape other than the dataset's own.
     #[error("{reference}: dataset images are {found}, but {expected} is needed")]
-    ShapeMismatch {
-        reference: String,
-        found: ImageShape,
-        expected: ImageShape,
-    },
+    ShapeMismatch { reference: String, found: ImageShape, expected: ImageShape },
 
     /// A textual value (split, dataset reference, image source, ...) that
     /// does not parse.
     #[error("invalid {what} {text:?}: {problem}")]
-    Parse {
-        what: &'static str,
-        text: String,
-        problem: String,
-    },
+    Parse { what: &'static str, text: String, problem: String },
 
     /// Building a tensor failed.
     #[error(transparent)]
@@ -77,24 +57,15 @@ pub enum DataError {
     /// The Hugging Face hub loader of candle-datasets failed.
     #[cfg(feature = "hub")]
     #[error("{dataset}: download from the Hugging Face hub failed: {problem}")]
-    Hub {
-        dataset: &'static str,
-        problem: String,
-    },
+    Hub { dataset: &'static str, problem: String },
 }
 
 impl DataError {
     pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.into(),
-            error,
-        }
+        DataError::Io { path: path.into(), error }
     }
 
     pub(crate) fn invalid(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        DataError::Invalid {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        DataError::Invalid { path: path.into(), problem: problem.into() }
     }
 }

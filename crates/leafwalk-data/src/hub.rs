@@ -18,10 +18,7 @@ use crate::registry::{layout, DatasetInfo, Layout};
 /// CIFAR-10. Existing files are replaced.
 pub fn download(info: &'static DatasetInfo, root: &Path) -> Result<()> {
     use candle_datasets::vision::{cifar as hub_cifar, fashion_mnist, mnist};
-    let hub_error = |error: candle_core::Error| DataError::Hub {
-        dataset: info.name,
-        problem: error.to_string(),
-    };
+    let hub_error = |error: candle_core::Error| DataError::Hub { dataset: info.name, problem: error.to_string() };
     let layout = layout(info)?;
     let loaded = match info.name {
         "mnist" => mnist::load(),
@@ -40,25 +37,14 @@ pub fn download(info: &'static DatasetInfo, root: &Path) -> Result<()> {
         (Split::Test, &loaded.test_images, &loaded.test_labels),
     ] {
         let (images, labels) = split_bytes(info, layout, images, labels)?;
-        Dataset {
-            info,
-            split,
-            images,
-            labels,
-        }
-        .save(root)?;
+        Dataset { info, split, images, labels }.save(root)?;
     }
     Ok(())
 }
 
 /// Turns a loader's `f32` images (bytes divided by 255) and labels back into
 /// bytes, images in CHW order.
-fn split_bytes(
-    info: &DatasetInfo,
-    layout: Layout,
-    images: &Tensor,
-    labels: &Tensor,
-) -> Result<(Vec<u8>, Vec<u8>)> {
+fn split_bytes(info: &DatasetInfo, layout: Layout, images: &Tensor, labels: &Tensor) -> Result<(Vec<u8>, Vec<u8>)> {
     let images = match layout {
         Layout::Idx => images.clone(),
         // candle-datasets 0.11.1 decodes CIFAR-10 parquet images as
@@ -67,13 +53,8 @@ fn split_bytes(
         // back to (N, C, H, W).
         Layout::CifarBinary => images.transpose(2, 3)?,
     };
-    let pixels = images
-        .affine(255.0, 0.0)?
-        .round()?
-        .clamp(0f32, 255f32)?
-        .to_dtype(DType::U8)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
+    let pixels =
+        images.affine(255.0, 0.0)?.round()?.clamp(0f32, 255f32)?.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
     let labels = labels.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
     if pixels.len() != labels.len() * info.shape.len() {
         return Err(DataError::Hub {

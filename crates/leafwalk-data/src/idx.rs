@@ -27,11 +27,7 @@ const LABELS_HEADER_LEN: usize = 8;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Reads one split: `(images, labels)`, images as `N*H*W` bytes.
-pub(crate) fn load(
-    info: &'static DatasetInfo,
-    split: Split,
-    root: &Path,
-) -> Result<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn load(info: &'static DatasetInfo, split: Split, root: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     let dir = root.join(info.name);
     let prefix = file_prefix(split);
     let images_path = find_file(&dir, prefix, "images", "idx3", info, split)?;
@@ -43,11 +39,7 @@ pub(crate) fn load(
     if image_count != labels.len() {
         return Err(DataError::invalid(
             &images_path,
-            format!(
-                "holds {image_count} images but {} holds {} labels",
-                labels_path.display(),
-                labels.len()
-            ),
+            format!("holds {image_count} images but {} holds {} labels", labels_path.display(), labels.len()),
         ));
     }
     Ok((images, labels))
@@ -104,12 +96,7 @@ fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>> {
 
 fn read_u32(bytes: &[u8], field: usize) -> u32 {
     let start = 4 * field;
-    u32::from_be_bytes([
-        bytes[start],
-        bytes[start + 1],
-        bytes[start + 2],
-        bytes[start + 3],
-    ])
+    u32::from_be_bytes([bytes[start], bytes[start + 1], bytes[start + 2], bytes[start + 3]])
 }
 
 /// Checks an image file's header and length; returns the pixel bytes.
@@ -117,10 +104,7 @@ fn parse_images(path: &Path, mut bytes: Vec<u8>, info: &DatasetInfo) -> Result<V
     if bytes.len() < IMAGES_HEADER_LEN {
         return Err(DataError::invalid(
             path,
-            format!(
-                "truncated: an IDX image header needs {IMAGES_HEADER_LEN} bytes, found {}",
-                bytes.len()
-            ),
+            format!("truncated: an IDX image header needs {IMAGES_HEADER_LEN} bytes, found {}", bytes.len()),
         ));
     }
     let magic = read_u32(&bytes, 0);
@@ -137,10 +121,7 @@ fn parse_images(path: &Path, mut bytes: Vec<u8>, info: &DatasetInfo) -> Result<V
     if shape.channels != 1 || rows != shape.height || cols != shape.width {
         return Err(DataError::invalid(
             path,
-            format!(
-                "IDX images are 1x{rows}x{cols}, but {} images are {shape}",
-                info.name
-            ),
+            format!("IDX images are 1x{rows}x{cols}, but {} images are {shape}", info.name),
         ));
     }
     let payload = bytes.len() - IMAGES_HEADER_LEN;
@@ -154,10 +135,7 @@ fn parse_labels(path: &Path, mut bytes: Vec<u8>, info: &DatasetInfo) -> Result<V
     if bytes.len() < LABELS_HEADER_LEN {
         return Err(DataError::invalid(
             path,
-            format!(
-                "truncated: an IDX label header needs {LABELS_HEADER_LEN} bytes, found {}",
-                bytes.len()
-            ),
+            format!("truncated: an IDX label header needs {LABELS_HEADER_LEN} bytes, found {}", bytes.len()),
         ));
     }
     let magic = read_u32(&bytes, 0);
@@ -180,40 +158,25 @@ fn parse_labels(path: &Path, mut bytes: Vec<u8>, info: &DatasetInfo) -> Result<V
 fn check_payload_len(path: &Path, what: &str, expected: Option<usize>, found: usize) -> Result<()> {
     match expected {
         Some(expected) if expected == found => Ok(()),
-        Some(expected) if found < expected => Err(DataError::invalid(
-            path,
-            format!("truncated: expected {expected} bytes of {what}, found {found}"),
-        )),
+        Some(expected) if found < expected => {
+            Err(DataError::invalid(path, format!("truncated: expected {expected} bytes of {what}, found {found}")))
+        }
         Some(expected) => Err(DataError::invalid(
             path,
             format!("expected {expected} bytes of {what}, found {found} (trailing bytes)"),
         )),
-        None => Err(DataError::invalid(
-            path,
-            format!("IDX header announces more {what} than fits in memory"),
-        )),
+        None => Err(DataError::invalid(path, format!("IDX header announces more {what} than fits in memory"))),
     }
 }
 
 /// Every label must name a class; `position` words the index for the format
 /// ("at index" for IDX, "in record" for CIFAR).
-pub(crate) fn check_labels(
-    path: &Path,
-    labels: &[u8],
-    classes: usize,
-    position: &str,
-) -> Result<()> {
-    match labels
-        .iter()
-        .position(|&label| usize::from(label) >= classes)
-    {
+pub(crate) fn check_labels(path: &Path, labels: &[u8], classes: usize, position: &str) -> Result<()> {
+    match labels.iter().position(|&label| usize::from(label) >= classes) {
         None => Ok(()),
         Some(index) => Err(DataError::invalid(
             path,
-            format!(
-                "label {} {position} {index} is out of range ({classes} classes)",
-                labels[index]
-            ),
+            format!("label {} {position} {index} is out of range ({classes} classes)", labels[index]),
         )),
     }
 }
@@ -241,8 +204,5 @@ pub(crate) fn encode_labels(labels: &[u8]) -> Vec<u8> {
 pub(crate) fn canonical_paths(info: &DatasetInfo, split: Split, root: &Path) -> (PathBuf, PathBuf) {
     let dir = root.join(info.name);
     let prefix = file_prefix(split);
-    (
-        dir.join(format!("{prefix}-images-idx3-ubyte")),
-        dir.join(format!("{prefix}-labels-idx1-ubyte")),
-    )
+    (dir.join(format!("{prefix}-images-idx3-ubyte")), dir.join(format!("{prefix}-labels-idx1-ubyte")))
 }

@@ -81,19 +81,11 @@ impl fmt::Display for Invert {
 ///   target size is not resampled.
 /// - Polarity: see [`Invert`].
 pub fn load_image(path: &Path, shape: ImageShape, invert: Invert) -> Result<Vec<f32>> {
-    let (Ok(target_width), Ok(target_height)) =
-        (u32::try_from(shape.width), u32::try_from(shape.height))
-    else {
-        return Err(DataError::invalid(
-            path,
-            format!("cannot resize to {shape}: too large"),
-        ));
+    let (Ok(target_width), Ok(target_height)) = (u32::try_from(shape.width), u32::try_from(shape.height)) else {
+        return Err(DataError::invalid(path, format!("cannot resize to {shape}: too large")));
     };
     if shape.is_empty() {
-        return Err(DataError::invalid(
-            path,
-            format!("cannot load into an empty {shape} shape"),
-        ));
+        return Err(DataError::invalid(path, format!("cannot load into an empty {shape} shape")));
     }
     let bytes = std::fs::read(path).map_err(|error| DataError::io(path, error))?;
     let decoded = image::ImageReader::new(Cursor::new(&bytes))
@@ -103,23 +95,19 @@ pub fn load_image(path: &Path, shape: ImageShape, invert: Invert) -> Result<Vec<
         .map_err(|error| DataError::invalid(path, format!("empty or corrupt image: {error}")))?;
     let (width, height) = (decoded.width(), decoded.height());
     if width == 0 || height == 0 {
-        return Err(DataError::invalid(
-            path,
-            format!("empty image ({width}x{height} pixels)"),
-        ));
+        return Err(DataError::invalid(path, format!("empty image ({width}x{height} pixels)")));
     }
-    let planes = target_planes(&decoded, shape.channels)
-        .ok_or_else(|| DataError::invalid(path, unsupported_channels(shape)))?;
+    let planes =
+        target_planes(&decoded, shape.channels).ok_or_else(|| DataError::invalid(path, unsupported_channels(shape)))?;
 
     let mut pixels = Vec::with_capacity(shape.len());
     for plane in planes {
-        let plane: ImageBuffer<Luma<f32>, Vec<f32>> = ImageBuffer::from_raw(width, height, plane)
-            .expect("planes are built with width * height values");
+        let plane: ImageBuffer<Luma<f32>, Vec<f32>> =
+            ImageBuffer::from_raw(width, height, plane).expect("planes are built with width * height values");
         if (width, height) == (target_width, target_height) {
             pixels.extend(plane.into_raw());
         } else {
-            let resized =
-                imageops::resize(&plane, target_width, target_height, FilterType::Triangle);
+            let resized = imageops::resize(&plane, target_width, target_height, FilterType::Triangle);
             pixels.extend(resized.into_raw());
         }
     }
@@ -211,18 +199,14 @@ fn border_is_brighter(pixels: &[f32], shape: ImageShape) -> bool {
                     border_sum += f64::from(value);
                     border_count += 1;
                 }
-                if (height / 4..height - height / 4).contains(&y)
-                    && (width / 4..width - width / 4).contains(&x)
-                {
+                if (height / 4..height - height / 4).contains(&y) && (width / 4..width - width / 4).contains(&x) {
                     center_sum += f64::from(value);
                     center_count += 1;
                 }
             }
         }
     }
-    border_count > 0
-        && center_count > 0
-        && border_sum / border_count as f64 > center_sum / center_count as f64
+    border_count > 0 && center_count > 0 && border_sum / border_count as f64 > center_sum / center_count as f64
 }
 
 pub(crate) fn invert_in_place(pixels: &mut [f32]) {
@@ -240,18 +224,11 @@ pub fn save_image(path: &Path, shape: ImageShape, pixels: &[f32]) -> Result<()> 
     if pixels.len() != shape.len() {
         return Err(DataError::invalid(
             path,
-            format!(
-                "cannot save {} values as a {shape} image ({} expected)",
-                pixels.len(),
-                shape.len()
-            ),
+            format!("cannot save {} values as a {shape} image ({} expected)", pixels.len(), shape.len()),
         ));
     }
     if shape.is_empty() {
-        return Err(DataError::invalid(
-            path,
-            format!("cannot save an empty {shape} image"),
-        ));
+        return Err(DataError::invalid(path, format!("cannot save an empty {shape} image")));
     }
     let color_type = match shape.channels {
         1 => ExtendedColorType::L8,
@@ -268,12 +245,7 @@ pub fn save_image(path: &Path, shape: ImageShape, pixels: &[f32]) -> Result<()> 
     }
     write_atomic(path, |writer: &mut dyn Write| {
         image::codecs::png::PngEncoder::new(writer)
-            .write_image(
-                &interleaved,
-                shape.width as u32,
-                shape.height as u32,
-                color_type,
-            )
+            .write_image(&interleaved, shape.width as u32, shape.height as u32, color_type)
             .map_err(|error| DataError::invalid(path, format!("cannot encode PNG: {error}")))
     })
 }
@@ -287,21 +259,11 @@ fn to_byte(value: f32) -> u8 {
 mod tests {
     use super::*;
 
-    const MNIST_SHAPE: ImageShape = ImageShape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
-    const CIFAR_SHAPE: ImageShape = ImageShape {
-        channels: 3,
-        height: 32,
-        width: 32,
-    };
+    const MNIST_SHAPE: ImageShape = ImageShape { channels: 1, height: 28, width: 28 };
+    const CIFAR_SHAPE: ImageShape = ImageShape { channels: 3, height: 32, width: 32 };
 
     fn write_gray_png(path: &Path, width: u32, height: u32, pixel: impl Fn(u32, u32) -> u8) {
-        image::GrayImage::from_fn(width, height, |x, y| Luma([pixel(x, y)]))
-            .save(path)
-            .unwrap();
+        image::GrayImage::from_fn(width, height, |x, y| Luma([pixel(x, y)])).save(path).unwrap();
     }
 
     /// A PNG with a well-formed IHDR chunk declaring `width x height`.
@@ -332,10 +294,7 @@ mod tests {
         assert_eq!("on".parse::<Invert>().unwrap(), Invert::On);
         assert_eq!("off".parse::<Invert>().unwrap(), Invert::Off);
         let message = "yes".parse::<Invert>().unwrap_err().to_string();
-        assert_eq!(
-            message,
-            "invalid invert mode \"yes\": expected auto, on or off"
-        );
+        assert_eq!(message, "invalid invert mode \"yes\": expected auto, on or off");
     }
 
     #[test]
@@ -355,13 +314,8 @@ mod tests {
     fn save_rejects_wrong_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.png");
-        let message = save_image(&path, MNIST_SHAPE, &[0.5; 10])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.starts_with(&path.display().to_string()),
-            "{message}"
-        );
+        let message = save_image(&path, MNIST_SHAPE, &[0.5; 10]).unwrap_err().to_string();
+        assert!(message.starts_with(&path.display().to_string()), "{message}");
         assert!(message.contains("784 expected"), "{message}");
         assert!(!path.exists());
     }
@@ -373,23 +327,13 @@ mod tests {
         let mut bytes = png_with_dimensions(4, 4);
         bytes.truncate(20);
         std::fs::write(&path, bytes).unwrap();
-        let message = load_image(&path, MNIST_SHAPE, Invert::Off)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.starts_with(&format!("{}: empty or corrupt image", path.display())),
-            "{message}"
-        );
+        let message = load_image(&path, MNIST_SHAPE, Invert::Off).unwrap_err().to_string();
+        assert!(message.starts_with(&format!("{}: empty or corrupt image", path.display())), "{message}");
         assert_eq!(message.lines().count(), 1, "{message}");
 
         std::fs::write(&path, b"not an image at all").unwrap();
-        let message = load_image(&path, MNIST_SHAPE, Invert::Off)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains("broken.png: empty or corrupt image"),
-            "{message}"
-        );
+        let message = load_image(&path, MNIST_SHAPE, Invert::Off).unwrap_err().to_string();
+        assert!(message.contains("broken.png: empty or corrupt image"), "{message}");
     }
 
     #[test]
@@ -398,35 +342,22 @@ mod tests {
         for (width, height) in [(0, 0), (0, 5)] {
             let path = dir.path().join(format!("empty-{width}x{height}.png"));
             std::fs::write(&path, png_with_dimensions(width, height)).unwrap();
-            let message = load_image(&path, MNIST_SHAPE, Invert::Off)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                message.starts_with(&path.display().to_string()),
-                "{message}"
-            );
+            let message = load_image(&path, MNIST_SHAPE, Invert::Off).unwrap_err().to_string();
+            assert!(message.starts_with(&path.display().to_string()), "{message}");
             assert!(message.contains("empty"), "{message}");
         }
     }
 
     #[test]
     fn empty_target_shape_is_rejected() {
-        let shape = ImageShape {
-            channels: 1,
-            height: 0,
-            width: 28,
-        };
-        let message = load_image(Path::new("x.png"), shape, Invert::Auto)
-            .unwrap_err()
-            .to_string();
+        let shape = ImageShape { channels: 1, height: 0, width: 28 };
+        let message = load_image(Path::new("x.png"), shape, Invert::Auto).unwrap_err().to_string();
         assert_eq!(message, "x.png: cannot load into an empty 1x0x28 shape");
     }
 
     #[test]
     fn missing_file_names_the_file() {
-        let message = load_image(Path::new("no/such.png"), MNIST_SHAPE, Invert::Off)
-            .unwrap_err()
-            .to_string();
+        let message = load_image(Path::new("no/such.png"), MNIST_SHAPE, Invert::Off).unwrap_err().to_string();
         assert!(message.starts_with("no/such.png: "), "{message}");
     }
 
@@ -446,16 +377,9 @@ mod tests {
         write_gray_png(&path, 28, 28, paper_digit);
         let pixels = load_image(&path, MNIST_SHAPE, Invert::Auto).unwrap();
         assert_eq!(pixels[0], 1.0 - 250.0 / 255.0, "background is now dark");
-        assert_eq!(
-            pixels[14 * 28 + 14],
-            1.0 - 20.0 / 255.0,
-            "stroke is now light"
-        );
+        assert_eq!(pixels[14 * 28 + 14], 1.0 - 20.0 / 255.0, "stroke is now light");
         assert_eq!(load_image(&path, MNIST_SHAPE, Invert::On).unwrap(), pixels);
-        assert_eq!(
-            load_image(&path, MNIST_SHAPE, Invert::Off).unwrap()[0],
-            250.0 / 255.0
-        );
+        assert_eq!(load_image(&path, MNIST_SHAPE, Invert::Off).unwrap()[0], 250.0 / 255.0);
     }
 
     #[test]
@@ -488,10 +412,7 @@ mod tests {
             assert!(row[..13].iter().all(|&v| (v - 1.0).abs() < 1e-6), "{row:?}");
             assert!(row[15..].iter().all(|&v| v.abs() < 1e-6), "{row:?}");
             // The edge is blended, not aliased.
-            assert!(
-                row[13] < 1.0 && row[13] > 0.5 && row[14] > 0.0 && row[14] < 0.5,
-                "{row:?}"
-            );
+            assert!(row[13] < 1.0 && row[13] > 0.5 && row[14] > 0.0 && row[14] < 0.5, "{row:?}");
         }
     }
 
@@ -499,23 +420,13 @@ mod tests {
     fn colour_to_gray_uses_luma_and_gray_to_rgb_replicates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("red.png");
-        image::RgbImage::from_pixel(28, 28, image::Rgb([255, 0, 0]))
-            .save(&path)
-            .unwrap();
+        image::RgbImage::from_pixel(28, 28, image::Rgb([255, 0, 0])).save(&path).unwrap();
         let pixels = load_image(&path, MNIST_SHAPE, Invert::Off).unwrap();
         assert!(pixels.iter().all(|&v| (v - 0.299).abs() < 1e-6));
 
         let path = dir.path().join("gray.png");
         write_gray_png(&path, 32, 32, |x, y| (x * 8 + y) as u8);
-        let gray = load_image(
-            &path,
-            ImageShape {
-                channels: 1,
-                ..CIFAR_SHAPE
-            },
-            Invert::Off,
-        )
-        .unwrap();
+        let gray = load_image(&path, ImageShape { channels: 1, ..CIFAR_SHAPE }, Invert::Off).unwrap();
         let rgb = load_image(&path, CIFAR_SHAPE, Invert::Off).unwrap();
         assert_eq!(rgb, [gray.clone(), gray.clone(), gray].concat());
     }

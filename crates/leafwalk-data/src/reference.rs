@@ -24,11 +24,8 @@ impl FromStr for DatasetRef {
     type Err = DataError;
 
     fn from_str(text: &str) -> Result<Self> {
-        let parse_error = |problem: String| DataError::Parse {
-            what: "dataset reference",
-            text: text.to_string(),
-            problem,
-        };
+        let parse_error =
+            |problem: String| DataError::Parse { what: "dataset reference", text: text.to_string(), problem };
         let parts: Vec<&str> = text.split(':').collect();
         let (name, split, index) = match parts[..] {
             [name, split] => (name, split, None),
@@ -36,21 +33,14 @@ impl FromStr for DatasetRef {
             _ => return Err(parse_error(REF_SYNTAX.to_string())),
         };
         let dataset = dataset_info(name).map_err(|error| parse_error(error.to_string()))?;
-        let split = split.parse().map_err(|_| {
-            parse_error(format!("unknown split {split:?} (expected train or test)"))
-        })?;
+        let split =
+            split.parse().map_err(|_| parse_error(format!("unknown split {split:?} (expected train or test)")))?;
         let index = index
             .map(|index| {
-                index.parse().map_err(|_| {
-                    parse_error(format!("index {index:?} is not a non-negative integer"))
-                })
+                index.parse().map_err(|_| parse_error(format!("index {index:?} is not a non-negative integer")))
             })
             .transpose()?;
-        Ok(DatasetRef {
-            dataset,
-            split,
-            index,
-        })
+        Ok(DatasetRef { dataset, split, index })
     }
 }
 
@@ -88,9 +78,7 @@ impl FromStr for ImageSource {
                 problem: "expected a file path or NAME:SPLIT:INDEX".to_string(),
             });
         }
-        let names_dataset = text
-            .split_once(':')
-            .is_some_and(|(name, _)| dataset_info(name).is_ok());
+        let names_dataset = text.split_once(':').is_some_and(|(name, _)| dataset_info(name).is_ok());
         if !names_dataset {
             return Ok(ImageSource::File(PathBuf::from(text)));
         }
@@ -141,11 +129,7 @@ impl ImageSource {
             });
         }
         let dataset = Dataset::load(reference.dataset, reference.split, root)?;
-        let mut pixels: Vec<f32> = dataset
-            .image(index)?
-            .iter()
-            .map(|&byte| f32::from(byte) / 255.0)
-            .collect();
+        let mut pixels: Vec<f32> = dataset.image(index)?.iter().map(|&byte| f32::from(byte) / 255.0).collect();
         if invert == Invert::On {
             invert_in_place(&mut pixels);
         }
@@ -173,10 +157,7 @@ mod tests {
         let reference: DatasetRef = "fashion-mnist:train".parse().unwrap();
         assert_eq!(reference.index, None);
         assert_eq!(reference.to_string(), "fashion-mnist:train");
-        assert_eq!(
-            "cifar10:t10k:0".parse::<DatasetRef>().unwrap().to_string(),
-            "cifar10:test:0"
-        );
+        assert_eq!("cifar10:t10k:0".parse::<DatasetRef>().unwrap().to_string(), "cifar10:test:0");
     }
 
     #[test]
@@ -185,15 +166,9 @@ mod tests {
         assert!(message.contains("expected NAME:SPLIT[:INDEX]"), "{message}");
         let message = "svhn:test:1".parse::<DatasetRef>().unwrap_err().to_string();
         assert!(message.contains("unknown dataset \"svhn\""), "{message}");
-        let message = "mnist:test:-1"
-            .parse::<DatasetRef>()
-            .unwrap_err()
-            .to_string();
+        let message = "mnist:test:-1".parse::<DatasetRef>().unwrap_err().to_string();
         assert!(message.contains("index \"-1\""), "{message}");
-        let message = "mnist:test:1:2"
-            .parse::<DatasetRef>()
-            .unwrap_err()
-            .to_string();
+        let message = "mnist:test:1:2".parse::<DatasetRef>().unwrap_err().to_string();
         assert!(message.contains("expected NAME:SPLIT[:INDEX]"), "{message}");
     }
 
@@ -203,18 +178,8 @@ mod tests {
             ImageSource::Ref(reference) => assert_eq!(reference.to_string(), "mnist:test:17"),
             other => panic!("expected a reference, got {other:?}"),
         }
-        for path in [
-            "foo.png",
-            "nosuch:test:1",
-            "mnist",
-            "./mnist:test:1",
-            "C:\\digits\\7.png",
-        ] {
-            assert_eq!(
-                path.parse::<ImageSource>().unwrap(),
-                ImageSource::File(PathBuf::from(path)),
-                "{path}"
-            );
+        for path in ["foo.png", "nosuch:test:1", "mnist", "./mnist:test:1", "C:\\digits\\7.png"] {
+            assert_eq!(path.parse::<ImageSource>().unwrap(), ImageSource::File(PathBuf::from(path)), "{path}");
         }
         assert_eq!(
             parse_error("mnist:bad"),
@@ -247,20 +212,11 @@ mod tests {
             .load(info.shape, Invert::Off, root.path())
             .unwrap_err()
             .to_string();
-        assert_eq!(
-            message,
-            "mnist:test has 2 images, so index 2 is out of range"
-        );
+        assert_eq!(message, "mnist:test has 2 images, so index 2 is out of range");
 
         let cifar_shape = dataset_info("cifar10").unwrap().shape;
-        let message = source
-            .load(cifar_shape, Invert::Off, root.path())
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            message,
-            "mnist:test:1: dataset images are 1x28x28, but 3x32x32 is needed"
-        );
+        let message = source.load(cifar_shape, Invert::Off, root.path()).unwrap_err().to_string();
+        assert_eq!(message, "mnist:test:1: dataset images are 1x28x28, but 3x32x32 is needed");
     }
 
     #[test]
@@ -272,14 +228,8 @@ mod tests {
         // Red plane 255, green 0, blue 128.
         let image: Vec<u8> = [255u8, 0, 128].iter().flat_map(|&v| [v; 1024]).collect();
         std::fs::write(path, cifar::encode_batch(&image, &[6], 3072)).unwrap();
-        let loaded = "cifar10:test:0"
-            .parse::<ImageSource>()
-            .unwrap()
-            .load(info.shape, Invert::Auto, root.path())
-            .unwrap();
-        assert_eq!(
-            (loaded[0], loaded[1024], loaded[2048]),
-            (1.0, 0.0, 128.0 / 255.0)
-        );
+        let loaded =
+            "cifar10:test:0".parse::<ImageSource>().unwrap().load(info.shape, Invert::Auto, root.path()).unwrap();
+        assert_eq!((loaded[0], loaded[1024], loaded[2048]), (1.0, 0.0, 128.0 / 255.0));
     }
 }

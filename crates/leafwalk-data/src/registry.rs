@@ -55,22 +55,14 @@ pub struct DatasetInfo {
 pub const DATASETS: &[DatasetInfo] = &[
     DatasetInfo {
         name: "mnist",
-        shape: ImageShape {
-            channels: 1,
-            height: 28,
-            width: 28,
-        },
+        shape: ImageShape { channels: 1, height: 28, width: 28 },
         classes: &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
         mean: &[0.1307],
         std: &[0.3081],
     },
     DatasetInfo {
         name: "fashion-mnist",
-        shape: ImageShape {
-            channels: 1,
-            height: 28,
-            width: 28,
-        },
+        shape: ImageShape { channels: 1, height: 28, width: 28 },
         classes: &[
             "T-shirt/top",
             "Trouser",
@@ -88,23 +80,8 @@ pub const DATASETS: &[DatasetInfo] = &[
     },
     DatasetInfo {
         name: "cifar10",
-        shape: ImageShape {
-            channels: 3,
-            height: 32,
-            width: 32,
-        },
-        classes: &[
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ],
+        shape: ImageShape { channels: 3, height: 32, width: 32 },
+        classes: &["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
         mean: &[0.4914, 0.4822, 0.4465],
         std: &[0.2470, 0.2435, 0.2616],
     },
@@ -115,18 +92,11 @@ pub fn dataset_info(name: &str) -> Result<&'static DatasetInfo> {
     DATASETS
         .iter()
         .find(|info| info.name == name)
-        .ok_or_else(|| DataError::UnknownDataset {
-            name: name.to_string(),
-            known: known_names(),
-        })
+        .ok_or_else(|| DataError::UnknownDataset { name: name.to_string(), known: known_names() })
 }
 
 fn known_names() -> String {
-    DATASETS
-        .iter()
-        .map(|info| info.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    DATASETS.iter().map(|info| info.name).collect::<Vec<_>>().join(", ")
 }
 
 /// How a dataset is stored under the data root.
@@ -144,10 +114,7 @@ pub(crate) fn layout(info: &DatasetInfo) -> Result<Layout> {
     match info.name {
         "mnist" | "fashion-mnist" => Ok(Layout::Idx),
         "cifar10" => Ok(Layout::CifarBinary),
-        other => Err(DataError::UnknownDataset {
-            name: other.to_string(),
-            known: known_names(),
-        }),
+        other => Err(DataError::UnknownDataset { name: other.to_string(), known: known_names() }),
     }
 }
 
@@ -171,9 +138,6 @@ mod tests {
     fn unknown_name_lists_known_ones() {
         let message = dataset_info("svhn").unwrap_err().to_string();
         assert!(message.contains("\"svhn\""), "{message}");
-        assert!(
-            message.contains("mnist, fashion-mnist, cifar10"),
-            "{message}"
-        );
+        assert!(message.contains("mnist, fashion-mnist, cifar10"), "{message}");
     }
 }

@@ -57,29 +57,17 @@ fn autograd_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
     let (b, ch, h, w) = pixels.dims4()?;
     let c = model.classes();
     // Row (b, i) of the replicated batch is point b; its gradient of log p_i is row i of J_b.
-    let replicated = pixels
-        .unsqueeze(1)?
-        .broadcast_as((b, c, ch, h, w))?
-        .reshape((b * c, ch, h, w))?;
+    let replicated = pixels.unsqueeze(1)?.broadcast_as((b, c, ch, h, w))?.reshape((b * c, ch, h, w))?;
     let input = Var::from_tensor(&replicated.to_dtype(model.dtype())?)?;
     let log_probs = model.log_probs_t(input.as_tensor(), false)?;
     let selector = Tensor::eye(c, model.dtype(), model.device())?.repeat((b, 1))?;
     let grads = (&log_probs * &selector)?.sum_all()?.backward()?;
     let jacobian = grads
         .get(input.as_tensor())
-        .ok_or_else(|| {
-            GeometryError::Invalid("the model output does not depend on its input".into())
-        })?
+        .ok_or_else(|| GeometryError::Invalid("the model output does not depend on its input".into()))?
         .reshape((b, c, ch * h * w))?;
-    let log_probs = log_probs
-        .detach()
-        .reshape((b, c, c))?
-        .narrow(1, 0, 1)?
-        .squeeze(1)?;
-    Ok(Jacobians {
-        log_probs,
-        jacobian,
-    })
+    let log_probs = log_probs.detach().reshape((b, c, c))?.narrow(1, 0, 1)?.squeeze(1)?;
+    Ok(Jacobians { log_probs, jacobian })
 }
 
 /// Flips a conv kernel `[out, in, k, k]` spatially and swaps its channel axes, giving the
@@ -89,16 +77,11 @@ fn backward_kernel(weight: &Tensor) -> Result<Tensor> {
     let k = weight.dim(3)?;
     let reversed = Tensor::new((0..k as u32).rev().collect::<Vec<u32>>(), weight.device())?;
     let swapped = weight.transpose(0, 1)?.contiguous()?;
-    Ok(swapped
-        .index_select(&reversed, 2)?
-        .index_select(&reversed, 3)?
-        .contiguous()?)
+    Ok(swapped.index_select(&reversed, 2)?.index_select(&reversed, 3)?.contiguous()?)
 }
 
 fn weight(model: &Classifier, name: &str) -> Result<Tensor> {
-    model
-        .tensor(name)
-        .ok_or_else(|| GeometryError::Invalid(format!("mnist-cnn without tensor {name}")))
+    model.tensor(name).ok_or_else(|| GeometryError::Invalid(format!("mnist-cnn without tensor {name}")))
 }
 
 fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
@@ -106,8 +89,7 @@ fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> 
     let c = model.classes();
     let dtype = model.dtype();
     let device: &Device = model.device();
-    let add_channel_bias =
-        |x: Tensor, bias: &Tensor| x.broadcast_add(&bias.reshape((1, (), 1, 1))?);
+    let add_channel_bias = |x: Tensor, bias: &Tensor| x.broadcast_add(&bias.reshape((1, (), 1, 1))?);
 
     // Forward, keeping what the reverse pass needs.
     let x = model.normalise(&pixels.to_dtype(dtype)?)?;
@@ -115,33 +97,20 @@ fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> 
     let conv2_w = weight(model, "conv2.weight")?;
     let fc1_w = weight(model, "fc1.weight")?;
     let fc2_w = weight(model, "fc2.weight")?;
-    let z1 = add_channel_bias(
-        x.conv2d(&conv1_w, 0, 1, 1, 1)?,
-        &weight(model, "conv1.bias")?,
-    )?;
+    let z1 = add_channel_bias(x.conv2d(&conv1_w, 0, 1, 1, 1)?, &weight(model, "conv1.bias")?)?;
     let a1 = z1.relu()?;
-    let z2 = add_channel_bias(
-        a1.conv2d(&conv2_w, 0, 1, 1, 1)?,
-        &weight(model, "conv2.bias")?,
-    )?;
+    let z2 = add_channel_bias(a1.conv2d(&conv2_w, 0, 1, 1, 1)?, &weight(model, "conv2.bias")?)?;
     let windows = pool_windows(&z2.relu()?)?; // [b, 64, 12, 2, 12, 2]
     let pool_mask = first_max_mask(&windows)?;
     let pooled = (&windows * &pool_mask)?.sum(5)?.sum(3)?.flatten_from(1)?; // [b, 9216]
-    let h_pre = pooled
-        .matmul(&fc1_w.t()?)?
-        .broadcast_add(&weight(model, "fc1.bias")?)?;
-    let logits = h_pre
-        .relu()?
-        .matmul(&fc2_w.t()?)?
-        .broadcast_add(&weight(model, "fc2.bias")?)?;
+    let h_pre = pooled.matmul(&fc1_w.t()?)?.broadcast_add(&weight(model, "fc1.bias")?)?;
+    let logits = h_pre.relu()?.matmul(&fc2_w.t()?)?.broadcast_add(&weight(model, "fc2.bias")?)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
 
     // Seeds: ∂ log p_i / ∂ logits = e_i − p, one row per (point, class).
     let probs = log_probs.exp()?;
     let eye = Tensor::eye(c, dtype, device)?.unsqueeze(0)?;
-    let seeds = eye
-        .broadcast_sub(&probs.unsqueeze(1)?)?
-        .reshape((b * c, c))?;
+    let seeds = eye.broadcast_sub(&probs.unsqueeze(1)?)?.reshape((b * c, c))?;
     let per_class = |mask: &Tensor| -> Result<Tensor> {
         let dims = mask.dims().to_vec();
         let mut expanded = vec![dims[0], c];
@@ -156,19 +125,16 @@ fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> 
                                                                             // Through the pool (to the first maximum) and the ReLU after conv2 in one mask.
     let z2_windows = pool_windows(&z2)?;
     let conv2_mask = (&pool_mask * z2_windows.gt(0.0)?.to_dtype(dtype)?)?;
-    let d_z2 = d_pooled
-        .broadcast_as((b * c, 64, 12, 2, 12, 2))?
-        .mul(&per_class(&conv2_mask)?)?
-        .reshape((b * c, 64, 24, 24))?;
+    let d_z2 = d_pooled.broadcast_as((b * c, 64, 12, 2, 12, 2))?.mul(&per_class(&conv2_mask)?)?.reshape((
+        b * c,
+        64,
+        24,
+        24,
+    ))?;
     let d_a1 = d_z2.conv2d(&backward_kernel(&conv2_w)?, 2, 1, 1, 1)?;
     let d_z1 = (d_a1 * per_class(&z1.gt(0.0)?.to_dtype(dtype)?)?)?;
     let d_x = d_z1.conv2d(&backward_kernel(&conv1_w)?, 2, 1, 1, 1)?; // [b·c, 1, 28, 28]
     let std = Tensor::new(model.meta().std.as_slice(), device)?.to_dtype(dtype)?;
-    let jacobian = d_x
-        .reshape((b, c, 784))?
-        .broadcast_div(&std.reshape((1, 1, 1))?)?;
-    Ok(Jacobians {
-        log_probs,
-        jacobian,
-    })
+    let jacobian = d_x.reshape((b, c, 784))?.broadcast_div(&std.reshape((1, 1, 1))?)?;
+    Ok(Jacobians { log_probs, jacobian })
 }

@@ -4,15 +4,18 @@
 //! batched input Jacobian of the log-probabilities ([`input_jacobian`], a hand-written reverse
 //! pass for the paper's mnist-cnn, autograd for any other model), and from J and p alone the
 //! trace, spectrum, numerical rank and eigenvectors of G = Jᵀ diag(p) J, and the orthogonal
-//! projections onto ker G⊥ (the data leaf's tangent space) and ker G ([`PointGeometry`]). The
+//! projections onto ker G⊥ (the data leaf's tangent space) and ker G ([`PointGeometry`]); and
+//! the parameter-space Fisher matrix F(x,w) through its C×P factor ([`fisher_factors`]). The
 //! n×n G is never formed unless asked for on a small input: all linear algebra runs on the C×n
 //! Jacobian and C×C matrices, in f64.
 
 mod error;
+mod fisher;
 mod jacobian;
 mod local;
 
 pub use error::{GeometryError, Result};
+pub use fisher::{dataset_fisher, fisher_factors, FisherFactor, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS};
 pub use jacobian::{check_finite, input_jacobian, input_jacobian_autograd, Jacobians};
 pub use local::{LeafProjector, PointGeometry, Spectrum, RANK_RTOL};
 
@@ -21,16 +24,9 @@ use leafwalk_models::Classifier;
 
 /// J and p for every point of a batch, as f64 [`PointGeometry`] values.
 pub fn batch_geometry(model: &Classifier, pixels: &Tensor) -> Result<Vec<PointGeometry>> {
-    let Jacobians {
-        log_probs,
-        jacobian,
-    } = input_jacobian(model, pixels)?;
+    let Jacobians { log_probs, jacobian } = input_jacobian(model, pixels)?;
     let classes = model.classes();
     let log_probs: Vec<Vec<f64>> = log_probs.to_dtype(DType::F64)?.to_vec2()?;
     let jacobian: Vec<Vec<f64>> = jacobian.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2()?;
-    log_probs
-        .iter()
-        .zip(&jacobian)
-        .map(|(lp, j)| PointGeometry::new(lp, j, classes))
-        .collect()
+    log_probs.iter().zip(&jacobian).map(|(lp, j)| PointGeometry::new(lp, j, classes)).collect()
 }

@@ -76,20 +76,12 @@ impl PointGeometry {
 
     /// trace G = Σᵢ pᵢ ‖Jᵢ‖².
     pub fn trace(&self) -> f64 {
-        self.jacobian
-            .row_iter()
-            .zip(self.probs.iter())
-            .map(|(row, p)| p * row.norm_squared())
-            .sum()
+        self.jacobian.row_iter().zip(self.probs.iter()).map(|(row, p)| p * row.norm_squared()).sum()
     }
 
     /// vᵀ G v = Σᵢ pᵢ (Jᵢ·v)² — half the second-order KL divergence along v.
     pub fn quadratic_form(&self, v: &DVector<f64>) -> f64 {
-        (&self.jacobian * v)
-            .iter()
-            .zip(self.probs.iter())
-            .map(|(jv, p)| p * jv * jv)
-            .sum()
+        (&self.jacobian * v).iter().zip(self.probs.iter()).map(|(jv, p)| p * jv * jv).sum()
     }
 
     /// Σᵢ pᵢ Jᵢ, which is zero up to rounding (Σ pᵢ = 1 differentiated).
@@ -103,16 +95,9 @@ impl PointGeometry {
         let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
         order.sort_by(|&x, &y| eigen.eigenvalues[y].total_cmp(&eigen.eigenvalues[x]));
         let eigenvalues = order.iter().map(|&k| eigen.eigenvalues[k]).collect();
-        let m_eigenvectors = DMatrix::from_columns(
-            &order
-                .iter()
-                .map(|&k| eigen.eigenvectors.column(k))
-                .collect::<Vec<_>>(),
-        );
-        Spectrum {
-            eigenvalues,
-            m_eigenvectors,
-        }
+        let m_eigenvectors =
+            DMatrix::from_columns(&order.iter().map(|&k| eigen.eigenvectors.column(k)).collect::<Vec<_>>());
+        Spectrum { eigenvalues, m_eigenvectors }
     }
 
     /// Unit eigenvectors of G (n × k) for its `k` largest eigenvalues: the leaf basis ordered by
@@ -128,12 +113,7 @@ impl PointGeometry {
         let eigen = SymmetricEigen::new(&r * r.transpose());
         let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
         order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
-        let w = DMatrix::from_columns(
-            &order[..k]
-                .iter()
-                .map(|&j| eigen.eigenvectors.column(j))
-                .collect::<Vec<_>>(),
-        );
+        let w = DMatrix::from_columns(&order[..k].iter().map(|&j| eigen.eigenvectors.column(j)).collect::<Vec<_>>());
         qr.q() * w
     }
 
@@ -143,16 +123,8 @@ impl PointGeometry {
         let eigen = SymmetricEigen::new(&self.jacobian * self.jacobian.transpose());
         let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
         order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
-        let singular = order
-            .iter()
-            .map(|&k| eigen.eigenvalues[k].max(0.0).sqrt())
-            .collect();
-        let vectors = DMatrix::from_columns(
-            &order
-                .iter()
-                .map(|&k| eigen.eigenvectors.column(k))
-                .collect::<Vec<_>>(),
-        );
+        let singular = order.iter().map(|&k| eigen.eigenvalues[k].max(0.0).sqrt()).collect();
+        let vectors = DMatrix::from_columns(&order.iter().map(|&k| eigen.eigenvectors.column(k)).collect::<Vec<_>>());
         (singular, vectors)
     }
 
@@ -177,9 +149,7 @@ impl PointGeometry {
         let (singular, vectors) = self.gram_svd();
         let rank = rank_of(&singular, self.classes());
         let directions = self.jacobian.transpose() * vectors.columns(0, rank);
-        LeafProjector {
-            basis: directions.qr().q(),
-        }
+        LeafProjector { basis: directions.qr().q() }
     }
 
     /// The dense n×n G = AᵀA, only for small inputs.
@@ -197,11 +167,7 @@ impl PointGeometry {
 
 fn rank_of(singular: &[f64], classes: usize) -> usize {
     let top = singular.first().copied().unwrap_or(0.0);
-    singular
-        .iter()
-        .filter(|&&v| v > RANK_RTOL * top)
-        .count()
-        .min(classes.saturating_sub(1))
+    singular.iter().filter(|&&v| v > RANK_RTOL * top).count().min(classes.saturating_sub(1))
 }
 
 /// Orthogonal projections onto ker G⊥ (the data leaf's tangent space) and ker G.

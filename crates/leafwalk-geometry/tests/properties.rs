@@ -9,19 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn model(arch: Arch, dtype: DType) -> Classifier {
-    let dataset = if arch == Arch::CifarVgg11 {
-        "cifar10"
-    } else {
-        "mnist"
-    };
-    let fresh = Classifier::new(
-        arch,
-        dataset_info(dataset).unwrap(),
-        21,
-        &Device::Cpu,
-        dtype,
-    )
-    .unwrap();
+    let dataset = if arch == Arch::CifarVgg11 { "cifar10" } else { "mnist" };
+    let fresh = Classifier::new(arch, dataset_info(dataset).unwrap(), 21, &Device::Cpu, dtype).unwrap();
     if arch != Arch::CifarVgg11 {
         return fresh;
     }
@@ -33,27 +22,19 @@ fn model(arch: Arch, dtype: DType) -> Classifier {
 
 /// `model` with the named tensors multiplied by `factor`.
 fn scaled(model: &Classifier, names: &[&str], factor: f64) -> Classifier {
-    let mut tensors: std::collections::HashMap<String, Tensor> =
-        model.named_tensors().into_iter().collect();
+    let mut tensors: std::collections::HashMap<String, Tensor> = model.named_tensors().into_iter().collect();
     for name in names {
         tensors.insert(name.to_string(), (&tensors[*name] * factor).unwrap());
     }
-    let built = Classifier::from_tensors(
-        std::path::Path::new("scaled"),
-        model.meta().clone(),
-        tensors,
-        model.device(),
-    )
-    .unwrap();
+    let built = Classifier::from_tensors(std::path::Path::new("scaled"), model.meta().clone(), tensors, model.device())
+        .unwrap();
     built.to_dtype(model.dtype()).unwrap()
 }
 
 fn random_pixels(model: &Classifier, batch: usize, seed: u64) -> Tensor {
     let s = model.input_shape();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let values: Vec<f64> = (0..batch * s.len())
-        .map(|_| rng.random_range(0.05..0.95))
-        .collect();
+    let values: Vec<f64> = (0..batch * s.len()).map(|_| rng.random_range(0.05..0.95)).collect();
     Tensor::from_vec(values, (batch, s.channels, s.height, s.width), &Device::Cpu)
         .unwrap()
         .to_dtype(model.dtype())
@@ -68,12 +49,7 @@ fn random_direction(n: usize, seed: u64) -> DVector<f64> {
 
 fn log_probs_at(model: &Classifier, x: &DVector<f64>) -> DVector<f64> {
     let s = model.input_shape();
-    let t = Tensor::from_slice(
-        x.as_slice(),
-        (1, s.channels, s.height, s.width),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let t = Tensor::from_slice(x.as_slice(), (1, s.channels, s.height, s.width), &Device::Cpu).unwrap();
     let lp: Vec<f64> = model
         .forward(&t.to_dtype(model.dtype()).unwrap())
         .unwrap()
@@ -87,24 +63,12 @@ fn log_probs_at(model: &Classifier, x: &DVector<f64>) -> DVector<f64> {
 }
 
 fn pixels_vector(pixels: &Tensor) -> DVector<f64> {
-    DVector::from_vec(
-        pixels
-            .to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap(),
-    )
+    DVector::from_vec(pixels.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap())
 }
 
 /// KL(p(y) ‖ p(x)) from log-probabilities.
 fn kl(log_p_y: &DVector<f64>, log_p_x: &DVector<f64>) -> f64 {
-    log_p_y
-        .iter()
-        .zip(log_p_x.iter())
-        .map(|(a, b)| a.exp() * (a - b))
-        .sum()
+    log_p_y.iter().zip(log_p_x.iter()).map(|(a, b)| a.exp() * (a - b)).sum()
 }
 
 #[test]
@@ -122,38 +86,21 @@ fn g_is_symmetric_psd_with_rank_below_c_and_rows_balance() {
                 spectrum.eigenvalues
             );
             assert!(
-                (spectrum.eigenvalues.iter().sum::<f64>() - point.trace()).abs()
-                    <= 1e-9 * point.trace(),
+                (spectrum.eigenvalues.iter().sum::<f64>() - point.trace()).abs() <= 1e-9 * point.trace(),
                 "{arch}: Σλ ≠ trace"
             );
             assert!(point.rank() <= 9, "{arch}");
-            assert!(
-                *spectrum.eigenvalues.last().unwrap() <= 1e-6 * top,
-                "{arch}: C-th eigenvalue not ≈ 0"
-            );
+            assert!(*spectrum.eigenvalues.last().unwrap() <= 1e-6 * top, "{arch}: C-th eigenvalue not ≈ 0");
             let balance = point.weighted_row_sum().norm();
-            assert!(
-                balance <= 1e-5 * point.jacobian.norm(),
-                "{arch}: ‖Σ pᵢ Jᵢ‖ = {balance}"
-            );
+            assert!(balance <= 1e-5 * point.jacobian.norm(), "{arch}: ‖Σ pᵢ Jᵢ‖ = {balance}");
             // Eigenvectors of G (through the C×C matrix) are orthonormal and satisfy G v = λ v.
             let v = point.eigenvectors(9);
             let gram = v.transpose() * &v;
-            assert!(
-                (gram - nalgebra::DMatrix::identity(v.ncols(), v.ncols()))
-                    .abs()
-                    .max()
-                    < 1e-8,
-                "{arch}"
-            );
+            assert!((gram - nalgebra::DMatrix::identity(v.ncols(), v.ncols())).abs().max() < 1e-8, "{arch}");
             for k in 0..v.ncols() {
                 let col = v.column(k).into_owned();
-                let gv = point.jacobian.transpose()
-                    * point.probs.component_mul(&(&point.jacobian * &col));
-                assert!(
-                    (gv - &col * spectrum.eigenvalues[k]).norm() <= 1e-8 * top,
-                    "{arch}: G v ≠ λ v"
-                );
+                let gv = point.jacobian.transpose() * point.probs.component_mul(&(&point.jacobian * &col));
+                assert!((gv - &col * spectrum.eigenvalues[k]).norm() <= 1e-8 * top, "{arch}: G v ≠ λ v");
             }
             if arch == Arch::MnistCnn {
                 let dense = point.dense(4096).unwrap();
@@ -183,10 +130,7 @@ fn jacobian_matches_finite_differences() {
             let fd = (log_probs_at(&model, &plus) - log_probs_at(&model, &minus)) / (2.0 * eps);
             let column = point.jacobian.column(pixel);
             let scale = point.jacobian.abs().max();
-            assert!(
-                (fd - column).abs().max() <= 1e-6 * scale + 1e-7,
-                "{arch}: pixel {pixel}"
-            );
+            assert!((fd - column).abs().max() <= 1e-6 * scale + 1e-7, "{arch}: pixel {pixel}");
         }
     }
 }
@@ -215,28 +159,18 @@ fn kl_is_half_the_quadratic_form_and_kernel_moves_keep_p() {
         // The error shrinks with ε (third-order terms) until rounding, or for VGG's ~10⁵ ReLUs
         // kink crossings, take over: judge the better of the two small steps.
         let best = (ratios[1] - 1.0).abs().min((ratios[2] - 1.0).abs());
-        assert!(
-            best < 1e-2 && best < (ratios[0] - 1.0).abs(),
-            "{arch}: KL / (½ε²vᵀGv) = {ratios:?}"
-        );
+        assert!(best < 1e-2 && best < (ratios[0] - 1.0).abs(), "{arch}: KL / (½ε²vᵀGv) = {ratios:?}");
 
         let projector = point.leaf_projector();
         let kernel_v = projector.onto_kernel(&v).normalize();
         // Directions with singular value under RANK_RTOL·σ₀ count as kernel, so that bounds J·v.
         let jv = (&point.jacobian * &kernel_v).norm();
         let sigma0 = point.jacobian_singular_values()[0];
-        assert!(
-            jv <= 1.01 * leafwalk_geometry::RANK_RTOL * sigma0,
-            "{arch}: ‖J·v_ker‖ = {jv}, σ₀ = {sigma0}"
-        );
+        assert!(jv <= 1.01 * leafwalk_geometry::RANK_RTOL * sigma0, "{arch}: ‖J·v_ker‖ = {jv}, σ₀ = {sigma0}");
         let eps = 1e-3;
-        let kernel_change = (log_probs_at(&model, &(&x + &kernel_v * eps)) - &base)
-            .abs()
-            .max();
+        let kernel_change = (log_probs_at(&model, &(&x + &kernel_v * eps)) - &base).abs().max();
         let leaf_v = projector.onto_leaf(&v).normalize();
-        let leaf_change = (log_probs_at(&model, &(&x + &leaf_v * eps)) - &base)
-            .abs()
-            .max();
+        let leaf_change = (log_probs_at(&model, &(&x + &leaf_v * eps)) - &base).abs().max();
         assert!(
             kernel_change < 1e-2 * leaf_change,
             "{arch}: kernel move changed log p by {kernel_change}, leaf move {leaf_change}"
@@ -252,26 +186,12 @@ fn kl_is_half_the_quadratic_form_and_kernel_moves_keep_p() {
 /// geometry.
 #[test]
 fn saturated_and_underflowing_probabilities_stay_finite() {
-    let hot = scaled(
-        &model(Arch::MnistCnn, DType::F32),
-        &["fc2.weight", "fc2.bias"],
-        5000.0,
-    );
+    let hot = scaled(&model(Arch::MnistCnn, DType::F32), &["fc2.weight", "fc2.bias"], 5000.0);
     let points = batch_geometry(&hot, &random_pixels(&hot, 4, 5)).unwrap();
-    let smallest = points
-        .iter()
-        .flat_map(|p| p.probs.iter().copied())
-        .fold(1.0, f64::min);
-    assert!(
-        smallest < 1e-30,
-        "the scaled model is not saturated (min p = {smallest})"
-    );
+    let smallest = points.iter().flat_map(|p| p.probs.iter().copied()).fold(1.0, f64::min);
+    assert!(smallest < 1e-30, "the scaled model is not saturated (min p = {smallest})");
     for point in &points {
-        assert!(
-            point.log_probs.iter().all(|v| v.is_finite()),
-            "log p not finite: {:?}",
-            point.log_probs
-        );
+        assert!(point.log_probs.iter().all(|v| v.is_finite()), "log p not finite: {:?}", point.log_probs);
         assert!(point.jacobian.iter().all(|v| v.is_finite()));
         assert!(point.trace().is_finite());
         let spectrum = point.spectrum();
@@ -289,21 +209,40 @@ fn non_finite_inputs_are_rejected() {
     values[784 + 17] = f32::NAN;
     let pixels = Tensor::from_vec(values.clone(), (2, 1, 28, 28), &Device::Cpu).unwrap();
     let err = input_jacobian(&model, &pixels).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            GeometryError::NonFinite {
-                index: 1,
-                position: 17
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, GeometryError::NonFinite { index: 1, position: 17 }), "{err}");
     values[784 + 17] = f32::INFINITY;
     let pixels = Tensor::from_vec(values, (2, 1, 28, 28), &Device::Cpu).unwrap();
-    assert!(input_jacobian(&model, &pixels)
-        .unwrap_err()
-        .to_string()
-        .contains("non-finite"));
+    assert!(input_jacobian(&model, &pixels).unwrap_err().to_string().contains("non-finite"));
     assert!(PointGeometry::new(&[0.0; 3], &[0.0; 10], 10).is_err());
+}
+
+/// F(x,w): trace = Σ eigenvalues, rank ≤ C−1 (Σ pᵢ ∇_w log pᵢ = 0 too), PSD, and the dataset
+/// Fisher of one point is that point's F.
+#[test]
+fn fisher_factor_properties() {
+    let model = model(Arch::Mlp, DType::F32);
+    let pixels = random_pixels(&model, 2, 31);
+    let factors = leafwalk_geometry::fisher_factors(&model, &pixels).unwrap();
+    for f in &factors {
+        let eig = f.eigenvalues();
+        let trace = f.trace();
+        assert!(trace > 0.0);
+        assert!(
+            (eig.iter().sum::<f64>() - trace).abs() <= 1e-5 * trace,
+            "Σλ = {} vs trace {trace}",
+            eig.iter().sum::<f64>()
+        );
+        assert!(eig.iter().all(|&l| l >= -1e-6 * eig[0]));
+        assert!(eig[9].abs() <= 1e-4 * eig[0], "F has full rank C: {eig:?}");
+        let balance: f64 = (0..f.rows[0].len())
+            .map(|k| f.rows.iter().zip(&f.probs).map(|(r, p)| p * r[k] as f64).sum::<f64>().powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(balance <= 1e-5 * trace.sqrt(), "‖Σ pᵢ ∇_w log pᵢ‖ = {balance}");
+    }
+    let (trace, top) = leafwalk_geometry::dataset_fisher(&factors[..1], 3).unwrap();
+    assert!((trace - factors[0].trace()).abs() <= 1e-9 * trace);
+    assert!((top[0] - factors[0].eigenvalues()[0]).abs() <= 1e-5 * top[0]);
+    let (mean_trace, _) = leafwalk_geometry::dataset_fisher(&factors, 3).unwrap();
+    assert!((mean_trace - (factors[0].trace() + factors[1].trace()) / 2.0).abs() <= 1e-9 * mean_trace);
 }

@@ -37,9 +37,6 @@ impl fmt::Display for Arch {
 impl FromStr for Arch {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Arch::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| ModelError::UnknownArch(s.to_string()))
+        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| ModelError::UnknownArch(s.to_string()))
     }
 }

@@ -49,15 +49,9 @@ impl CheckpointMeta {
     }
 
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        let mut m: HashMap<String, String> = self
-            .extra
-            .iter()
-            .map(|(k, v)| (format!("{PREFIX}{k}"), v.clone()))
-            .collect();
-        m.insert(
-            format!("{PREFIX}format_version"),
-            FORMAT_VERSION.to_string(),
-        );
+        let mut m: HashMap<String, String> =
+            self.extra.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())).collect();
+        m.insert(format!("{PREFIX}format_version"), FORMAT_VERSION.to_string());
         m.insert(format!("{PREFIX}arch"), self.arch.name().to_string());
         m.insert(format!("{PREFIX}dataset"), self.dataset.clone());
         m.insert(format!("{PREFIX}classes"), json(&self.classes));
@@ -76,62 +70,33 @@ impl CheckpointMeta {
         let Some(arch) = metadata.get(&format!("{PREFIX}arch")) else {
             return Ok(None);
         };
-        let bad = |key: &str, why: String| {
-            ModelError::checkpoint(path, format!("metadata {PREFIX}{key}: {why}"))
-        };
-        let get = |key: &str| {
-            metadata
-                .get(&format!("{PREFIX}{key}"))
-                .ok_or_else(|| bad(key, "missing".into()))
-        };
-        let version: u32 = get("format_version")?
-            .parse()
-            .map_err(|e| bad("format_version", format!("{e}")))?;
+        let bad = |key: &str, why: String| ModelError::checkpoint(path, format!("metadata {PREFIX}{key}: {why}"));
+        let get = |key: &str| metadata.get(&format!("{PREFIX}{key}")).ok_or_else(|| bad(key, "missing".into()));
+        let version: u32 = get("format_version")?.parse().map_err(|e| bad("format_version", format!("{e}")))?;
         if version > FORMAT_VERSION {
             return Err(bad(
                 "format_version",
                 format!("{version} is newer than this leafwalk understands ({FORMAT_VERSION})"),
             ));
         }
-        let arch: Arch = arch
-            .parse()
-            .map_err(|e: ModelError| bad("arch", e.to_string()))?;
+        let arch: Arch = arch.parse().map_err(|e: ModelError| bad("arch", e.to_string()))?;
         let parse_json = |key: &str| -> Result<serde_json::Value> {
             serde_json::from_str(get(key)?).map_err(|e| bad(key, format!("not JSON: {e}")))
         };
-        let classes: Vec<String> = serde_json::from_value(parse_json("classes")?)
-            .map_err(|e| bad("classes", format!("{e}")))?;
-        let mean: Vec<f32> =
-            serde_json::from_value(parse_json("mean")?).map_err(|e| bad("mean", format!("{e}")))?;
-        let std: Vec<f32> =
-            serde_json::from_value(parse_json("std")?).map_err(|e| bad("std", format!("{e}")))?;
+        let classes: Vec<String> =
+            serde_json::from_value(parse_json("classes")?).map_err(|e| bad("classes", format!("{e}")))?;
+        let mean: Vec<f32> = serde_json::from_value(parse_json("mean")?).map_err(|e| bad("mean", format!("{e}")))?;
+        let std: Vec<f32> = serde_json::from_value(parse_json("std")?).map_err(|e| bad("std", format!("{e}")))?;
         if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || mean.len() != std.len() {
-            return Err(bad(
-                "std",
-                "must be positive and as long as the mean".into(),
-            ));
+            return Err(bad("std", "must be positive and as long as the mean".into()));
         }
-        let int = |key: &str| -> Result<usize> {
-            get(key)?.parse().map_err(|e| bad(key, format!("{e}")))
-        };
+        let int = |key: &str| -> Result<usize> { get(key)?.parse().map_err(|e| bad(key, format!("{e}"))) };
         let test_accuracy = match metadata.get(&format!("{PREFIX}test_accuracy")) {
-            Some(v) => Some(
-                v.parse()
-                    .map_err(|e| bad("test_accuracy", format!("{e}")))?,
-            ),
+            Some(v) => Some(v.parse().map_err(|e| bad("test_accuracy", format!("{e}")))?),
             None => None,
         };
-        const KNOWN: [&str; 9] = [
-            "format_version",
-            "arch",
-            "dataset",
-            "classes",
-            "mean",
-            "std",
-            "epoch",
-            "step",
-            "test_accuracy",
-        ];
+        const KNOWN: [&str; 9] =
+            ["format_version", "arch", "dataset", "classes", "mean", "std", "epoch", "step", "test_accuracy"];
         let extra = metadata
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|k| (k, v)))
@@ -158,35 +123,21 @@ fn json<T: serde::Serialize>(value: &[T]) -> String {
 }
 
 /// Reads every tensor of a safetensors file and its metadata.
-pub fn read(
-    path: &Path,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| ModelError::checkpoint(path, format!("cannot read: {e}")))?;
-    let not_safetensors = |e: &dyn std::fmt::Display| {
-        ModelError::checkpoint(path, format!("not a safetensors file ({e})"))
-    };
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(&e))?;
+pub fn read(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::checkpoint(path, format!("cannot read: {e}")))?;
+    let not_safetensors =
+        |e: &dyn std::fmt::Display| ModelError::checkpoint(path, format!("not a safetensors file ({e})"));
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(&e))?;
     let metadata = header.metadata().clone().unwrap_or_default();
-    let tensors =
-        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| not_safetensors(&e))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| not_safetensors(&e))?;
     Ok((tensors, metadata))
 }
 
 /// Writes tensors and metadata atomically (temporary file in the same folder, then rename).
-pub fn write(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
+pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
     let items = tensors.iter().map(|(name, t)| (name.as_str(), t));
     let bytes = safetensors::serialize(items, Some(metadata))
         .map_err(|e| ModelError::checkpoint(path, format!("cannot serialise: {e}")))?;
-    leafwalk_data::write_atomic(path, |w| {
-        w.write_all(&bytes)
-            .map_err(|e| leafwalk_data::DataError::io(path, e))
-    })?;
+    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
     Ok(())
 }

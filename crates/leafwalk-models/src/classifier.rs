@@ -52,19 +52,8 @@ pub struct Classifier {
 impl Classifier {
     /// A fresh model with PyTorch-default initialisation drawn from a ChaCha8 stream seeded
     /// with `seed`: the same seed gives the same weights everywhere.
-    pub fn new(
-        arch: Arch,
-        dataset: &'static DatasetInfo,
-        seed: u64,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
-        Self::build(
-            CheckpointMeta::new(arch, dataset),
-            ParamSource::seeded(seed),
-            device,
-            dtype,
-        )
+    pub fn new(arch: Arch, dataset: &'static DatasetInfo, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+        Self::build(CheckpointMeta::new(arch, dataset), ParamSource::seeded(seed), device, dtype)
     }
 
     /// Loads a checkpoint. leafwalk metadata is used when present (and must agree with
@@ -74,10 +63,7 @@ impl Classifier {
         let meta = match CheckpointMeta::from_metadata(path, &metadata)? {
             Some(meta) => {
                 if let Some(arch) = options.arch.filter(|a| *a != meta.arch) {
-                    return Err(ModelError::checkpoint(
-                        path,
-                        format!("is a {} checkpoint, not {arch}", meta.arch),
-                    ));
+                    return Err(ModelError::checkpoint(path, format!("is a {} checkpoint, not {arch}", meta.arch)));
                 }
                 if let Some(ds) = options.dataset.filter(|d| d.name != meta.dataset) {
                     return Err(ModelError::checkpoint(
@@ -89,10 +75,12 @@ impl Classifier {
             }
             None => match (options.arch, options.dataset) {
                 (Some(arch), Some(dataset)) => CheckpointMeta::new(arch, dataset),
-                _ => return Err(ModelError::checkpoint(
-                    path,
-                    "has no leafwalk metadata (a plain PyTorch export?): pass --arch and --dataset",
-                )),
+                _ => {
+                    return Err(ModelError::checkpoint(
+                        path,
+                        "has no leafwalk metadata (a plain PyTorch export?): pass --arch and --dataset",
+                    ))
+                }
             },
         };
         Self::from_tensors(path, meta, tensors, device)
@@ -114,12 +102,7 @@ impl Classifier {
         })
     }
 
-    fn build(
-        meta: CheckpointMeta,
-        source: ParamSource,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
+    fn build(meta: CheckpointMeta, source: ParamSource, device: &Device, dtype: DType) -> Result<Self> {
         let dataset = dataset_info(&meta.dataset)?;
         let shape = dataset.shape;
         let classes = meta.classes.len();
@@ -144,19 +127,13 @@ impl Classifier {
             }
             Arch::MnistCnn => Net::MnistCnn(MnistCnn::new(classes, vb)?),
             Arch::Mlp => Net::Mlp(Mlp::new(shape.len(), classes, vb)?),
-            Arch::CifarVgg11 if (shape.height, shape.width) != (32, 32) => {
-                return Err(need("C×32×32"))
-            }
+            Arch::CifarVgg11 if (shape.height, shape.width) != (32, 32) => return Err(need("C×32×32")),
             Arch::CifarVgg11 => Net::CifarVgg11(CifarVgg11::new(shape.channels, classes, vb)?),
         };
         if let Some(first) = source.unused().first() {
-            return Err(ModelError::Invalid(format!(
-                "unexpected tensor '{first}' for architecture {}",
-                meta.arch
-            )));
+            return Err(ModelError::Invalid(format!("unexpected tensor '{first}' for architecture {}", meta.arch)));
         }
-        let channel_tensor =
-            |v: &[f32]| Tensor::from_slice(v, (1, v.len(), 1, 1), device)?.to_dtype(dtype);
+        let channel_tensor = |v: &[f32]| Tensor::from_slice(v, (1, v.len(), 1, 1), device)?.to_dtype(dtype);
         Ok(Classifier {
             net,
             mean: channel_tensor(&meta.mean)?,
@@ -234,10 +211,7 @@ impl Classifier {
         let data = self.varmap.data();
         // The lock is only poisoned if a panic happened mid-construction, which aborts the build.
         let data = data.lock().unwrap_or_else(|p| p.into_inner());
-        self.param_names
-            .iter()
-            .filter_map(|n| data.get(n).map(|v| (n.clone(), v.clone())))
-            .collect()
+        self.param_names.iter().filter_map(|n| data.get(n).map(|v| (n.clone(), v.clone()))).collect()
     }
 
     /// One named tensor (detached), e.g. `conv1.weight`.
@@ -249,10 +223,7 @@ impl Classifier {
 
     /// Every tensor of the model (parameters and batch-norm statistics) in construction order.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        self.vars()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_detached_tensor()))
-            .collect()
+        self.vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect()
     }
 
     /// Writes the model with its metadata, atomically.

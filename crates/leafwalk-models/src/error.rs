@@ -8,12 +8,7 @@ pub enum ModelError {
     #[error("unknown architecture '{0}' (known: mnist-cnn, mlp, cifar-vgg11)")]
     UnknownArch(String),
     #[error("architecture {arch} needs {expected} input, dataset {dataset} has {found}")]
-    InputShape {
-        arch: &'static str,
-        dataset: &'static str,
-        expected: String,
-        found: String,
-    },
+    InputShape { arch: &'static str, dataset: &'static str, expected: String, found: String },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -24,10 +19,7 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn checkpoint(path: &std::path::Path, msg: impl Into<String>) -> Self {
-        ModelError::Checkpoint {
-            path: path.to_path_buf(),
-            msg: msg.into(),
-        }
+        ModelError::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
     }
 }
 

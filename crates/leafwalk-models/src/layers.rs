@@ -8,10 +8,7 @@ use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
 /// which is U(−1/√fan_in, 1/√fan_in).
 fn fan_in_uniform(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
-    Init::Uniform {
-        lo: -bound,
-        up: bound,
-    }
+    Init::Uniform { lo: -bound, up: bound }
 }
 
 pub(crate) fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
@@ -25,14 +22,7 @@ pub(crate) fn conv3x3(in_c: usize, out_c: usize, padding: usize, vb: VarBuilder)
     let init = fan_in_uniform(in_c * 9);
     let weight = vb.get_with_hints((out_c, in_c, 3, 3), "weight", init)?;
     let bias = vb.get_with_hints(out_c, "bias", init)?;
-    Ok(Conv2d::new(
-        weight,
-        Some(bias),
-        Conv2dConfig {
-            padding,
-            ..Default::default()
-        },
-    ))
+    Ok(Conv2d::new(weight, Some(bias), Conv2dConfig { padding, ..Default::default() }))
 }
 
 /// 2×2 max-pool with stride 2 whose gradient is right.
@@ -54,11 +44,7 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
 pub fn pool_windows(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (h2, w2) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?
-    } else {
-        x.clone()
-    };
+    let x = if h % 2 == 1 || w % 2 == 1 { x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)? } else { x.clone() };
     x.reshape((b, c, h2, 2, w2, 2))
 }
 

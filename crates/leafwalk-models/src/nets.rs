@@ -43,10 +43,7 @@ impl Mlp {
     pub(crate) const HIDDEN: usize = 128;
 
     pub(crate) fn new(inputs: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: linear(inputs, Self::HIDDEN, vb.pp("fc1"))?,
-            fc2: linear(Self::HIDDEN, classes, vb.pp("fc2"))?,
-        })
+        Ok(Self { fc1: linear(inputs, Self::HIDDEN, vb.pp("fc1"))?, fc2: linear(Self::HIDDEN, classes, vb.pp("fc2"))? })
     }
 }
 
@@ -94,8 +91,7 @@ impl CifarVgg11 {
             match layer {
                 Some(out) => {
                     let conv = conv3x3(channels, out, 1, features_vb.pp(index))?;
-                    let bn =
-                        batch_norm(out, BatchNormConfig::default(), features_vb.pp(index + 1))?;
+                    let bn = batch_norm(out, BatchNormConfig::default(), features_vb.pp(index + 1))?;
                     features.push(VggLayer::ConvBnRelu(conv, bn));
                     channels = out;
                     index += 3;
@@ -106,10 +102,7 @@ impl CifarVgg11 {
                 }
             }
         }
-        Ok(Self {
-            features,
-            classifier: linear(channels, classes, vb.pp("classifier"))?,
-        })
+        Ok(Self { features, classifier: linear(channels, classes, vb.pp("classifier"))? })
     }
 }
 
@@ -118,9 +111,7 @@ impl ModuleT for CifarVgg11 {
         let mut x = x.clone();
         for layer in &self.features {
             x = match layer {
-                VggLayer::ConvBnRelu(conv, bn) => {
-                    bn.forward_t(&conv.forward(&x)?, train)?.relu()?
-                }
+                VggLayer::ConvBnRelu(conv, bn) => bn.forward_t(&conv.forward(&x)?, train)?.relu()?,
                 VggLayer::MaxPool => max_pool_2x2(&x)?,
             };
         }

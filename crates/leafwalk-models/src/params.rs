@@ -39,11 +39,7 @@ impl ParamSource {
     }
 
     fn new(origin: Origin) -> Self {
-        Self {
-            origin: Arc::new(Mutex::new(origin)),
-            varmap: VarMap::new(),
-            used: Arc::new(Mutex::new(Vec::new())),
-        }
+        Self { origin: Arc::new(Mutex::new(origin)), varmap: VarMap::new(), used: Arc::new(Mutex::new(Vec::new())) }
     }
 
     pub(crate) fn varmap(&self) -> VarMap {
@@ -65,11 +61,8 @@ impl ParamSource {
         let Origin::Loaded(tensors) = &*origin else {
             return Vec::new();
         };
-        let mut unused: Vec<String> = tensors
-            .keys()
-            .filter(|k| !used.contains(k) && !k.ends_with("num_batches_tracked"))
-            .cloned()
-            .collect();
+        let mut unused: Vec<String> =
+            tensors.keys().filter(|k| !used.contains(k) && !k.ends_with("num_batches_tracked")).cloned().collect();
         unused.sort();
         unused
     }
@@ -81,9 +74,7 @@ fn sample(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> candle_core::Resul
         Init::Const(c) => vec![c as f32; n],
         Init::Uniform { lo, up } => {
             let (lo, up) = (lo as f32, up as f32);
-            (0..n)
-                .map(|_| lo + (up - lo) * rng.random::<f32>())
-                .collect()
+            (0..n).map(|_| lo + (up - lo) * rng.random::<f32>()).collect()
         }
         other => candle_core::bail!("seeded initialisation does not support {other:?}"),
     };
@@ -91,24 +82,12 @@ fn sample(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> candle_core::Resul
 }
 
 impl SimpleBackend for ParamSource {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut origin = self
-            .origin
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("parameter source poisoned".into()))?;
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut origin = self.origin.lock().map_err(|_| candle_core::Error::Msg("parameter source poisoned".into()))?;
         let tensor = match &mut *origin {
             Origin::Seeded(rng) => sample(init, &shape, rng)?,
             Origin::Loaded(tensors) => {
-                let t = tensors
-                    .get(name)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor '{name}'")))?;
+                let t = tensors.get(name).ok_or_else(|| candle_core::Error::Msg(format!("missing tensor '{name}'")))?;
                 if t.shape() != &shape {
                     candle_core::bail!(
                         "tensor '{name}' has shape {:?}, the architecture needs {:?}",
@@ -121,9 +100,7 @@ impl SimpleBackend for ParamSource {
         };
         let var = Var::from_tensor(&tensor.to_dtype(dtype)?.to_device(dev)?)?;
         let data = self.varmap.data();
-        let mut data = data
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("var map poisoned".into()))?;
+        let mut data = data.lock().map_err(|_| candle_core::Error::Msg("var map poisoned".into()))?;
         data.insert(name.to_string(), var.clone());
         if let Ok(mut used) = self.used.lock() {
             used.push(name.to_string());
@@ -131,12 +108,7 @@ impl SimpleBackend for ParamSource {
         Ok(var.as_tensor().clone())
     }
 
-    fn get_unchecked(
-        &self,
-        name: &str,
-        _dtype: DType,
-        _dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
         candle_core::bail!("parameter '{name}' requested without a shape")
     }
 

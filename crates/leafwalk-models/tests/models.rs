@@ -10,9 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
 }
 
 fn dataset_for(arch: Arch) -> &'static str {
@@ -23,22 +21,13 @@ fn dataset_for(arch: Arch) -> &'static str {
 }
 
 fn model(arch: Arch, seed: u64, dtype: DType) -> Classifier {
-    Classifier::new(
-        arch,
-        dataset_info(dataset_for(arch)).unwrap(),
-        seed,
-        &Device::Cpu,
-        dtype,
-    )
-    .unwrap()
+    Classifier::new(arch, dataset_info(dataset_for(arch)).unwrap(), seed, &Device::Cpu, dtype).unwrap()
 }
 
 fn random_pixels(model: &Classifier, batch: usize, seed: u64) -> Tensor {
     let s = model.input_shape();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let values: Vec<f64> = (0..batch * s.len())
-        .map(|_| rng.random_range(0.05..0.95))
-        .collect();
+    let values: Vec<f64> = (0..batch * s.len()).map(|_| rng.random_range(0.05..0.95)).collect();
     Tensor::from_vec(values, (batch, s.channels, s.height, s.width), &Device::Cpu)
         .unwrap()
         .to_dtype(model.dtype())
@@ -55,43 +44,20 @@ fn input_gradient_matches_finite_differences() {
         let var = Var::from_tensor(&x).unwrap();
         let log_probs = model.forward(var.as_tensor()).unwrap();
         let class = 3;
-        let grads = log_probs
-            .get(0)
-            .unwrap()
-            .get(class)
-            .unwrap()
-            .backward()
-            .unwrap();
-        let grad: Vec<f64> = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let grads = log_probs.get(0).unwrap().get(class).unwrap().backward().unwrap();
+        let grad: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
         let eval = |values: &[f64]| -> f64 {
             let t = Tensor::from_slice(values, x.shape(), &Device::Cpu).unwrap();
-            model
-                .forward(&t)
-                .unwrap()
-                .get(0)
-                .unwrap()
-                .get(class)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
+            model.forward(&t).unwrap().get(0).unwrap().get(class).unwrap().to_scalar::<f64>().unwrap()
         };
         let max_grad = grad.iter().fold(0f64, |m, g| m.max(g.abs()));
         // The pixels with the largest gradients, plus a few random ones.
         let mut by_size: Vec<usize> = (0..grad.len()).collect();
         by_size.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let probes: Vec<usize> = by_size[..6]
-            .iter()
-            .copied()
-            .chain((0..6).map(|_| rng.random_range(0..grad.len())))
-            .collect();
+        let probes: Vec<usize> =
+            by_size[..6].iter().copied().chain((0..6).map(|_| rng.random_range(0..grad.len()))).collect();
         let eps = 1e-5;
         for i in probes {
             let (mut plus, mut minus) = (base.clone(), base.clone());
@@ -115,28 +81,11 @@ fn log_probs_are_normalised_and_batch_independent() {
         let x = random_pixels(&model, 3, 2);
         let log_probs = model.forward(&x).unwrap();
         assert_eq!(log_probs.dims(), &[3, 10]);
-        let sums: Vec<f32> = log_probs
-            .exp()
-            .unwrap()
-            .sum(D::Minus1)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert!(
-            sums.iter().all(|s| (s - 1.0).abs() < 1e-5),
-            "{arch}: {sums:?}"
-        );
+        let sums: Vec<f32> = log_probs.exp().unwrap().sum(D::Minus1).unwrap().to_vec1().unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{arch}: {sums:?}");
         let single = model.forward(&x.narrow(0, 1, 1).unwrap()).unwrap();
-        let diff = (single - log_probs.narrow(0, 1, 1).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(
-            diff.to_scalar::<f32>().unwrap() < 1e-5,
-            "{arch}: output depends on the batch (eval mode)"
-        );
+        let diff = (single - log_probs.narrow(0, 1, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "{arch}: output depends on the batch (eval mode)");
     }
 }
 
@@ -155,11 +104,8 @@ fn same_seed_same_weights() {
 
 #[test]
 fn mnist_cnn_tensor_names_and_shapes_follow_pytorch() {
-    let names: Vec<(String, Vec<usize>)> = model(Arch::MnistCnn, 0, DType::F32)
-        .named_tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.dims().to_vec()))
-        .collect();
+    let names: Vec<(String, Vec<usize>)> =
+        model(Arch::MnistCnn, 0, DType::F32).named_tensors().into_iter().map(|(n, t)| (n, t.dims().to_vec())).collect();
     let expected = [
         ("conv1.weight", vec![32, 1, 3, 3]),
         ("conv1.bias", vec![32]),
@@ -181,10 +127,7 @@ fn checkpoint_round_trip_keeps_outputs_and_metadata() {
         model.meta_mut().epoch = 4;
         model.meta_mut().step = 536;
         model.meta_mut().test_accuracy = Some(0.9575);
-        model
-            .meta_mut()
-            .extra
-            .insert("mean_trace_g".into(), "12.5".into());
+        model.meta_mut().extra.insert("mean_trace_g".into(), "12.5".into());
         let path = dir.path().join(format!("{arch}.safetensors"));
         model.save(&path).unwrap();
         let loaded = Classifier::load(&path, LoadOptions::default(), &Device::Cpu).unwrap();
@@ -224,59 +167,37 @@ fn bad_checkpoints_give_one_line_errors_naming_the_file() {
     tensors.retain(|(n, _)| n != "fc2.bias");
     write_tensors(&missing, tensors, meta.clone());
     let e = load_err(&missing, LoadOptions::default());
-    assert!(
-        e.contains("missing.safetensors") && e.contains("missing tensor 'fc2.bias'"),
-        "{e}"
-    );
+    assert!(e.contains("missing.safetensors") && e.contains("missing tensor 'fc2.bias'"), "{e}");
 
     let wrong_shape = dir.path().join("wrong-shape.safetensors");
     let mut tensors = good.named_tensors();
     tensors[0].1 = Tensor::zeros((16, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
     write_tensors(&wrong_shape, tensors, meta.clone());
     let e = load_err(&wrong_shape, LoadOptions::default());
-    assert!(
-        e.contains("wrong-shape.safetensors")
-            && e.contains("'conv1.weight' has shape [16, 1, 3, 3]"),
-        "{e}"
-    );
+    assert!(e.contains("wrong-shape.safetensors") && e.contains("'conv1.weight' has shape [16, 1, 3, 3]"), "{e}");
 
     let extra = dir.path().join("extra.safetensors");
     let mut tensors = good.named_tensors();
-    tensors.push((
-        "fc3.weight".into(),
-        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
-    ));
+    tensors.push(("fc3.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()));
     write_tensors(&extra, tensors, meta.clone());
     let e = load_err(&extra, LoadOptions::default());
-    assert!(
-        e.contains("extra.safetensors") && e.contains("unexpected tensor 'fc3.weight'"),
-        "{e}"
-    );
+    assert!(e.contains("extra.safetensors") && e.contains("unexpected tensor 'fc3.weight'"), "{e}");
 
     let unknown = dir.path().join("unknown-arch.safetensors");
     let mut bad_meta = meta.clone();
     bad_meta.insert("leafwalk.arch".into(), "resnet50".into());
     write_tensors(&unknown, good.named_tensors(), bad_meta);
     let e = load_err(&unknown, LoadOptions::default());
-    assert!(
-        e.contains("unknown-arch.safetensors") && e.contains("unknown architecture 'resnet50'"),
-        "{e}"
-    );
+    assert!(e.contains("unknown-arch.safetensors") && e.contains("unknown architecture 'resnet50'"), "{e}");
 
     let not_st = dir.path().join("notes.safetensors");
     std::fs::write(&not_st, b"this is not a checkpoint at all").unwrap();
     let e = load_err(&not_st, LoadOptions::default());
-    assert!(
-        e.contains("notes.safetensors") && e.contains("not a safetensors file"),
-        "{e}"
-    );
+    assert!(e.contains("notes.safetensors") && e.contains("not a safetensors file"), "{e}");
 
     let absent = dir.path().join("absent.safetensors");
     let e = load_err(&absent, LoadOptions::default());
-    assert!(
-        e.contains("absent.safetensors") && e.contains("cannot read") && !e.contains('\n'),
-        "{e}"
-    );
+    assert!(e.contains("absent.safetensors") && e.contains("cannot read") && !e.contains('\n'), "{e}");
 }
 
 /// A plain `safetensors.torch.save_file(model.state_dict())` export (the golden weights) loads
@@ -285,18 +206,11 @@ fn bad_checkpoints_give_one_line_errors_naming_the_file() {
 fn pytorch_export_matches_golden_log_probs() {
     let weights = fixture("mnist-cnn-epoch01.safetensors");
     let e = load_err(&weights, LoadOptions::default());
-    assert!(
-        e.contains("no leafwalk metadata") && e.contains("--arch"),
-        "{e}"
-    );
+    assert!(e.contains("no leafwalk metadata") && e.contains("--arch"), "{e}");
     let mnist = dataset_info("mnist").unwrap();
-    let options = LoadOptions {
-        arch: Some(Arch::MnistCnn),
-        dataset: Some(mnist),
-    };
+    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
     let model = Classifier::load(&weights, options, &Device::Cpu).unwrap();
-    let (golden, _) =
-        checkpoint::read(&fixture("golden-epoch01.safetensors"), &Device::Cpu).unwrap();
+    let (golden, _) = checkpoint::read(&fixture("golden-epoch01.safetensors"), &Device::Cpu).unwrap();
     // Pixels exactly as PyTorch made them: u8 / 255 in f32.
     let bytes: Vec<u8> = golden["test_u8"].flatten_all().unwrap().to_vec1().unwrap();
     let pixels: Vec<f32> = bytes.iter().map(|&u| u as f32 / 255.0).collect();
@@ -306,15 +220,9 @@ fn pytorch_export_matches_golden_log_probs() {
     for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
         assert!((a - b).abs() <= 1e-5, "log-prob {a} vs golden {b}");
     }
-    let wrong = LoadOptions {
-        arch: Some(Arch::Mlp),
-        dataset: Some(mnist),
-    };
+    let wrong = LoadOptions { arch: Some(Arch::Mlp), dataset: Some(mnist) };
     let e = load_err(&weights, wrong);
-    assert!(
-        e.contains("missing tensor") || e.contains("has shape"),
-        "{e}"
-    );
+    assert!(e.contains("missing tensor") || e.contains("has shape"), "{e}");
 }
 
 /// Over a blank background all four positions of a pooling window tie; PyTorch sends the
@@ -325,33 +233,13 @@ fn max_pool_gradient_goes_to_the_first_of_tied_maxima() {
     let x = Tensor::new(&[[[[1f32, 1.], [1., 1.]]]], &Device::Cpu).unwrap();
     let var = Var::from_tensor(&x).unwrap();
     let pooled = leafwalk_models::max_pool_2x2(var.as_tensor()).unwrap();
-    assert_eq!(
-        pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        [1.0]
-    );
+    assert_eq!(pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [1.0]);
     let grads = pooled.sum_all().unwrap().backward().unwrap();
-    let g: Vec<f32> = grads
-        .get(var.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g, [1.0, 0.0, 0.0, 0.0]);
     let x = Tensor::new(&[[[[0f32, 2.], [3., 3.]]]], &Device::Cpu).unwrap();
     let var = Var::from_tensor(&x).unwrap();
-    let grads = leafwalk_models::max_pool_2x2(var.as_tensor())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g: Vec<f32> = grads
-        .get(var.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let grads = leafwalk_models::max_pool_2x2(var.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g, [0.0, 0.0, 1.0, 0.0]);
 }

@@ -145,11 +145,20 @@ pub struct LineChart {
     pub secondary: Option<(String, Vec<Series>)>,
 }
 
-const PALETTE: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
 
 fn range(series: &[Series], pick: impl Fn(&(f64, f64)) -> f64, positive_only: bool) -> (f64, f64) {
-    let values = series.iter().flat_map(|s| s.points.iter().map(&pick)).filter(|v| v.is_finite() && (!positive_only || *v > 0.0));
+    let values = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(&pick))
+        .filter(|v| v.is_finite() && (!positive_only || *v > 0.0));
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() {
         return if positive_only { (1e-3, 1.0) } else { (0.0, 1.0) };
@@ -192,6 +201,8 @@ pub fn line_chart(path: &Path, chart: &LineChart) -> Result<()> {
                 ctx.configure_mesh()
                     .x_desc(chart.x_label.as_str())
                     .y_desc(chart.y_label.as_str())
+                    .x_label_formatter(&|v| tick(*v))
+                    .y_label_formatter(&|v| tick(*v))
                     .label_style((FAMILY, 13))
                     .draw()
                     .map_err(|e| fail(&e))?;
@@ -206,7 +217,12 @@ pub fn line_chart(path: &Path, chart: &LineChart) -> Result<()> {
                 if let Some((label, secondary)) = &chart.secondary {
                     let (s0, s1) = range(secondary, |p| p.1, false);
                     let mut ctx = ctx.set_secondary_coord(x0..x1, s0..s1);
-                    ctx.configure_secondary_axes().y_desc(label.as_str()).label_style((FAMILY, 13)).draw().map_err(|e| fail(&e))?;
+                    ctx.configure_secondary_axes()
+                        .y_desc(label.as_str())
+                        .y_label_formatter(&|v| tick(*v))
+                        .label_style((FAMILY, 13))
+                        .draw()
+                        .map_err(|e| fail(&e))?;
                     for (i, s) in secondary.iter().enumerate() {
                         let colour = colours(chart.series.len() + i);
                         ctx.draw_secondary_series(LineSeries::new(s.points.iter().copied(), colour.stroke_width(2)))
@@ -215,6 +231,7 @@ pub fn line_chart(path: &Path, chart: &LineChart) -> Result<()> {
                             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
                     }
                     ctx.configure_series_labels()
+                        .position(SeriesLabelPosition::UpperRight)
                         .background_style(WHITE.mix(0.85))
                         .border_style(BLACK)
                         .label_font((FAMILY, 13))
@@ -222,6 +239,7 @@ pub fn line_chart(path: &Path, chart: &LineChart) -> Result<()> {
                         .map_err(|e| fail(&e))?;
                 } else {
                     ctx.configure_series_labels()
+                        .position(SeriesLabelPosition::UpperRight)
                         .background_style(WHITE.mix(0.85))
                         .border_style(BLACK)
                         .label_font((FAMILY, 13))
@@ -240,13 +258,23 @@ pub fn line_chart(path: &Path, chart: &LineChart) -> Result<()> {
     write_png(path, width, height, buffer)
 }
 
+/// Axis tick text: plain for ordinary magnitudes, scientific for tiny or huge ones.
+fn tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1e4 || v.abs() < 1e-2 {
+        format!("{v:.0e}")
+    } else {
+        let text = format!("{v:.3}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn write_png(path: &Path, width: u32, height: u32, buffer: Vec<u8>) -> Result<()> {
     let image = image::RgbImage::from_raw(width, height, buffer)
         .ok_or_else(|| draw_error(path, "buffer size does not match the figure"))?;
     let mut bytes = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| draw_error(path, e))?;
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| draw_error(path, e))?;
     leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
     Ok(())
 }

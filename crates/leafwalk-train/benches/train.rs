@@ -19,29 +19,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::Cpu;
     let mnist = dataset_info("mnist")?;
     let root = data_root(None);
-    let (batches, data): (Vec<(Tensor, Tensor)>, &str) =
-        match Dataset::load(mnist, Split::Train, &root) {
-            Ok(set) => {
-                let order = epoch_order(0, 1, set.len());
-                let batches = order
-                    .chunks(BATCH)
-                    .take(BATCHES_PER_RUN)
-                    .map(|b| set.batch(b, &device))
-                    .collect::<Result<_, _>>()?;
-                (batches, "mnist")
-            }
-            Err(_) => {
-                let batches = (0..BATCHES_PER_RUN)
-                    .map(|_| {
-                        Ok((
-                            Tensor::rand(0f32, 1f32, (BATCH, 1, 28, 28), &device)?,
-                            Tensor::zeros(BATCH, DType::U32, &device)?,
-                        ))
-                    })
-                    .collect::<candle_core::Result<_>>()?;
-                (batches, "random")
-            }
-        };
+    let (batches, data): (Vec<(Tensor, Tensor)>, &str) = match Dataset::load(mnist, Split::Train, &root) {
+        Ok(set) => {
+            let order = epoch_order(0, 1, set.len());
+            let batches =
+                order.chunks(BATCH).take(BATCHES_PER_RUN).map(|b| set.batch(b, &device)).collect::<Result<_, _>>()?;
+            (batches, "mnist")
+        }
+        Err(_) => {
+            let batches = (0..BATCHES_PER_RUN)
+                .map(|_| {
+                    Ok((
+                        Tensor::rand(0f32, 1f32, (BATCH, 1, 28, 28), &device)?,
+                        Tensor::zeros(BATCH, DType::U32, &device)?,
+                    ))
+                })
+                .collect::<candle_core::Result<_>>()?;
+            (batches, "random")
+        }
+    };
     let model = Classifier::new(Arch::MnistCnn, mnist, 42, &device, DType::F32)?;
     let mut optimizer = Optimizer::new(OptimizerKind::Sgd, 0.01, model.trainable_vars())?;
     let mut run = || -> Result<f64, Box<dyn std::error::Error>> {

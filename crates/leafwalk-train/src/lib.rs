@@ -42,10 +42,7 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 fn run_error(path: &Path, msg: impl Into<String>) -> TrainError {
-    TrainError::Run {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
+    TrainError::Run { path: path.to_path_buf(), msg: msg.into() }
 }
 
 #[derive(Clone, Debug)]
@@ -73,10 +70,7 @@ impl TrainConfig {
             return bad("--epochs must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!(
-                "--lr must be a positive finite number, got {}",
-                self.lr
-            ));
+            return bad(format!("--lr must be a positive finite number, got {}", self.lr));
         }
         if self.batch_size == 0 {
             return bad("--batch-size must be at least 1".into());
@@ -146,10 +140,7 @@ struct RunState {
 
 /// Trains per `config`. `should_stop(step)` is asked after every step; when it says yes the
 /// resume file is written and the run returns with `interrupted_at` (Ctrl-C handling).
-pub fn train(
-    config: &TrainConfig,
-    mut should_stop: impl FnMut(usize) -> bool,
-) -> Result<TrainSummary> {
+pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -> Result<TrainSummary> {
     config.validate()?;
     let train_set = Dataset::load(config.dataset, Split::Train, &config.data_root)?;
     let test_set = Dataset::load(config.dataset, Split::Test, &config.data_root)?;
@@ -165,24 +156,13 @@ pub fn train(
         log::truncate(&log_path, state.step).map_err(|e| run_error(&log_path, e.to_string()))?;
         (model, optimizer, state)
     } else {
-        let model = Classifier::new(
-            config.arch,
-            config.dataset,
-            config.seed,
-            &device,
-            DType::F32,
-        )?;
+        let model = Classifier::new(config.arch, config.dataset, config.seed, &device, DType::F32)?;
         let optimizer = Optimizer::new(config.optimizer, config.lr, model.trainable_vars())?;
         log::truncate(&log_path, 0).map_err(|e| run_error(&log_path, e.to_string()))?;
         (
             model,
             optimizer,
-            RunState {
-                step: 0,
-                epoch_tally: Tally::default(),
-                window_tally: Tally::default(),
-                seconds: 0.0,
-            },
+            RunState { step: 0, epoch_tally: Tally::default(), window_tally: Tally::default(), seconds: 0.0 },
         )
     };
     let mut model = model;
@@ -200,10 +180,7 @@ pub fn train(
     let (resumed_at, session) = (state.seconds, Instant::now());
     let run_seconds = || resumed_at + session.elapsed().as_secs_f64();
     let mut window_started = Instant::now();
-    let mut summary = TrainSummary {
-        epochs: Vec::new(),
-        interrupted_at: None,
-    };
+    let mut summary = TrainSummary { epochs: Vec::new(), interrupted_at: None };
     let first_epoch = state.step / batches_per_epoch + 1;
     for epoch in first_epoch..=config.epochs {
         let order = epoch_order(config.seed, epoch, train_set.len());
@@ -217,13 +194,7 @@ pub fn train(
             let in_epoch = state.step - (epoch - 1) * batches_per_epoch;
             if in_epoch % log_every == 0 && in_epoch != batches_per_epoch {
                 let seconds = window_started.elapsed().as_secs_f64();
-                let record = LogRecord::batch(
-                    state.step,
-                    epoch,
-                    &state.window_tally,
-                    run_seconds(),
-                    seconds,
-                );
+                let record = LogRecord::batch(state.step, epoch, &state.window_tally, run_seconds(), seconds);
                 log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
                 progress.set_message(format!(
                     "epoch {epoch} loss {:.4} acc {:.1}% {:.0} img/s",
@@ -239,19 +210,12 @@ pub fn train(
                 break; // the epoch end below saves and asks should_stop
             }
             let stop = should_stop(state.step);
-            if stop
-                || config
-                    .checkpoint_every
-                    .is_some_and(|every| state.step % every == 0)
-            {
+            if stop || config.checkpoint_every.is_some_and(|every| state.step % every == 0) {
                 state.seconds = run_seconds();
                 save_resume(config, &model, &optimizer, &state)?;
             }
             if stop {
-                progress.abandon_with_message(format!(
-                    "interrupted at step {}; continue with --resume",
-                    state.step
-                ));
+                progress.abandon_with_message(format!("interrupted at step {}; continue with --resume", state.step));
                 summary.interrupted_at = Some(state.step);
                 return Ok(summary);
             }
@@ -259,14 +223,7 @@ pub fn train(
 
         let (test_loss, test_accuracy) = evaluate(&model, &test_set, 500)?;
         state.seconds = run_seconds();
-        let record = LogRecord::epoch(
-            state.step,
-            epoch,
-            &state.epoch_tally,
-            test_loss,
-            test_accuracy,
-            state.seconds,
-        );
+        let record = LogRecord::epoch(state.step, epoch, &state.epoch_tally, test_loss, test_accuracy, state.seconds);
         log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
         let meta = model.meta_mut();
         meta.epoch = epoch;
@@ -326,12 +283,7 @@ pub fn train_step(
 }
 
 fn count_correct(log_probs: &Tensor, labels: &Tensor) -> candle_core::Result<usize> {
-    Ok(log_probs
-        .argmax(D::Minus1)?
-        .eq(labels)?
-        .to_dtype(DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()? as usize)
+    Ok(log_probs.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
 }
 
 /// Mean NLL and accuracy of `model` (evaluation mode) over a whole dataset.
@@ -359,10 +311,8 @@ pub fn epoch_order(seed: u64, epoch: usize, len: usize) -> Vec<usize> {
 
 fn prepare_out(config: &TrainConfig) -> Result<()> {
     let out = &config.out;
-    std::fs::create_dir_all(out)
-        .map_err(|e| run_error(out, format!("cannot create the output folder: {e}")))?;
-    tempfile::tempfile_in(out)
-        .map_err(|e| run_error(out, format!("output folder is not writable: {e}")))?;
+    std::fs::create_dir_all(out).map_err(|e| run_error(out, format!("cannot create the output folder: {e}")))?;
+    tempfile::tempfile_in(out).map_err(|e| run_error(out, format!("output folder is not writable: {e}")))?;
     let has_run = out.join(RESUME_FILE).exists() || out.join(checkpoint_name(1)).exists();
     if has_run && !config.resume {
         return Err(run_error(
@@ -371,10 +321,7 @@ fn prepare_out(config: &TrainConfig) -> Result<()> {
         ));
     }
     if !has_run && config.resume {
-        return Err(run_error(
-            &out.join(RESUME_FILE),
-            "no run to resume here (start without --resume)",
-        ));
+        return Err(run_error(&out.join(RESUME_FILE), "no run to resume here (start without --resume)"));
     }
     Ok(())
 }
@@ -388,41 +335,26 @@ fn run_metadata(config: &TrainConfig) -> [(String, String); 4] {
     ]
 }
 
-fn save_resume(
-    config: &TrainConfig,
-    model: &Classifier,
-    optimizer: &Optimizer,
-    state: &RunState,
-) -> Result<()> {
+fn save_resume(config: &TrainConfig, model: &Classifier, optimizer: &Optimizer, state: &RunState) -> Result<()> {
     let mut meta = model.meta().clone();
     meta.step = state.step;
     meta.extra.extend(run_metadata(config));
     let tally = |t: &Tally| format!("{:?},{},{}", t.loss_sum, t.correct, t.seen);
-    meta.extra
-        .insert("resume.epoch_tally".into(), tally(&state.epoch_tally));
-    meta.extra
-        .insert("resume.window_tally".into(), tally(&state.window_tally));
-    meta.extra
-        .insert("resume.seconds".into(), format!("{:?}", state.seconds));
-    meta.extra.insert(
-        "resume.optimizer_updates".into(),
-        optimizer.updates().to_string(),
-    );
+    meta.extra.insert("resume.epoch_tally".into(), tally(&state.epoch_tally));
+    meta.extra.insert("resume.window_tally".into(), tally(&state.window_tally));
+    meta.extra.insert("resume.seconds".into(), format!("{:?}", state.seconds));
+    meta.extra.insert("resume.optimizer_updates".into(), optimizer.updates().to_string());
     let mut tensors = model.named_tensors();
     tensors.extend(optimizer.state());
-    leafwalk_models::checkpoint::write(
-        &config.out.join(RESUME_FILE),
-        &tensors,
-        meta.to_metadata(),
-    )?;
+    leafwalk_models::checkpoint::write(&config.out.join(RESUME_FILE), &tensors, meta.to_metadata())?;
     Ok(())
 }
 
 fn load_resume(config: &TrainConfig, device: &Device) -> Result<(Classifier, Optimizer, RunState)> {
     let path = config.out.join(RESUME_FILE);
     let (mut tensors, metadata) = leafwalk_models::checkpoint::read(&path, device)?;
-    let meta = CheckpointMeta::from_metadata(&path, &metadata)?
-        .ok_or_else(|| run_error(&path, "has no leafwalk metadata"))?;
+    let meta =
+        CheckpointMeta::from_metadata(&path, &metadata)?.ok_or_else(|| run_error(&path, "has no leafwalk metadata"))?;
     for (key, wanted) in run_metadata(config).into_iter().chain([
         ("arch".to_string(), config.arch.to_string()),
         ("dataset".to_string(), config.dataset.name.to_string()),
@@ -435,18 +367,12 @@ fn load_resume(config: &TrainConfig, device: &Device) -> Result<(Classifier, Opt
         if found != wanted {
             return Err(run_error(
                 &path,
-                format!(
-                    "was started with {key} {found}, not {wanted}: resume with the same settings"
-                ),
+                format!("was started with {key} {found}, not {wanted}: resume with the same settings"),
             ));
         }
     }
-    let extra = |key: &str| {
-        meta.extra
-            .get(key)
-            .cloned()
-            .ok_or_else(|| run_error(&path, format!("metadata lacks {key}")))
-    };
+    let extra =
+        |key: &str| meta.extra.get(key).cloned().ok_or_else(|| run_error(&path, format!("metadata lacks {key}")));
     let parse_tally = |key: &str| -> Result<Tally> {
         let text = extra(key)?;
         let parts: Vec<&str> = text.split(',').collect();
@@ -471,21 +397,16 @@ fn load_resume(config: &TrainConfig, device: &Device) -> Result<(Classifier, Opt
     let updates: usize = extra("resume.optimizer_updates")?
         .parse()
         .map_err(|_| run_error(&path, "metadata resume.optimizer_updates is malformed"))?;
-    let optimizer_state: std::collections::HashMap<String, Tensor> = tensors
-        .iter()
-        .filter(|(k, _)| Optimizer::is_state(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let optimizer_state: std::collections::HashMap<String, Tensor> =
+        tensors.iter().filter(|(k, _)| Optimizer::is_state(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     tensors.retain(|k, _| !Optimizer::is_state(k));
     let model = Classifier::from_tensors(&path, meta, tensors, device)?;
     let mut optimizer = Optimizer::new(config.optimizer, config.lr, model.trainable_vars())?;
     optimizer.restore(updates, |name| {
-        optimizer_state.get(name).cloned().ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "{}: missing optimizer tensor '{name}'",
-                path.display()
-            ))
-        })
+        optimizer_state
+            .get(name)
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: missing optimizer tensor '{name}'", path.display())))
     })?;
     Ok((model, optimizer, state))
 }
@@ -495,9 +416,9 @@ fn progress_bar(enabled: bool, total: u64, position: u64) -> indicatif::Progress
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta}] {msg}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta}] {msg}")
+    {
         bar.set_style(style);
     }
     bar.set_position(position);

@@ -30,13 +30,7 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    pub(crate) fn batch(
-        step: usize,
-        epoch: usize,
-        tally: &Tally,
-        seconds: f64,
-        window_seconds: f64,
-    ) -> Self {
+    pub(crate) fn batch(step: usize, epoch: usize, tally: &Tally, seconds: f64, window_seconds: f64) -> Self {
         LogRecord {
             event: "batch".into(),
             step,
@@ -74,10 +68,7 @@ impl LogRecord {
 
 pub(crate) fn append(path: &Path, record: &LogRecord) -> std::io::Result<()> {
     let line = serde_json::to_string(record)?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     writeln!(file, "{line}")
 }
 
@@ -99,8 +90,7 @@ pub(crate) fn truncate(path: &Path, step: usize) -> std::io::Result<()> {
         }
     }
     leafwalk_data::write_atomic(path, |w| {
-        w.write_all(kept.as_bytes())
-            .map_err(|e| leafwalk_data::DataError::io(path, e))
+        w.write_all(kept.as_bytes()).map_err(|e| leafwalk_data::DataError::io(path, e))
     })
     .map_err(std::io::Error::other)
 }

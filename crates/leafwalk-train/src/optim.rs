@@ -62,21 +62,10 @@ impl Optimizer {
             OptimizerKind::Sgd => Vec::new(),
             OptimizerKind::AdamW => params
                 .iter()
-                .map(|(_, p)| {
-                    Ok(Moments {
-                        m: p.zeros_like()?,
-                        v: p.zeros_like()?,
-                    })
-                })
+                .map(|(_, p)| Ok(Moments { m: p.zeros_like()?, v: p.zeros_like()? }))
                 .collect::<Result<_>>()?,
         };
-        Ok(Self {
-            kind,
-            lr,
-            params,
-            moments,
-            updates: 0,
-        })
+        Ok(Self { kind, lr, params, moments, updates: 0 })
     }
 
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
@@ -118,21 +107,14 @@ impl Optimizer {
             .iter()
             .zip(&self.moments)
             .flat_map(|((name, _), mom)| {
-                [
-                    (format!("{STATE_PREFIX}m.{name}"), mom.m.clone()),
-                    (format!("{STATE_PREFIX}v.{name}"), mom.v.clone()),
-                ]
+                [(format!("{STATE_PREFIX}m.{name}"), mom.m.clone()), (format!("{STATE_PREFIX}v.{name}"), mom.v.clone())]
             })
             .collect()
     }
 
     /// Restores what [`Optimizer::state`] saved after `updates` updates; `take` removes a
     /// named tensor from the resume file's map (missing → error naming it).
-    pub fn restore(
-        &mut self,
-        updates: usize,
-        mut take: impl FnMut(&str) -> Result<Tensor>,
-    ) -> Result<()> {
+    pub fn restore(&mut self, updates: usize, mut take: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
         self.updates = updates;
         for ((name, _), mom) in self.params.iter().zip(self.moments.iter_mut()) {
             mom.m = take(&format!("{STATE_PREFIX}m.{name}"))?;

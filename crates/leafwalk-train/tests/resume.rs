@@ -18,23 +18,10 @@ fn tiny_mnist(root: &Path) {
         let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
             let label: u8 = rng.random_range(0..10);
-            images.extend((0..784).map(|p| {
-                if p % 10 == label as usize {
-                    200
-                } else {
-                    rng.random_range(0..60)
-                }
-            }));
+            images.extend((0..784).map(|p| if p % 10 == label as usize { 200 } else { rng.random_range(0..60) }));
             labels.push(label);
         }
-        Dataset {
-            info,
-            split,
-            images,
-            labels,
-        }
-        .save(root)
-        .unwrap();
+        Dataset { info, split, images, labels }.save(root).unwrap();
     }
 }
 
@@ -43,11 +30,7 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
         dataset: dataset_info("mnist").unwrap(),
         arch: Arch::Mlp,
         epochs: 3,
-        lr: if optimizer == OptimizerKind::Sgd {
-            0.05
-        } else {
-            0.002
-        },
+        lr: if optimizer == OptimizerKind::Sgd { 0.05 } else { 0.002 },
         batch_size: 16,
         optimizer,
         seed: 7,
@@ -61,10 +44,8 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
 
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let (tensors, _) = checkpoint::read(path, &candle_core::Device::Cpu).unwrap();
-    let mut w: Vec<(String, Vec<f32>)> = tensors
-        .into_iter()
-        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
+    let mut w: Vec<(String, Vec<f32>)> =
+        tensors.into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
 }
@@ -74,11 +55,7 @@ fn log_without_timing(out: &Path) -> Vec<LogRecord> {
     std::fs::read_to_string(out.join(LOG_FILE))
         .unwrap()
         .lines()
-        .map(|l| LogRecord {
-            seconds: 0.0,
-            images_per_s: 0.0,
-            ..serde_json::from_str(l).unwrap()
-        })
+        .map(|l| LogRecord { seconds: 0.0, images_per_s: 0.0, ..serde_json::from_str(l).unwrap() })
         .collect()
 }
 
@@ -90,10 +67,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         let straight = dir.path().join(format!("straight-{optimizer}"));
         let summary = train(&config(dir.path(), straight.clone(), optimizer), |_| false).unwrap();
         assert_eq!(summary.epochs.len(), 3);
-        assert!(
-            summary.epochs[2].test_accuracy > 0.5,
-            "{optimizer}: the tiny task was not learned: {summary:?}"
-        );
+        assert!(summary.epochs[2].test_accuracy > 0.5, "{optimizer}: the tiny task was not learned: {summary:?}");
 
         // Stop mid-epoch 2 (7 batches an epoch), then resume twice over: once from the
         // interruption, once more after a clean stop at an epoch end.
@@ -114,11 +88,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
                 "{optimizer}: epoch {epoch} differs"
             );
         }
-        assert_eq!(
-            log_without_timing(&straight),
-            log_without_timing(&broken),
-            "{optimizer}: logs differ"
-        );
+        assert_eq!(log_without_timing(&straight), log_without_timing(&broken), "{optimizer}: logs differ");
     }
 }
 
@@ -138,20 +108,13 @@ fn periodic_resume_file_survives_a_hard_kill() {
             copy_dir(&out, &snapshot);
             // The log may hold records past the snapshot's resume step: add a torn line too.
             use std::io::Write;
-            let mut log = std::fs::OpenOptions::new()
-                .append(true)
-                .open(snapshot.join(LOG_FILE))
-                .unwrap();
+            let mut log = std::fs::OpenOptions::new().append(true).open(snapshot.join(LOG_FILE)).unwrap();
             write!(log, "{{\"event\":\"batch\",\"step\":12,\"ep").unwrap();
         }
         false
     })
     .unwrap();
-    let resumed = TrainConfig {
-        out: snapshot.clone(),
-        resume: true,
-        ..cfg
-    };
+    let resumed = TrainConfig { out: snapshot.clone(), resume: true, ..cfg };
     train(&resumed, |_| false).unwrap();
     let name = leafwalk_train::checkpoint_name(3);
     assert_eq!(weights(&out.join(&name)), weights(&snapshot.join(&name)));
@@ -177,25 +140,13 @@ fn refuses_to_overwrite_a_run_and_to_resume_nothing() {
     let before = weights(&out.join(leafwalk_train::checkpoint_name(1)));
     let err = train(&cfg, |_| false).unwrap_err().to_string();
     assert!(err.contains("already holds a training run"), "{err}");
-    assert_eq!(
-        before,
-        weights(&out.join(leafwalk_train::checkpoint_name(1)))
-    );
+    assert_eq!(before, weights(&out.join(leafwalk_train::checkpoint_name(1))));
 
-    let fresh = TrainConfig {
-        out: dir.path().join("empty"),
-        resume: true,
-        ..cfg.clone()
-    };
+    let fresh = TrainConfig { out: dir.path().join("empty"), resume: true, ..cfg.clone() };
     let err = train(&fresh, |_| false).unwrap_err().to_string();
     assert!(err.contains("no run to resume"), "{err}");
 
-    let changed = TrainConfig {
-        resume: true,
-        epochs: 2,
-        lr: 0.5,
-        ..cfg
-    };
+    let changed = TrainConfig { resume: true, epochs: 2, lr: 0.5, ..cfg };
     let err = train(&changed, |_| false).unwrap_err().to_string();
     assert!(err.contains("was started with lr"), "{err}");
 }
@@ -205,24 +156,15 @@ fn rejects_bad_hyper_parameters_before_touching_disk() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never");
     for (tweak, needle) in [
-        (
-            Box::new(|c: &mut TrainConfig| c.epochs = 0) as Box<dyn Fn(&mut TrainConfig)>,
-            "--epochs",
-        ),
+        (Box::new(|c: &mut TrainConfig| c.epochs = 0) as Box<dyn Fn(&mut TrainConfig)>, "--epochs"),
         (Box::new(|c: &mut TrainConfig| c.lr = f64::NAN), "--lr"),
         (Box::new(|c: &mut TrainConfig| c.lr = -1.0), "--lr"),
-        (
-            Box::new(|c: &mut TrainConfig| c.batch_size = 0),
-            "--batch-size",
-        ),
+        (Box::new(|c: &mut TrainConfig| c.batch_size = 0), "--batch-size"),
     ] {
         let mut cfg = config(dir.path(), out.clone(), OptimizerKind::Sgd);
         tweak(&mut cfg);
         let err = train(&cfg, |_| false).unwrap_err();
-        assert!(
-            matches!(err, TrainError::Config(_)) && err.to_string().contains(needle),
-            "{err}"
-        );
+        assert!(matches!(err, TrainError::Config(_)) && err.to_string().contains(needle), "{err}");
         assert!(!out.exists());
     }
 }

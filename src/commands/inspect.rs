@@ -1,0 +1,296 @@
+//! `leafwalk inspect`: G (and F) at single images or summarised over a dataset split.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use candle_core::Tensor;
+use leafwalk_data::{Dataset, DatasetRef, ImageShape, ImageSource};
+use leafwalk_geometry::{
+    batch_geometry, dataset_fisher, fisher_factors, PointGeometry, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS,
+};
+use leafwalk_models::Classifier;
+use leafwalk_plot::{line_chart, LineChart, Series, Tile, TileKind};
+use serde_json::{json, Value};
+
+use crate::cli::InspectArgs;
+use crate::commands::{input_batch, load_model};
+
+/// Points per Jacobian batch: throughput stops improving around 32 points (measured).
+const BATCH: usize = 32;
+/// Largest input for which `--full-g` forms the dense matrix.
+const FULL_G_MAX_DIM: usize = 4096;
+
+pub fn run(args: InspectArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
+    let model = load_model(&args.model)?;
+    match &args.data {
+        Some(split) => inspect_dataset(&args, &model, split, data_root),
+        None => inspect_images(&args, &model, data_root),
+    }
+}
+
+/// What one point's G (and optionally F) says, as JSON.
+fn point_summary(model: &Classifier, input: &str, point: &PointGeometry, fisher: Option<(f64, Vec<f64>)>) -> Value {
+    let probs: Vec<f64> = point.probs.iter().copied().collect();
+    let (best, p) = argmax(&probs);
+    let mut summary = json!({
+        "input": input,
+        "prediction": model.meta().classes[best],
+        "class_index": best,
+        "probability": p,
+        "probabilities": probs,
+        "trace_g": point.trace(),
+        "rank": point.rank(),
+        "eigenvalues_g": point.spectrum().eigenvalues,
+    });
+    if let Some((trace, eigenvalues)) = fisher {
+        summary["fisher"] = json!({ "trace": trace, "eigenvalues": eigenvalues });
+    }
+    summary
+}
+
+fn argmax(values: &[f64]) -> (usize, f64) {
+    values.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, v)| if v > best.1 { (i, v) } else { best })
+}
+
+fn inspect_images(args: &InspectArgs, model: &Classifier, data_root: &Path) -> anyhow::Result<ExitCode> {
+    let sources: Vec<ImageSource> = args
+        .image
+        .iter()
+        .map(|p| ImageSource::File(p.clone()))
+        .chain(args.reference.iter().map(|r| ImageSource::Ref(*r)))
+        .collect();
+    if sources.is_empty() {
+        bail!("nothing to inspect: give --image FILE, --ref NAME:SPLIT:INDEX or --data NAME:SPLIT");
+    }
+    if let Some(bad) = args.reference.iter().find(|r| r.index.is_none()) {
+        bail!("--ref {bad} needs an index (NAME:SPLIT:INDEX); use --data for a whole split");
+    }
+    if args.full_g.is_some() && sources.len() != 1 {
+        bail!("--full-g writes the G of one input; {} were given", sources.len());
+    }
+    let pixels = input_batch(&sources, model, args.invert, data_root)?;
+    let points = batch_geometry(model, &pixels)?;
+    let fisher = if args.fisher { Some(fisher_factors(model, &pixels)?) } else { None };
+    let summaries: Vec<Value> = points
+        .iter()
+        .enumerate()
+        .map(|(i, point)| {
+            let f = fisher.as_ref().map(|f| (f[i].trace(), f[i].eigenvalues()));
+            point_summary(model, &sources[i].to_string(), point, f)
+        })
+        .collect();
+    if let Some(path) = &args.basis_png {
+        draw_basis(path, model, &pixels, &points)?;
+    }
+    if let Some(path) = &args.full_g {
+        let dense = points[0].dense(FULL_G_MAX_DIM).with_context(|| format!("{}", path.display()))?;
+        write_npy(path, &dense)?;
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summaries)?)?;
+    } else {
+        for s in &summaries {
+            writeln!(out, "{}", text_line(s))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text_line(s: &Value) -> String {
+    let eig: Vec<String> = s["eigenvalues_g"]
+        .as_array()
+        .map_or(Vec::new(), |v| v.iter().map(|e| format!("{:.3e}", e.as_f64().unwrap_or(0.0))).collect());
+    let mut line = format!(
+        "{}  predicted {} (p {:.4})  trace G {:.4e}  rank {}  eigenvalues G [{}]",
+        s["input"].as_str().unwrap_or_default(),
+        s["prediction"].as_str().unwrap_or_default(),
+        s["probability"].as_f64().unwrap_or(0.0),
+        s["trace_g"].as_f64().unwrap_or(0.0),
+        s["rank"],
+        eig.join(" ")
+    );
+    if let Some(trace) = s["fisher"]["trace"].as_f64() {
+        line.push_str(&format!("  trace F {trace:.4e}"));
+    }
+    line
+}
+
+/// One row per input: the image, then its G eigenvectors as signed heat-maps.
+fn draw_basis(path: &Path, model: &Classifier, pixels: &Tensor, points: &[PointGeometry]) -> anyhow::Result<()> {
+    let shape = model.input_shape();
+    let images: Vec<Vec<f32>> = pixels.flatten_from(1)?.to_vec2()?;
+    let columns = model.classes(); // the image + at most C − 1 directions
+    let bases: Vec<(Vec<Vec<f32>>, Vec<f64>)> = points
+        .iter()
+        .map(|p| {
+            let vectors = p.eigenvectors(columns - 1);
+            let values = p.spectrum().eigenvalues;
+            (vectors.column_iter().map(|c| c.iter().map(|&v| v as f32).collect()).collect(), values)
+        })
+        .collect();
+    let mut tiles = Vec::new();
+    for (image, (point, (vectors, values))) in images.iter().zip(points.iter().zip(&bases)) {
+        let probs: Vec<f64> = point.probs.iter().copied().collect();
+        let (best, p) = argmax(&probs);
+        tiles.push(tile(image, shape, format!("{} {:.2}", model.meta().classes[best], p), TileKind::Image));
+        for (k, v) in vectors.iter().enumerate() {
+            tiles.push(tile(v, shape, format!("λ{} {:.1e}", k + 1, values[k]), TileKind::Signed));
+        }
+        for _ in vectors.len() + 1..columns {
+            tiles.push(tile(&[], shape, String::new(), TileKind::Image));
+        }
+    }
+    let title = format!("leaf basis: eigenvectors of G (red +, blue −) — {}", model.meta().dataset);
+    leafwalk_plot::tile_grid(path, Some(&title), &tiles, columns, 3)?;
+    Ok(())
+}
+
+fn tile(values: &[f32], shape: ImageShape, caption: String, kind: TileKind) -> Tile<'_> {
+    Tile { values, channels: shape.channels, height: shape.height, width: shape.width, caption, kind }
+}
+
+/// A float64 C-order .npy file (format 1.0), written atomically.
+fn write_npy(path: &Path, matrix: &nalgebra::DMatrix<f64>) -> anyhow::Result<()> {
+    let mut header =
+        format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({}, {}), }}", matrix.nrows(), matrix.ncols());
+    // Magic (6) + version (2) + header length (2) + header + '\n' is a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + matrix.len() * 8);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for row in matrix.row_iter() {
+        for v in row.iter() {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    Ok(())
+}
+
+fn inspect_dataset(
+    args: &InspectArgs,
+    model: &Classifier,
+    split: &DatasetRef,
+    data_root: &Path,
+) -> anyhow::Result<ExitCode> {
+    if split.index.is_some() {
+        bail!("--data takes a whole split (NAME:SPLIT); use --ref for one entry");
+    }
+    let dataset = Dataset::load(split.dataset, split.split, data_root)?;
+    if dataset.info.shape != model.input_shape() {
+        bail!("{split} images are {}, the model takes {}", dataset.info.shape, model.input_shape());
+    }
+    let count = args.limit.min(dataset.len());
+    if count == 0 {
+        bail!("--limit must be at least 1");
+    }
+    let indices: Vec<usize> = (0..count).map(|k| k * dataset.len() / count).collect();
+    // The dataset Fisher keeps every C×P gradient in memory: it uses an evenly spaced subset of
+    // the points that fits the budget; every point still reports its own trace F.
+    let params: usize = model.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let fisher_budget = (DATASET_FISHER_MAX_BYTES / (model.classes() * params * 4)).clamp(1, DATASET_FISHER_MAX_POINTS);
+    let fisher_stride = count.div_ceil(fisher_budget);
+    let progress = indicatif::ProgressBar::new(count as u64);
+    let mut points = Vec::with_capacity(count);
+    let (mut fisher_traces, mut factors) = (Vec::new(), Vec::new());
+    for (batch_index, chunk) in indices.chunks(BATCH).enumerate() {
+        let (pixels, _) = dataset.batch(chunk, model.device())?;
+        points.extend(batch_geometry(model, &pixels)?);
+        if args.fisher {
+            for (k, factor) in fisher_factors(model, &pixels)?.into_iter().enumerate() {
+                fisher_traces.push(factor.trace());
+                if (batch_index * BATCH + k) % fisher_stride == 0 {
+                    factors.push(factor);
+                }
+            }
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+
+    let mut traces: Vec<f64> = points.iter().map(PointGeometry::trace).collect();
+    let mean_trace = traces.iter().sum::<f64>() / count as f64;
+    traces.sort_by(f64::total_cmp);
+    let median_trace = percentile(&traces, 0.5);
+    let mut rank_hist = vec![0usize; model.classes() + 1];
+    for p in &points {
+        rank_hist[p.rank()] += 1;
+    }
+    let spectra: Vec<Vec<f64>> = points.iter().map(|p| p.spectrum().eigenvalues).collect();
+    let band = |q: f64| -> Vec<f64> {
+        (0..model.classes())
+            .map(|k| {
+                let mut column: Vec<f64> = spectra.iter().map(|s| s[k]).collect();
+                column.sort_by(f64::total_cmp);
+                percentile(&column, q)
+            })
+            .collect()
+    };
+    let (p10, median, p90) = (band(0.1), band(0.5), band(0.9));
+    let mut report = json!({
+        "data": split.to_string(),
+        "model": args.model.model,
+        "count": count,
+        "sampling": "evenly spaced indices k·len/count",
+        "trace_g": { "mean": mean_trace, "median": median_trace },
+        "rank_hist": rank_hist,
+        "eigenvalues_g": { "p10": p10, "median": median, "p90": p90 },
+    });
+    if args.fisher {
+        let (trace, top) = dataset_fisher(&factors, model.classes())?;
+        report["fisher"] = json!({
+            "mean_trace": fisher_traces.iter().sum::<f64>() / fisher_traces.len() as f64,
+            "dataset_fisher": { "points": factors.len(), "every": fisher_stride, "trace": trace, "top_eigenvalues": top },
+        });
+    }
+    if let Some(path) = &args.spectrum_png {
+        let series = |label: &str, values: &[f64]| Series {
+            label: label.to_string(),
+            points: values.iter().take(model.classes() - 1).enumerate().map(|(k, &v)| ((k + 1) as f64, v)).collect(),
+        };
+        let chart = LineChart {
+            title: format!("Spectrum of G over {count} images of {split}"),
+            x_label: "eigenvalue index k".into(),
+            y_label: "λₖ(G)".into(),
+            log_y: true,
+            series: vec![series("90th percentile", &p90), series("median", &median), series("10th percentile", &p10)],
+            secondary: None,
+        };
+        line_chart(path, &chart)?;
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(out, "{split}: {count} images (evenly spaced)")?;
+        writeln!(out, "trace G: mean {mean_trace:.4e}  median {median_trace:.4e}")?;
+        let hist: Vec<String> =
+            rank_hist.iter().enumerate().filter(|(_, &n)| n > 0).map(|(r, n)| format!("{r}:{n}")).collect();
+        writeln!(out, "rank histogram: {}", hist.join(" "))?;
+        let fmt = |v: &[f64]| v.iter().map(|e| format!("{e:.3e}")).collect::<Vec<_>>().join(" ");
+        writeln!(out, "median eigenvalues of G: [{}]", fmt(&median))?;
+        if let Some(f) = report.get("fisher") {
+            writeln!(
+                out,
+                "Fisher: mean trace {:.4e}; dataset Fisher top eigenvalues {}",
+                f["mean_trace"].as_f64().unwrap_or(0.0),
+                f["dataset_fisher"]["top_eigenvalues"]
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
