@@ -75,6 +75,14 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last saved state.
     #[arg(long)]
     pub resume: bool,
+    /// Track trace and rank of G about ten times an epoch on this many training images
+    /// (evenly spaced; the paper's 200). 0 turns tracking off and speeds training up.
+    #[arg(long, default_value_t = 200)]
+    pub reference_size: usize,
+    /// Test-accuracy floor of the checkpoint recommendation (highest mean trace of G among
+    /// the epochs that reach it).
+    #[arg(long, default_value_t = 0.95)]
+    pub min_accuracy: f64,
     /// Print a JSON summary on stdout at the end.
     #[arg(long)]
     pub json: bool,

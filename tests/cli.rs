@@ -91,7 +91,7 @@ fn train_writes_checkpoints_log_and_loadable_models() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(
         files_in(&out),
-        ["epoch-01.safetensors", "epoch-02.safetensors", "resume.safetensors", "train-log.jsonl"]
+        ["epoch-01.safetensors", "epoch-02.safetensors", "resume.safetensors", "trace.png", "train-log.jsonl"]
     );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["epochs"][1]["step"], 6);
@@ -101,6 +101,8 @@ fn train_writes_checkpoints_log_and_loadable_models() {
     assert_eq!(meta.mean, vec![0.1307]);
     assert_eq!(meta.extra["optimizer"], "sgd");
     assert!(meta.test_accuracy.is_some());
+    assert!(meta.extra["mean_trace_g"].parse::<f64>().unwrap() > 0.0);
+    assert_eq!(summary["recommended"]["epoch"].as_u64().is_some(), true);
     // Same folder again without --resume: refused, nothing lost.
     let before = std::fs::read(out.join("epoch-01.safetensors")).unwrap();
     let again = leafwalk(&["train", "--arch", "mlp", "--epochs", "1", "--out", out.to_str().unwrap()], dir.path());

@@ -22,6 +22,8 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
         progress: !args.json,
+        reference_size: args.reference_size,
+        min_accuracy: args.min_accuracy,
     };
     // First Ctrl-C: finish the current step, save the resume state and stop. A second one
     // exits at once; atomic writes mean no file is left half-written either way.
@@ -42,13 +44,28 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "epoch": e.epoch, "step": e.step, "train_loss": e.train_loss,
                     "train_accuracy": e.train_accuracy, "test_loss": e.test_loss,
-                    "test_accuracy": e.test_accuracy, "checkpoint": e.checkpoint,
+                    "test_accuracy": e.test_accuracy, "mean_trace_g": e.mean_trace_g, "checkpoint": e.checkpoint,
                 })
             })
             .collect();
         println!(
             "{}",
-            serde_json::json!({ "out": args.out, "epochs": epochs, "interrupted_at": summary.interrupted_at })
+            serde_json::json!({
+                "out": args.out, "epochs": epochs, "interrupted_at": summary.interrupted_at,
+                "recommended": summary.recommended.as_ref().map(|r| serde_json::json!({
+                    "epoch": r.epoch, "checkpoint": args.out.join(&r.checkpoint), "test_accuracy": r.test_accuracy,
+                    "mean_trace_g": r.mean_trace_g, "rule": r.reason,
+                })),
+            })
+        );
+    }
+    if let (Some(r), None) = (&summary.recommended, summary.interrupted_at) {
+        let trace = r.mean_trace_g.map_or(String::new(), |t| format!(", mean trace G {t:.4e}"));
+        eprintln!(
+            "recommended checkpoint: {} (test accuracy {:.2} %{trace}) — {}",
+            args.out.join(&r.checkpoint).display(),
+            100.0 * r.test_accuracy,
+            r.reason
         );
     }
     if let Some(step) = summary.interrupted_at {

@@ -195,10 +195,12 @@ pub fn line_chart(path: &Path, chart: &LineChart) -> Result<()> {
             .y_label_area_size(70)
             .right_y_label_area_size(if chart.secondary.is_some() { 70 } else { 0 });
         let colours = |i: usize| PALETTE[i % PALETTE.len()];
-        macro_rules! draw {
-            ($ctx:expr) => {{
-                let mut ctx = $ctx;
-                ctx.configure_mesh()
+        // Mesh, primary series and legend on any chart context (plain or dual-axis): the
+        // secondary axis must be attached before the mesh is drawn, or the primary labels are
+        // repeated on the right.
+        macro_rules! draw_primary_and_legend {
+            ($ctx:expr, $secondary:expr) => {{
+                $ctx.configure_mesh()
                     .x_desc(chart.x_label.as_str())
                     .y_desc(chart.y_label.as_str())
                     .x_label_formatter(&|v| tick(*v))
@@ -209,42 +211,53 @@ pub fn line_chart(path: &Path, chart: &LineChart) -> Result<()> {
                 for (i, s) in chart.series.iter().enumerate() {
                     let colour = colours(i);
                     let points = s.points.iter().copied().filter(|p| p.1.is_finite() && (!chart.log_y || p.1 > 0.0));
-                    ctx.draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                    $ctx.draw_series(LineSeries::new(points, colour.stroke_width(2)))
                         .map_err(|e| fail(&e))?
                         .label(s.label.as_str())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
                 }
-                if let Some((label, secondary)) = &chart.secondary {
-                    let (s0, s1) = range(secondary, |p| p.1, false);
-                    let mut ctx = ctx.set_secondary_coord(x0..x1, s0..s1);
-                    ctx.configure_secondary_axes()
-                        .y_desc(label.as_str())
-                        .y_label_formatter(&|v| tick(*v))
-                        .label_style((FAMILY, 13))
-                        .draw()
-                        .map_err(|e| fail(&e))?;
-                    for (i, s) in secondary.iter().enumerate() {
-                        let colour = colours(chart.series.len() + i);
-                        ctx.draw_secondary_series(LineSeries::new(s.points.iter().copied(), colour.stroke_width(2)))
-                            .map_err(|e| fail(&e))?
-                            .label(s.label.as_str())
-                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+                $secondary;
+                $ctx.configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .label_font((FAMILY, 13))
+                    .draw()
+                    .map_err(|e| fail(&e))?;
+            }};
+        }
+        macro_rules! draw {
+            ($ctx:expr) => {{
+                let ctx = $ctx;
+                match &chart.secondary {
+                    Some((label, secondary)) => {
+                        let (s0, s1) = range(secondary, |p| p.1, false);
+                        let mut ctx = ctx.set_secondary_coord(x0..x1, s0..s1);
+                        draw_primary_and_legend!(ctx, {
+                            ctx.configure_secondary_axes()
+                                .y_desc(label.as_str())
+                                .y_label_formatter(&|v| tick(*v))
+                                .label_style((FAMILY, 13))
+                                .draw()
+                                .map_err(|e| fail(&e))?;
+                            for (i, s) in secondary.iter().enumerate() {
+                                let colour = colours(chart.series.len() + i);
+                                ctx.draw_secondary_series(LineSeries::new(
+                                    s.points.iter().copied(),
+                                    colour.stroke_width(2),
+                                ))
+                                .map_err(|e| fail(&e))?
+                                .label(s.label.as_str())
+                                .legend(move |(x, y)| {
+                                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                                });
+                            }
+                        });
                     }
-                    ctx.configure_series_labels()
-                        .position(SeriesLabelPosition::UpperRight)
-                        .background_style(WHITE.mix(0.85))
-                        .border_style(BLACK)
-                        .label_font((FAMILY, 13))
-                        .draw()
-                        .map_err(|e| fail(&e))?;
-                } else {
-                    ctx.configure_series_labels()
-                        .position(SeriesLabelPosition::UpperRight)
-                        .background_style(WHITE.mix(0.85))
-                        .border_style(BLACK)
-                        .label_font((FAMILY, 13))
-                        .draw()
-                        .map_err(|e| fail(&e))?;
+                    None => {
+                        let mut ctx = ctx;
+                        draw_primary_and_legend!(ctx, ());
+                    }
                 }
             }};
         }

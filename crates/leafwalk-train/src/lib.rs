@@ -9,8 +9,10 @@
 //! and every `checkpoint_every` steps lets `--resume` reproduce an uninterrupted run bit for bit;
 //! `train-log.jsonl` records loss and accuracy about ten times an epoch.
 
+mod figure;
 mod log;
 mod optim;
+mod recommend;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,8 +24,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-pub use log::LogRecord;
+pub use log::{GeometryStats, LogRecord};
 pub use optim::{Optimizer, OptimizerKind};
+pub use recommend::{recommend, Recommendation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -37,6 +40,10 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Geometry(#[from] leafwalk_geometry::GeometryError),
+    #[error(transparent)]
+    Plot(#[from] leafwalk_plot::PlotError),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
@@ -61,6 +68,12 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Draw an indicatif progress bar (on stderr, only when it is a terminal).
     pub progress: bool,
+    /// Images of the fixed reference batch on which trace and rank of G are tracked (evenly
+    /// spaced over the training set); 0 turns the tracking off.
+    pub reference_size: usize,
+    /// The recommendation rule's accuracy floor: the recommended checkpoint is the epoch with
+    /// the highest mean trace of G among those reaching this test accuracy.
+    pub min_accuracy: f64,
 }
 
 impl TrainConfig {
@@ -74,6 +87,9 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return bad("--batch-size must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_accuracy) {
+            return bad(format!("--min-accuracy must be between 0 and 1, got {}", self.min_accuracy));
         }
         if self.checkpoint_every == Some(0) {
             return bad("--checkpoint-every must be at least 1".into());
@@ -91,12 +107,16 @@ pub struct EpochResult {
     pub train_accuracy: f64,
     pub test_loss: f64,
     pub test_accuracy: f64,
+    /// Mean trace of G over the reference batch with the epoch's final weights.
+    pub mean_trace_g: Option<f64>,
     pub checkpoint: PathBuf,
 }
 
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
     pub epochs: Vec<EpochResult>,
+    /// The checkpoint the recommendation rule picks over the whole run (see [`recommend`]).
+    pub recommended: Option<Recommendation>,
     /// `Some(step)` when `should_stop` ended the run early (state saved at that step).
     pub interrupted_at: Option<usize>,
 }
@@ -124,6 +144,7 @@ impl Tally {
 }
 
 const RESUME_FILE: &str = "resume.safetensors";
+pub const TRACE_FIGURE: &str = "trace.png";
 pub const LOG_FILE: &str = "train-log.jsonl";
 
 pub fn checkpoint_name(epoch: usize) -> String {
@@ -153,12 +174,12 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
 
     let (model, mut optimizer, mut state) = if config.resume {
         let (model, optimizer, state) = load_resume(config, &device)?;
-        log::truncate(&log_path, state.step).map_err(|e| run_error(&log_path, e.to_string()))?;
+        log::truncate(&log_path, Some(state.step)).map_err(|e| run_error(&log_path, e.to_string()))?;
         (model, optimizer, state)
     } else {
         let model = Classifier::new(config.arch, config.dataset, config.seed, &device, DType::F32)?;
         let optimizer = Optimizer::new(config.optimizer, config.lr, model.trainable_vars())?;
-        log::truncate(&log_path, 0).map_err(|e| run_error(&log_path, e.to_string()))?;
+        log::truncate(&log_path, None).map_err(|e| run_error(&log_path, e.to_string()))?;
         (
             model,
             optimizer,
@@ -175,26 +196,47 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         )));
     }
 
+    let reference = match config.reference_size {
+        0 => None,
+        n => {
+            let n = n.min(train_set.len());
+            let indices: Vec<usize> = (0..n).map(|k| k * train_set.len() / n).collect();
+            Some(train_set.batch(&indices, &device)?.0)
+        }
+    };
+    if let (Some(pixels), 0) = (&reference, state.step) {
+        let record = LogRecord::start(reference_geometry(&model, pixels)?);
+        log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
+    }
     let progress = progress_bar(config.progress, total_steps as u64, state.step as u64);
     // Seconds of earlier sessions of this run plus this session's, so interruptions don't count.
     let (resumed_at, session) = (state.seconds, Instant::now());
     let run_seconds = || resumed_at + session.elapsed().as_secs_f64();
     let mut window_started = Instant::now();
-    let mut summary = TrainSummary { epochs: Vec::new(), interrupted_at: None };
+    let mut summary = TrainSummary { epochs: Vec::new(), recommended: None, interrupted_at: None };
     let first_epoch = state.step / batches_per_epoch + 1;
     for epoch in first_epoch..=config.epochs {
         let order = epoch_order(config.seed, epoch, train_set.len());
         let done_in_epoch = state.step - (epoch - 1) * batches_per_epoch;
         for batch in order.chunks(config.batch_size).skip(done_in_epoch) {
             let (images, labels) = train_set.batch(batch, &device)?;
-            let (loss, correct) = train_step(&model, &mut optimizer, &images, &labels)?;
+            let in_epoch = state.step + 1 - (epoch - 1) * batches_per_epoch;
+            let log_now = in_epoch % log_every == 0 && in_epoch != batches_per_epoch;
+            // As in the paper, G is measured after the backward pass and before the update.
+            let mut geometry = None;
+            let (loss, correct) = train_step(&model, &mut optimizer, &images, &labels, |model| {
+                if let (true, Some(pixels)) = (log_now, &reference) {
+                    geometry = Some(reference_geometry(model, pixels)?);
+                }
+                Ok(())
+            })?;
             state.step += 1;
             state.epoch_tally.add(loss, correct, batch.len());
             state.window_tally.add(loss, correct, batch.len());
-            let in_epoch = state.step - (epoch - 1) * batches_per_epoch;
-            if in_epoch % log_every == 0 && in_epoch != batches_per_epoch {
+            if log_now {
                 let seconds = window_started.elapsed().as_secs_f64();
-                let record = LogRecord::batch(state.step, epoch, &state.window_tally, run_seconds(), seconds);
+                let mut record = LogRecord::batch(state.step, epoch, &state.window_tally, run_seconds(), seconds);
+                record.geometry = geometry;
                 log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
                 progress.set_message(format!(
                     "epoch {epoch} loss {:.4} acc {:.1}% {:.0} img/s",
@@ -222,14 +264,21 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         }
 
         let (test_loss, test_accuracy) = evaluate(&model, &test_set, 500)?;
+        let geometry = reference.as_ref().map(|pixels| reference_geometry(&model, pixels)).transpose()?;
+        let mean_trace_g = geometry.as_ref().map(|g| g.mean_trace_g);
         state.seconds = run_seconds();
-        let record = LogRecord::epoch(state.step, epoch, &state.epoch_tally, test_loss, test_accuracy, state.seconds);
+        let mut record =
+            LogRecord::epoch(state.step, epoch, &state.epoch_tally, test_loss, test_accuracy, state.seconds);
+        record.geometry = geometry;
         log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
         let meta = model.meta_mut();
         meta.epoch = epoch;
         meta.step = state.step;
         meta.test_accuracy = Some(test_accuracy);
         meta.extra.extend(run_metadata(config));
+        if let Some(trace) = mean_trace_g {
+            meta.extra.insert("mean_trace_g".into(), format!("{trace:?}"));
+        }
         let checkpoint = config.out.join(checkpoint_name(epoch));
         model.save(&checkpoint)?;
         let result = EpochResult {
@@ -239,6 +288,7 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
             train_accuracy: state.epoch_tally.accuracy(),
             test_loss,
             test_accuracy,
+            mean_trace_g,
             checkpoint,
         };
         // Printed even when the bar is hidden (stderr not a terminal): logs want these lines.
@@ -258,6 +308,9 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         window_started = Instant::now();
         save_resume(config, &model, &optimizer, &state)?;
         summary.epochs.push(result);
+        let history = log::read(&log_path).map_err(|e| run_error(&log_path, e.to_string()))?;
+        figure::trace_figure(&config.out.join(TRACE_FIGURE), &history)?;
+        summary.recommended = recommend(&history, config.min_accuracy);
         if epoch < config.epochs && should_stop(state.step) {
             summary.interrupted_at = Some(state.step);
             return Ok(summary);
@@ -268,15 +321,18 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
 }
 
 /// One SGD step on a batch; returns the batch's mean loss and number of correct predictions.
+/// `before_update` sees the model after the backward pass, before the weights change.
 pub fn train_step(
     model: &Classifier,
     optimizer: &mut Optimizer,
     images: &Tensor,
     labels: &Tensor,
+    before_update: impl FnOnce(&Classifier) -> Result<()>,
 ) -> Result<(f64, usize)> {
     let log_probs = model.log_probs_t(images, true)?;
     let loss = candle_nn::loss::nll(&log_probs, labels)?;
     let grads = loss.backward()?;
+    before_update(model)?;
     optimizer.step(&grads)?;
     let correct = count_correct(&log_probs, labels)?;
     Ok((loss.to_scalar::<f32>()? as f64, correct))
@@ -284,6 +340,20 @@ pub fn train_step(
 
 fn count_correct(log_probs: &Tensor, labels: &Tensor) -> candle_core::Result<usize> {
     Ok(log_probs.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+}
+
+/// Trace and rank of G over the reference batch (evaluation mode), in batches of 32 points.
+pub fn reference_geometry(model: &Classifier, pixels: &Tensor) -> Result<GeometryStats> {
+    let mut traces = Vec::with_capacity(pixels.dim(0)?);
+    let mut rank_hist = vec![0usize; model.classes() + 1];
+    for start in (0..pixels.dim(0)?).step_by(32) {
+        let chunk = pixels.narrow(0, start, 32.min(pixels.dim(0)? - start))?;
+        for point in leafwalk_geometry::batch_geometry(model, &chunk)? {
+            traces.push(point.trace());
+            rank_hist[point.rank()] += 1;
+        }
+    }
+    Ok(GeometryStats::new(traces, rank_hist))
 }
 
 /// Mean NLL and accuracy of `model` (evaluation mode) over a whole dataset.

@@ -17,8 +17,11 @@ pub struct LogRecord {
     pub event: String,
     pub step: usize,
     pub epoch: usize,
-    pub loss: f64,
-    pub train_accuracy: f64,
+    /// Mean training loss and accuracy of the batches the record covers (none for "start").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,20 +30,62 @@ pub struct LogRecord {
     pub seconds: f64,
     #[serde(default)]
     pub images_per_s: f64,
+    /// Trace and rank of G on the reference batch, when tracked.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub geometry: Option<GeometryStats>,
+}
+
+/// Local data matrix statistics over the run's fixed reference batch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GeometryStats {
+    pub mean_trace_g: f64,
+    pub median_trace_g: f64,
+    /// `rank_hist[r]` = number of reference images where G has numerical rank r.
+    pub rank_hist: Vec<usize>,
+}
+
+impl GeometryStats {
+    pub(crate) fn new(mut traces: Vec<f64>, rank_hist: Vec<usize>) -> Self {
+        traces.sort_by(f64::total_cmp);
+        let mean_trace_g = traces.iter().sum::<f64>() / traces.len().max(1) as f64;
+        let median_trace_g = match traces.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => traces[n / 2],
+            n => 0.5 * (traces[n / 2 - 1] + traces[n / 2]),
+        };
+        GeometryStats { mean_trace_g, median_trace_g, rank_hist }
+    }
 }
 
 impl LogRecord {
+    /// Before any update: the reference batch's geometry at initialisation (step 0).
+    pub(crate) fn start(geometry: GeometryStats) -> Self {
+        LogRecord {
+            event: "start".into(),
+            step: 0,
+            epoch: 0,
+            loss: None,
+            train_accuracy: None,
+            test_loss: None,
+            test_accuracy: None,
+            seconds: 0.0,
+            images_per_s: 0.0,
+            geometry: Some(geometry),
+        }
+    }
+
     pub(crate) fn batch(step: usize, epoch: usize, tally: &Tally, seconds: f64, window_seconds: f64) -> Self {
         LogRecord {
             event: "batch".into(),
             step,
             epoch,
-            loss: tally.mean_loss(),
-            train_accuracy: tally.accuracy(),
+            loss: Some(tally.mean_loss()),
+            train_accuracy: Some(tally.accuracy()),
             test_loss: None,
             test_accuracy: None,
             seconds,
             images_per_s: tally.seen as f64 / window_seconds.max(1e-9),
+            geometry: None,
         }
     }
 
@@ -56,12 +101,13 @@ impl LogRecord {
             event: "epoch".into(),
             step,
             epoch,
-            loss: tally.mean_loss(),
-            train_accuracy: tally.accuracy(),
+            loss: Some(tally.mean_loss()),
+            train_accuracy: Some(tally.accuracy()),
             test_loss: Some(test_loss),
             test_accuracy: Some(test_accuracy),
             seconds,
             images_per_s: 0.0,
+            geometry: None,
         }
     }
 }
@@ -72,8 +118,14 @@ pub(crate) fn append(path: &Path, record: &LogRecord) -> std::io::Result<()> {
     writeln!(file, "{line}")
 }
 
-/// Keeps the records with `step <= step` (none when `step` is 0), rewriting the file atomically.
-pub(crate) fn truncate(path: &Path, step: usize) -> std::io::Result<()> {
+/// Every record of the log (unreadable lines, e.g. one torn by a kill, are skipped).
+pub(crate) fn read(path: &Path) -> std::io::Result<Vec<LogRecord>> {
+    Ok(std::fs::read_to_string(path)?.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+}
+
+/// Keeps the records with `step <= through` (none when `through` is `None`: a fresh run),
+/// rewriting the file atomically.
+pub(crate) fn truncate(path: &Path, through: Option<usize>) -> std::io::Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -82,7 +134,7 @@ pub(crate) fn truncate(path: &Path, step: usize) -> std::io::Result<()> {
     let mut kept = String::new();
     for line in text.lines() {
         match serde_json::from_str::<LogRecord>(line) {
-            Ok(record) if record.step <= step && step > 0 => {
+            Ok(record) if through.is_some_and(|step| record.step <= step) => {
                 kept.push_str(line);
                 kept.push('\n');
             }

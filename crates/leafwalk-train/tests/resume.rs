@@ -39,6 +39,8 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
         checkpoint_every: None,
         resume: false,
         progress: false,
+        reference_size: 12,
+        min_accuracy: 0.5,
     }
 }
 
@@ -89,6 +91,18 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
             );
         }
         assert_eq!(log_without_timing(&straight), log_without_timing(&broken), "{optimizer}: logs differ");
+        let log = log_without_timing(&straight);
+        assert_eq!(log[0].event, "start");
+        assert!(log.iter().all(|r| r.geometry.as_ref().is_some_and(|g| g.rank_hist.iter().sum::<usize>() == 12)));
+        assert!(straight.join(leafwalk_train::TRACE_FIGURE).exists());
+        let recommended = summary.recommended.expect("a recommendation");
+        let best = summary
+            .epochs
+            .iter()
+            .filter(|e| e.test_accuracy >= 0.5)
+            .max_by(|a, b| a.mean_trace_g.unwrap().total_cmp(&b.mean_trace_g.unwrap()))
+            .unwrap();
+        assert_eq!(recommended.epoch, best.epoch, "{optimizer}: {recommended:?}");
     }
 }
 
