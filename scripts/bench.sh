@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks, printed as JSON. Speed targets live here, never in timed tests.
 #
-#   scripts/bench.sh train      mnist-cnn training images/s at batch 60, and — when the PyTorch
-#                               reference is installed (~/.venv-ref, see shared/reference) — the
-#                               same figure from ref.py measured in the same run, with the ratio.
+#   scripts/bench.sh train      mnist-cnn training images/s at batch 60
+#   scripts/bench.sh jacobian   mnist-cnn input-Jacobian points/s (hand-written pass, autograd)
+#
+# When the PyTorch reference is installed (~/.venv-ref, see shared/reference), ref.py's own
+# figures are measured in the same run and the ratios printed.
 #
 # Environment: LEAFWALK_DATA (default data/), REF_PY (default ../shared/reference/ref.py),
 # REF_VENV (default ~/.venv-ref), THREADS (default: all cores).
@@ -16,18 +18,37 @@ ref_py=${REF_PY:-../shared/reference/ref.py}
 ref_python=${REF_VENV:-$HOME/.venv-ref}/bin/python
 export LEAFWALK_DATA=${LEAFWALK_DATA:-data} RAYON_NUM_THREADS=$threads
 
+reference_bench() {
+  if [[ -x $ref_python && -f $ref_py && -d $LEAFWALK_DATA/mnist ]]; then
+    local out; out=$(mktemp)
+    "$ref_python" "$ref_py" bench --data "$LEAFWALK_DATA/mnist" --threads "$threads" --no-connect --out "$out" >/dev/null
+    cat "$out"; rm -f "$out"
+  else
+    echo "bench: PyTorch reference not found ($ref_python, $ref_py, $LEAFWALK_DATA/mnist); reporting leafwalk only" >&2
+    echo null
+  fi
+}
+
 case "$what" in
+  jacobian)
+    ours=$(cargo bench -q -p leafwalk-geometry --bench jacobian)
+    ref=$(reference_bench)
+    python3 - "$ours" "$ref" <<'PY'
+import json, sys
+ours, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out = {"leafwalk": ours}
+if ref:
+    best = max(ref[k]["points_per_s"] for k in ("a_jacobian_paper_per_point", "b_jacobian_replicated_batch16", "b_jacobian_replicated_batch128", "b_jacobian_vmap_jacrev_batch128"))
+    mine = max(v for k, v in ours["results"].items() if k.startswith("hand_written"))
+    out["pytorch_reference"] = {k: ref[k] for k in ref if k.startswith(("a_", "b_"))} | {"torch": ref["torch"], "threads": ref["threads"]}
+    out["ratio_best_leafwalk_over_best_pytorch"] = mine / best
+print(json.dumps(out, indent=1))
+PY
+    ;;
   train)
     cargo bench -q -p leafwalk-train --bench train >/tmp/leafwalk-bench-$$.json
     ours=$(cat /tmp/leafwalk-bench-$$.json); rm -f /tmp/leafwalk-bench-$$.json
-    ref=null
-    if [[ -x $ref_python && -f $ref_py && -d $LEAFWALK_DATA/mnist ]]; then
-      out=$(mktemp)
-      "$ref_python" "$ref_py" bench --data "$LEAFWALK_DATA/mnist" --threads "$threads" --no-connect --out "$out" >/dev/null
-      ref=$(cat "$out"); rm -f "$out"
-    else
-      echo "bench: PyTorch reference not found ($ref_python, $ref_py, $LEAFWALK_DATA/mnist); reporting leafwalk only" >&2
-    fi
+    ref=$(reference_bench)
     python3 - "$ours" "$ref" <<'PY'
 import json, sys
 ours, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -39,5 +60,5 @@ if ref:
 print(json.dumps(out, indent=1))
 PY
     ;;
-  *) echo "usage: scripts/bench.sh train" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh train|jacobian" >&2; exit 2 ;;
 esac

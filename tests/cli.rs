@@ -233,9 +233,93 @@ fn bad_images_and_models_fail_cleanly() {
 #[test]
 fn every_subcommand_help_has_an_example() {
     let empty = tempfile::tempdir().unwrap();
-    for sub in ["train", "predict"] {
+    for sub in ["train", "predict", "inspect"] {
         let output = leafwalk(&[sub, "--help"], empty.path());
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success() && text.contains("Example"), "{sub}: {text}");
     }
+}
+
+#[test]
+fn inspect_reports_g_draws_the_basis_and_writes_dense_g() {
+    let dir = tempfile::tempdir().unwrap();
+    let basis = dir.path().join("basis.png");
+    let dense = dir.path().join("g.npy");
+    let output = leafwalk(
+        &[
+            "inspect",
+            "--image",
+            "models/samples/mnist-3.png",
+            "--basis-png",
+            basis.to_str().unwrap(),
+            "--full-g",
+            dense.to_str().unwrap(),
+            "--fisher",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["prediction"], "3");
+    assert_eq!(row["rank"], 9);
+    let eig: Vec<f64> = serde_json::from_value(row["eigenvalues_g"].clone()).unwrap();
+    let trace = row["trace_g"].as_f64().unwrap();
+    assert!((eig.iter().sum::<f64>() - trace).abs() <= 1e-6 * trace);
+    assert!(row["fisher"]["trace"].as_f64().unwrap() > 0.0);
+    let png = image::open(&basis).unwrap();
+    assert!(png.width() > 500 && png.height() > 80);
+    // .npy: 128-byte header for this shape, then 784² float64 values whose trace is trace G.
+    let bytes = std::fs::read(&dense).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY\x01\x00"));
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (784, 784)"));
+    let values: Vec<f64> =
+        bytes[10 + header_len..].chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(values.len(), 784 * 784);
+    let dense_trace: f64 = (0..784).map(|i| values[i * 784 + i]).sum();
+    assert!((dense_trace - trace).abs() <= 1e-9 * trace);
+}
+
+#[test]
+fn inspect_summarises_a_split() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let plot = dir.path().join("spectrum.png");
+    let output = leafwalk(
+        &["inspect", "--data", "mnist:test", "--limit", "8", "--spectrum-png", plot.to_str().unwrap(), "--json"],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["count"], 8);
+    let hist: Vec<usize> = serde_json::from_value(report["rank_hist"].clone()).unwrap();
+    assert_eq!(hist.iter().sum::<usize>(), 8);
+    assert!(report["trace_g"]["mean"].as_f64().unwrap() > 0.0);
+    assert!(image::open(&plot).is_ok());
+}
+
+#[test]
+fn inspect_rejects_bad_requests_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = dir.path().join("g.npy");
+    let two = leafwalk(
+        &[
+            "inspect",
+            "--ref",
+            "mnist:test:1",
+            "--image",
+            "models/samples/mnist-1.png",
+            "--full-g",
+            dense.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(failure(&two).contains("--full-g writes the G of one input"));
+    assert!(!dense.exists());
+    let e = failure(&leafwalk(&["inspect", "--ref", "mnist:test"], dir.path()));
+    assert!(e.contains("mnist:test"), "{e}");
+    let e = failure(&leafwalk(&["inspect"], dir.path()));
+    assert!(e.contains("nothing to inspect"), "{e}");
 }
