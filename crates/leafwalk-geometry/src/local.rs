@@ -191,4 +191,14 @@ impl LeafProjector {
     pub fn onto_kernel(&self, v: &DVector<f64>) -> DVector<f64> {
         v - self.onto_leaf(v)
     }
+
+    /// P V for a batch of vectors (the columns of `vectors`, n × m), in two matrix products.
+    pub fn columns_onto_leaf(&self, vectors: &DMatrix<f64>) -> DMatrix<f64> {
+        &self.basis * (self.basis.transpose() * vectors)
+    }
+
+    /// V − P V for a batch of vectors (columns).
+    pub fn columns_onto_kernel(&self, vectors: &DMatrix<f64>) -> DMatrix<f64> {
+        vectors - self.columns_onto_leaf(vectors)
+    }
 }

@@ -175,6 +175,15 @@ fn kl_is_half_the_quadratic_form_and_kernel_moves_keep_p() {
             kernel_change < 1e-2 * leaf_change,
             "{arch}: kernel move changed log p by {kernel_change}, leaf move {leaf_change}"
         );
+        // Batched projections agree with one-at-a-time ones.
+        let batch = nalgebra::DMatrix::from_columns(&[v.clone(), random_direction(x.len(), 7)]);
+        let leaf_batch = projector.columns_onto_leaf(&batch);
+        assert!((leaf_batch.column(0) - projector.onto_leaf(&v)).norm() < 1e-12);
+        assert!(
+            (projector.columns_onto_kernel(&batch).column(1) - projector.onto_kernel(&batch.column(1).into_owned()))
+                .norm()
+                < 1e-12
+        );
         // Projections are orthogonal and complementary.
         let leaf = projector.onto_leaf(&v);
         assert!(leaf.dot(&projector.onto_kernel(&v)).abs() < 1e-10);

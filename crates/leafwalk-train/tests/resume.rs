@@ -96,13 +96,19 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         assert!(log.iter().all(|r| r.geometry.as_ref().is_some_and(|g| g.rank_hist.iter().sum::<usize>() == 12)));
         assert!(straight.join(leafwalk_train::TRACE_FIGURE).exists());
         let recommended = summary.recommended.expect("a recommendation");
+        let epoch_trace = |epoch: usize| {
+            let values: Vec<f64> =
+                log.iter().filter(|r| r.epoch == epoch).map(|r| r.geometry.as_ref().unwrap().mean_trace_g).collect();
+            values.iter().sum::<f64>() / values.len() as f64
+        };
         let best = summary
             .epochs
             .iter()
             .filter(|e| e.test_accuracy >= 0.5)
-            .max_by(|a, b| a.mean_trace_g.unwrap().total_cmp(&b.mean_trace_g.unwrap()))
+            .max_by(|a, b| epoch_trace(a.epoch).total_cmp(&epoch_trace(b.epoch)))
             .unwrap();
         assert_eq!(recommended.epoch, best.epoch, "{optimizer}: {recommended:?}");
+        assert_eq!(recommended.mean_trace_g, Some(epoch_trace(best.epoch)));
     }
 }
 
