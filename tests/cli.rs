@@ -102,7 +102,7 @@ fn train_writes_checkpoints_log_and_loadable_models() {
     assert_eq!(meta.extra["optimizer"], "sgd");
     assert!(meta.test_accuracy.is_some());
     assert!(meta.extra["mean_trace_g"].parse::<f64>().unwrap() > 0.0);
-    assert_eq!(summary["recommended"]["epoch"].as_u64().is_some(), true);
+    assert!(summary["recommended"]["epoch"].as_u64().is_some());
     // Same folder again without --resume: refused, nothing lost.
     let before = std::fs::read(out.join("epoch-01.safetensors")).unwrap();
     let again = leafwalk(&["train", "--arch", "mlp", "--epochs", "1", "--out", out.to_str().unwrap()], dir.path());

@@ -57,12 +57,12 @@ fn data_leaf_steps_match_pytorch() {
         let target = to_pixels(&row(&golden["test_inputs"], 1));
         let ranks: Vec<i64> = golden["leaf_rank"].to_vec1().unwrap();
         let mut close = 0;
-        for k in 0..50 {
+        for (k, &rank) in ranks.iter().enumerate() {
             let step = data_leaf_step(&model, &to_pixels(&row(path, k)), &target, STEP).unwrap();
             let diff = max_diff(&to_normalised(&step.next), &row(path, k + 1));
             assert!(diff <= 1e-3, "epoch {epoch} step {k}: max |ours − golden| = {diff}");
             close += usize::from(diff <= 1e-5);
-            assert_eq!(step.rank as i64, ranks[k]);
+            assert_eq!(step.rank as i64, rank);
         }
         assert!(close >= 40, "epoch {epoch}: only {close} of 50 steps within 1e-5");
         // The whole walk, ours from start to end, from the exact pixels u/255 PyTorch started at.
