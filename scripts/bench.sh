@@ -16,7 +16,8 @@ what=${1:-train}
 threads=${THREADS:-$(nproc)}
 ref_py=${REF_PY:-../shared/reference/ref.py}
 ref_python=${REF_VENV:-$HOME/.venv-ref}/bin/python
-export LEAFWALK_DATA=${LEAFWALK_DATA:-data} RAYON_NUM_THREADS=$threads
+# Absolute: cargo runs benchmarks from their crate folder.
+export LEAFWALK_DATA=$(realpath -m "${LEAFWALK_DATA:-data}") RAYON_NUM_THREADS=$threads
 
 reference_bench() {
   if [[ -x $ref_python && -f $ref_py && -d $LEAFWALK_DATA/mnist ]]; then
