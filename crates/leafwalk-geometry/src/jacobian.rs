@@ -38,28 +38,45 @@ pub fn check_finite(pixels: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The coordinates an input batch is given in, and the Jacobian taken with respect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coordinates {
+    /// Pixels in [0, 1]: leafwalk's default for every user-facing number.
+    Pixels,
+    /// The model's normalised input (x − mean) / std, in which the paper walks.
+    Normalised,
+}
+
 /// The fastest correct Jacobian for `model`'s architecture. `pixels`: `[B, C, H, W]` in [0, 1].
 pub fn input_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
-    check_finite(pixels)?;
+    input_jacobian_in(model, pixels, Coordinates::Pixels)
+}
+
+/// [`input_jacobian`] for inputs given (and differentiated) in `coordinates`.
+pub fn input_jacobian_in(model: &Classifier, input: &Tensor, coordinates: Coordinates) -> Result<Jacobians> {
+    check_finite(input)?;
     match model.arch() {
-        Arch::MnistCnn => mnist_cnn_jacobian(model, pixels),
-        Arch::Mlp | Arch::CifarVgg11 => autograd_jacobian(model, pixels),
+        Arch::MnistCnn => mnist_cnn_jacobian(model, input, coordinates),
+        Arch::Mlp | Arch::CifarVgg11 => autograd_jacobian(model, input, coordinates),
     }
 }
 
 /// The Jacobian by candle's autograd, for any architecture (evaluation mode).
 pub fn input_jacobian_autograd(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
     check_finite(pixels)?;
-    autograd_jacobian(model, pixels)
+    autograd_jacobian(model, pixels, Coordinates::Pixels)
 }
 
-fn autograd_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
+fn autograd_jacobian(model: &Classifier, pixels: &Tensor, coordinates: Coordinates) -> Result<Jacobians> {
     let (b, ch, h, w) = pixels.dims4()?;
     let c = model.classes();
     // Row (b, i) of the replicated batch is point b; its gradient of log p_i is row i of J_b.
     let replicated = pixels.unsqueeze(1)?.broadcast_as((b, c, ch, h, w))?.reshape((b * c, ch, h, w))?;
     let input = Var::from_tensor(&replicated.to_dtype(model.dtype())?)?;
-    let log_probs = model.log_probs_t(input.as_tensor(), false)?;
+    let log_probs = match coordinates {
+        Coordinates::Pixels => model.log_probs_t(input.as_tensor(), false)?,
+        Coordinates::Normalised => model.log_probs_normalised(input.as_tensor())?,
+    };
     let selector = Tensor::eye(c, model.dtype(), model.device())?.repeat((b, 1))?;
     let grads = (&log_probs * &selector)?.sum_all()?.backward()?;
     let jacobian = grads
@@ -84,7 +101,7 @@ fn weight(model: &Classifier, name: &str) -> Result<Tensor> {
     model.tensor(name).ok_or_else(|| GeometryError::Invalid(format!("mnist-cnn without tensor {name}")))
 }
 
-fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> {
+fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor, coordinates: Coordinates) -> Result<Jacobians> {
     let (b, _, _, _) = pixels.dims4()?;
     let c = model.classes();
     let dtype = model.dtype();
@@ -92,7 +109,10 @@ fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> 
     let add_channel_bias = |x: Tensor, bias: &Tensor| x.broadcast_add(&bias.reshape((1, (), 1, 1))?);
 
     // Forward, keeping what the reverse pass needs.
-    let x = model.normalise(&pixels.to_dtype(dtype)?)?;
+    let x = match coordinates {
+        Coordinates::Pixels => model.normalise(&pixels.to_dtype(dtype)?)?,
+        Coordinates::Normalised => pixels.to_dtype(dtype)?,
+    };
     let conv1_w = weight(model, "conv1.weight")?;
     let conv2_w = weight(model, "conv2.weight")?;
     let fc1_w = weight(model, "fc1.weight")?;
@@ -134,7 +154,13 @@ fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> 
     let d_a1 = d_z2.conv2d(&backward_kernel(&conv2_w)?, 2, 1, 1, 1)?;
     let d_z1 = (d_a1 * per_class(&z1.gt(0.0)?.to_dtype(dtype)?)?)?;
     let d_x = d_z1.conv2d(&backward_kernel(&conv1_w)?, 2, 1, 1, 1)?; // [b·c, 1, 28, 28]
-    let std = Tensor::new(model.meta().std.as_slice(), device)?.to_dtype(dtype)?;
-    let jacobian = d_x.reshape((b, c, 784))?.broadcast_div(&std.reshape((1, 1, 1))?)?;
+    let jacobian = d_x.reshape((b, c, 784))?;
+    let jacobian = match coordinates {
+        Coordinates::Normalised => jacobian,
+        Coordinates::Pixels => {
+            let std = Tensor::new(model.meta().std.as_slice(), device)?.to_dtype(dtype)?;
+            jacobian.broadcast_div(&std.reshape((1, 1, 1))?)?
+        }
+    };
     Ok(Jacobians { log_probs, jacobian })
 }

@@ -16,15 +16,20 @@ mod local;
 
 pub use error::{GeometryError, Result};
 pub use fisher::{dataset_fisher, fisher_factors, FisherFactor, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS};
-pub use jacobian::{check_finite, input_jacobian, input_jacobian_autograd, Jacobians};
+pub use jacobian::{check_finite, input_jacobian, input_jacobian_autograd, input_jacobian_in, Coordinates, Jacobians};
 pub use local::{LeafProjector, PointGeometry, Spectrum, RANK_RTOL};
 
 use candle_core::{DType, Tensor};
 use leafwalk_models::Classifier;
 
-/// J and p for every point of a batch, as f64 [`PointGeometry`] values.
+/// J and p for every point of a batch of pixels, as f64 [`PointGeometry`] values.
 pub fn batch_geometry(model: &Classifier, pixels: &Tensor) -> Result<Vec<PointGeometry>> {
-    let Jacobians { log_probs, jacobian } = input_jacobian(model, pixels)?;
+    batch_geometry_in(model, pixels, Coordinates::Pixels)
+}
+
+/// [`batch_geometry`] for inputs given (and differentiated) in `coordinates`.
+pub fn batch_geometry_in(model: &Classifier, input: &Tensor, coordinates: Coordinates) -> Result<Vec<PointGeometry>> {
+    let Jacobians { log_probs, jacobian } = input_jacobian_in(model, input, coordinates)?;
     let classes = model.classes();
     let log_probs: Vec<Vec<f64>> = log_probs.to_dtype(DType::F64)?.to_vec2()?;
     let jacobian: Vec<Vec<f64>> = jacobian.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2()?;

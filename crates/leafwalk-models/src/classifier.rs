@@ -170,6 +170,12 @@ impl Classifier {
         candle_nn::ops::log_softmax(&self.logits_t(pixels, train)?, D::Minus1)
     }
 
+    /// Log-probabilities of inputs already in normalised coordinates `(x − mean) / std` (the
+    /// paper's), in evaluation mode.
+    pub fn log_probs_normalised(&self, normalised: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::log_softmax(&self.net.forward_t(normalised, false)?, D::Minus1)
+    }
+
     pub fn arch(&self) -> Arch {
         self.meta.arch
     }

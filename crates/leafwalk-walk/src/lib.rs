@@ -4,104 +4,117 @@
 //! ker G⊥(x), the tangent space of the leaf through x, so the image morphs toward the target
 //! through images the model takes for data; a **noise-leaf step** moves along the component of a
 //! fixed direction in ker G(x), which changes the image without changing the prediction to first
-//! order. Steps are taken, as in Grementieri & Fioresi's code, in the model's *normalised*
-//! coordinates (x − μ)/σ with a unit displacement scaled by the step size (0.1 in the paper);
-//! the state stays in pixels, clamped to [0, 1] after every step.
+//! order.
+//!
+//! Walks live, as in Grementieri & Fioresi's code, in the model's *normalised* coordinates
+//! (x − μ)/σ: the state is an f32 image in those coordinates, each step adds a unit
+//! displacement times the step size (0.1 in the paper) in f64, rounds to f32 and clamps every
+//! value to the image of [0, 1] ((0 − μ)/σ … (1 − μ)/σ per channel). Keeping the state there,
+//! rather than in pixels, avoids re-normalising at every step, whose one-ulp changes flip
+//! near-tied pooling windows over blank background and let a walk drift from the paper's.
+//! [`State::from_pixels`] and [`State::to_pixels`] convert at the edges.
 
 use candle_core::Tensor;
-use leafwalk_geometry::{batch_geometry, PointGeometry};
+use leafwalk_geometry::{batch_geometry_in, Coordinates, PointGeometry};
 use leafwalk_models::Classifier;
 use nalgebra::DVector;
 
 pub use leafwalk_geometry::GeometryError as WalkError;
 pub type Result<T> = std::result::Result<T, WalkError>;
 
+/// An image in the model's normalised coordinates, CHW, f32 (the paper's precision).
+#[derive(Clone, Debug, PartialEq)]
+pub struct State(pub Vec<f32>);
+
+impl State {
+    /// (p − μ)/σ per channel in f32, exactly as the model normalises pixels.
+    pub fn from_pixels(model: &Classifier, pixels: &[f32]) -> Self {
+        let (mean, std) = channel_stats(model, pixels.len());
+        State(pixels.iter().enumerate().map(|(i, &p)| (p - mean[i]) / std[i]).collect())
+    }
+
+    /// Back to pixels in [0, 1].
+    pub fn to_pixels(&self, model: &Classifier) -> Vec<f32> {
+        let (mean, std) = channel_stats(model, self.0.len());
+        self.0.iter().enumerate().map(|(i, &x)| (x * std[i] + mean[i]).clamp(0.0, 1.0)).collect()
+    }
+
+    fn as_f64(&self) -> DVector<f64> {
+        DVector::from_iterator(self.0.len(), self.0.iter().map(|&v| v as f64))
+    }
+
+    /// Euclidean distance in normalised units (the paper's).
+    pub fn distance(&self, other: &State) -> f64 {
+        (self.as_f64() - other.as_f64()).norm()
+    }
+}
+
+/// Per-value mean and std (each value's channel), for a CHW image of `len` values.
+fn channel_stats(model: &Classifier, len: usize) -> (Vec<f32>, Vec<f32>) {
+    let shape = model.input_shape();
+    let plane = shape.height * shape.width;
+    let meta = model.meta();
+    ((0..len).map(|i| meta.mean[i / plane]).collect(), (0..len).map(|i| meta.std[i / plane]).collect())
+}
+
+/// The normalised image of [0, 1] for each value: the walk's clamp bounds.
+fn clamp_bounds(model: &Classifier, len: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mean, std) = channel_stats(model, len);
+    let lo = mean.iter().zip(&std).map(|(m, s)| (0.0 - m) / s).collect();
+    let hi = mean.iter().zip(&std).map(|(m, s)| (1.0 - m) / s).collect();
+    (lo, hi)
+}
+
 /// One step's result.
 #[derive(Clone, Debug)]
 pub struct Step {
-    /// The new point, pixels (CHW) clamped to [0, 1].
-    pub next: Vec<f32>,
+    pub next: State,
     /// Dimension of ker G⊥ used by the projection.
     pub rank: usize,
     /// log p at the point the step started from.
     pub log_probs: Vec<f64>,
 }
 
-/// σ of each pixel's channel, in CHW order.
-fn pixel_std(model: &Classifier) -> Vec<f64> {
+fn geometry(model: &Classifier, x: &State) -> Result<PointGeometry> {
     let shape = model.input_shape();
-    let plane = shape.height * shape.width;
-    (0..shape.len()).map(|i| model.meta().std[i / plane] as f64).collect()
+    let batch = Tensor::from_slice(&x.0, (1, shape.channels, shape.height, shape.width), model.device())?;
+    Ok(batch_geometry_in(model, &batch, Coordinates::Normalised)?.remove(0))
 }
 
-/// Pixels → the model's normalised coordinates (f64).
-pub fn normalised(model: &Classifier, pixels: &[f32]) -> DVector<f64> {
-    let shape = model.input_shape();
-    let plane = shape.height * shape.width;
-    let meta = model.meta();
-    DVector::from_iterator(
-        pixels.len(),
-        pixels.iter().enumerate().map(|(i, &p)| (p as f64 - meta.mean[i / plane] as f64) / meta.std[i / plane] as f64),
+/// x + step · d̂ in f64, rounded to f32 and clamped to the image of [0, 1].
+fn advance(model: &Classifier, x: &State, displacement: DVector<f64>, step: f64) -> State {
+    let norm = displacement.norm();
+    let unit = if norm > 0.0 { displacement / norm } else { displacement };
+    let (lo, hi) = clamp_bounds(model, x.0.len());
+    State(
+        x.0.iter()
+            .zip(unit.iter())
+            .enumerate()
+            .map(|(i, (&v, &d))| ((v as f64 + step * d) as f32).clamp(lo[i], hi[i]))
+            .collect(),
     )
 }
 
-/// Distance between two images in normalised units (the paper's).
-pub fn normalised_distance(model: &Classifier, a: &[f32], b: &[f32]) -> f64 {
-    (normalised(model, a) - normalised(model, b)).norm()
-}
-
-/// G's geometry at `pixels` with J in normalised coordinates (J_norm = σ·J_pixel per channel),
-/// the coordinates the steps move in.
-fn normalised_geometry(model: &Classifier, pixels: &[f32]) -> Result<PointGeometry> {
-    let shape = model.input_shape();
-    let batch = Tensor::from_slice(pixels, (1, shape.channels, shape.height, shape.width), model.device())?;
-    let mut point = batch_geometry(model, &batch)?.remove(0);
-    for (mut column, sigma) in point.jacobian.column_iter_mut().zip(pixel_std(model)) {
-        column *= sigma;
-    }
-    Ok(point)
-}
-
-/// Moves `x` by `step` normalised units along the unit vector `displacement` (normalised
-/// coordinates), clamping the pixels to [0, 1].
-fn advance(model: &Classifier, x: &[f32], displacement: &DVector<f64>, step: f64) -> Vec<f32> {
-    x.iter()
-        .zip(displacement.iter().zip(pixel_std(model)))
-        .map(|(&p, (&d, sigma))| ((p as f64 + step * sigma * d) as f32).clamp(0.0, 1.0))
-        .collect()
-}
-
-fn unit(v: DVector<f64>) -> DVector<f64> {
-    let norm = v.norm();
-    if norm > 0.0 {
-        v / norm
-    } else {
-        v
-    }
-}
-
-/// One data-leaf step from `x` toward `target` (both pixels): along P (target − x), normalised
-/// to unit length, `step` normalised units long.
-pub fn data_leaf_step(model: &Classifier, x: &[f32], target: &[f32], step: f64) -> Result<Step> {
-    let point = normalised_geometry(model, x)?;
+/// One data-leaf step from `x` toward `target`: along P (target − x), unit length times `step`.
+pub fn data_leaf_step(model: &Classifier, x: &State, target: &State, step: f64) -> Result<Step> {
+    let point = geometry(model, x)?;
     let projector = point.leaf_projector();
-    let toward = normalised(model, target) - normalised(model, x);
-    let displacement = unit(projector.onto_leaf(&toward));
+    let displacement = projector.onto_leaf(&(target.as_f64() - x.as_f64()));
     Ok(Step {
-        next: advance(model, x, &displacement, step),
+        next: advance(model, x, displacement, step),
         rank: projector.rank(),
         log_probs: point.log_probs.iter().copied().collect(),
     })
 }
 
 /// One noise-leaf step from `x` along the ker G component of `direction` (normalised
-/// coordinates), normalised to unit length, `step` normalised units long.
-pub fn noise_leaf_step(model: &Classifier, x: &[f32], direction: &DVector<f64>, step: f64) -> Result<Step> {
-    let point = normalised_geometry(model, x)?;
+/// coordinates), unit length times `step`.
+pub fn noise_leaf_step(model: &Classifier, x: &State, direction: &DVector<f64>, step: f64) -> Result<Step> {
+    let point = geometry(model, x)?;
     let projector = point.leaf_projector();
-    let displacement = unit(projector.onto_kernel(direction));
+    let displacement = projector.onto_kernel(direction);
     Ok(Step {
-        next: advance(model, x, &displacement, step),
+        next: advance(model, x, displacement, step),
         rank: projector.rank(),
         log_probs: point.log_probs.iter().copied().collect(),
     })
