@@ -119,3 +119,103 @@ pub fn noise_leaf_step(model: &Classifier, x: &State, direction: &DVector<f64>, 
         log_probs: point.log_probs.iter().copied().collect(),
     })
 }
+
+/// Settings of a fixed-step (Euler) data-leaf path: the paper's, plus stall detection.
+#[derive(Clone, Copy, Debug)]
+pub struct PathOptions {
+    /// Step length in normalised units (the paper's 0.1).
+    pub step: f64,
+    /// Stop when the distance to the target is at most this (the paper's 1.0).
+    pub threshold: f64,
+    pub max_steps: usize,
+    /// A walk that has not come `stall_progress` closer than its best distance over this many
+    /// steps has stalled: a fixed unit step circles the leaf point nearest the target.
+    pub stall_window: usize,
+    pub stall_progress: f64,
+}
+
+impl Default for PathOptions {
+    fn default() -> Self {
+        PathOptions { step: 0.1, threshold: 1.0, max_steps: 5000, stall_window: 200, stall_progress: 0.01 }
+    }
+}
+
+/// One logged point of a path.
+#[derive(Clone, Debug)]
+pub struct PathRecord {
+    pub step: usize,
+    pub distance: f64,
+    pub prediction: usize,
+    pub probability: f64,
+}
+
+/// How a path ended.
+#[derive(Clone, Debug)]
+pub struct PathOutcome {
+    pub reached: bool,
+    /// The step at which stall detection stopped the walk, if it did.
+    pub stalled_at: Option<usize>,
+    pub jacobian_evals: usize,
+    /// Every point of the walk, the start included.
+    pub points: Vec<State>,
+    pub records: Vec<PathRecord>,
+}
+
+fn argmax(log_probs: &[f64]) -> (usize, f64) {
+    log_probs.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, v)| if v > best.1 { (i, v) } else { best })
+}
+
+/// Walks the data leaf from `from` toward `to` with fixed steps until the target is within
+/// `threshold`, the walk stalls, or `max_steps` is reached. `on_step` sees each record
+/// (progress display).
+pub fn euler_path(
+    model: &Classifier,
+    from: &State,
+    to: &State,
+    options: &PathOptions,
+    mut on_step: impl FnMut(&PathRecord),
+) -> Result<PathOutcome> {
+    let mut x = from.clone();
+    let (mut points, mut records) = (vec![x.clone()], Vec::new());
+    let (mut best, mut best_at) = (f64::INFINITY, 0);
+    let mut evals = 0;
+    loop {
+        let distance = x.distance(to);
+        let step_index = records.len();
+        if distance < best - options.stall_progress {
+            (best, best_at) = (distance, step_index);
+        }
+        let reached = distance <= options.threshold;
+        let stalled = step_index - best_at >= options.stall_window;
+        if reached || stalled || step_index >= options.max_steps {
+            // The last point's prediction costs one forward pass, not a Jacobian.
+            let record = record_at(model, &x, step_index, distance)?;
+            on_step(&record);
+            records.push(record);
+            return Ok(PathOutcome {
+                reached,
+                stalled_at: (stalled && !reached).then_some(step_index),
+                jacobian_evals: evals,
+                points,
+                records,
+            });
+        }
+        let step = data_leaf_step(model, &x, to, options.step)?;
+        evals += 1;
+        let (prediction, log_p) = argmax(&step.log_probs);
+        let record = PathRecord { step: step_index, distance, prediction, probability: log_p.exp() };
+        on_step(&record);
+        records.push(record);
+        x = step.next;
+        points.push(x.clone());
+    }
+}
+
+fn record_at(model: &Classifier, x: &State, step: usize, distance: f64) -> Result<PathRecord> {
+    let shape = model.input_shape();
+    let batch = Tensor::from_slice(&x.0, (1, shape.channels, shape.height, shape.width), model.device())?;
+    let log_probs: Vec<f64> =
+        model.log_probs_normalised(&batch)?.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?;
+    let (prediction, log_p) = argmax(&log_probs);
+    Ok(PathRecord { step, distance, prediction, probability: log_p.exp() })
+}

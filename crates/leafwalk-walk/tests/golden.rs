@@ -90,3 +90,25 @@ fn noise_leaf_steps_match_pytorch() {
         assert!(preds.iter().all(|&p| p == preds[0]), "the golden noise walk keeps its prediction");
     }
 }
+
+/// The golden README's measurement: with the epoch-1 weights the fixed-step walk from test 0
+/// toward test 1 falls from 27.8 to ≈22.87 and then circles; it must be reported as stalled,
+/// not run to the step limit.
+#[test]
+fn a_path_that_cannot_reach_its_target_says_so() {
+    let (model, golden) = load(1);
+    let from = state(&golden["test_inputs"], 0);
+    let to = state(&golden["test_inputs"], 1);
+    let options = leafwalk_walk::PathOptions { max_steps: 3000, ..Default::default() };
+    let outcome = leafwalk_walk::euler_path(&model, &from, &to, &options, |_| {}).unwrap();
+    assert!(!outcome.reached);
+    let stalled_at = outcome.stalled_at.expect("stall detected");
+    // Measured: 27.83 → 22.91 by step 200, 22.865 by step 600, then < 0.01 of progress in
+    // 200 steps: stall reported at step 677, distance 22.863 (PyTorch: 22.8646–22.8655).
+    assert!((300..=1500).contains(&stalled_at), "stalled at step {stalled_at}");
+    let last = outcome.records.last().unwrap();
+    assert!((last.distance - 22.87).abs() < 0.05, "stalled at distance {}", last.distance);
+    assert_eq!(last.prediction, 0);
+    assert_eq!(outcome.jacobian_evals, stalled_at);
+    assert_eq!(outcome.points.len(), stalled_at + 1);
+}
