@@ -41,6 +41,12 @@ pub enum Command {
         after_help = "Examples:\n  leafwalk inspect --image models/samples/mnist-7.png --basis-png basis.png\n  leafwalk inspect --ref mnist:test:17 --fisher --json\n  leafwalk inspect --data mnist:test --limit 500 --spectrum-png spectrum.png"
     )]
     Inspect(InspectArgs),
+    /// Walk the data leaf from one image toward another: the model's own morph between them,
+    /// as a GIF, a strip of 9 frames and a per-step log.
+    #[command(
+        after_help = "Exits 0 when the target is reached, 3 when the walk stalls or hits --max-steps.\n\nExamples:\n  leafwalk path --from mnist:test:3 --to mnist:test:1500 --out runs/path-0-7\n  leafwalk path --from models/samples/mnist-1.png --to models/samples/mnist-7.png --json --out runs/path-1-7"
+    )]
+    Path(PathArgs),
     /// Download a dataset from the Hugging Face hub into --data-root (needs network).
     #[cfg(feature = "hub")]
     #[command(after_help = "Example:\n  leafwalk fetch --download mnist")]
@@ -150,6 +156,34 @@ pub struct InspectArgs {
     #[arg(long, requires = "data")]
     pub spectrum_png: Option<PathBuf>,
     /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PathArgs {
+    /// Start: image file or dataset entry NAME:SPLIT:INDEX.
+    #[arg(long)]
+    pub from: ImageSource,
+    /// Target: image file or dataset entry.
+    #[arg(long)]
+    pub to: ImageSource,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "auto")]
+    pub invert: Invert,
+    /// Step length in normalised units (the paper's 0.1, i.e. 0.1·σ in pixels).
+    #[arg(long, default_value_t = 0.1)]
+    pub step_size: f64,
+    #[arg(long, default_value_t = 5000)]
+    pub max_steps: usize,
+    /// Stop when the distance to the target (normalised units) is at most this.
+    #[arg(long, default_value_t = 1.0)]
+    pub threshold: f64,
+    /// Output folder (created; must not already hold a path).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -233,7 +233,7 @@ fn bad_images_and_models_fail_cleanly() {
 #[test]
 fn every_subcommand_help_has_an_example() {
     let empty = tempfile::tempdir().unwrap();
-    for sub in ["train", "predict", "inspect"] {
+    for sub in ["train", "predict", "inspect", "path"] {
         let output = leafwalk(&[sub, "--help"], empty.path());
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success() && text.contains("Example"), "{sub}: {text}");
@@ -322,4 +322,41 @@ fn inspect_rejects_bad_requests_without_writing() {
     assert!(e.contains("mnist:test"), "{e}");
     let e = failure(&leafwalk(&["inspect"], dir.path()));
     assert!(e.contains("nothing to inspect"), "{e}");
+}
+
+#[test]
+fn path_writes_gif_strip_and_log_and_reports_how_it_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("walk");
+    let (from, to) = ("models/samples/mnist-1.png", "models/samples/mnist-7.png");
+    let output = leafwalk(
+        &["path", "--from", from, "--to", to, "--max-steps", "4", "--json", "--out", out.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (summary["reached"].as_bool(), summary["steps"].as_u64(), summary["jacobian_evals"].as_u64()),
+        (Some(false), Some(4), Some(4))
+    );
+    assert!(summary["final_distance"].as_f64().unwrap() < summary["start_distance"].as_f64().unwrap());
+    assert_eq!(files_in(&out), ["path.gif", "path.jsonl", "strip.png"]);
+    let log = std::fs::read_to_string(out.join("path.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 5);
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["prediction"], "1");
+    assert!(first["trace_g"].as_f64().unwrap() > 0.0);
+    let gif = image::open(out.join("path.gif")).unwrap();
+    assert_eq!((gif.width(), gif.height()), (124, 142)); // 28×4 pixels plus margins and a caption
+                                                         // A second walk into the same folder is refused and leaves the first intact.
+    let again = leafwalk(&["path", "--from", from, "--to", to, "--out", out.to_str().unwrap()], dir.path());
+    assert!(failure(&again).contains("already holds a path"));
+    assert_eq!(std::fs::read_to_string(out.join("path.jsonl")).unwrap(), log);
+    // Within the threshold from the start: reached at once, exit 0.
+    let near = dir.path().join("near");
+    let output = leafwalk(
+        &["path", "--from", from, "--to", to, "--threshold", "1000", "--out", near.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(output.status.success());
 }

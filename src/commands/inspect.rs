@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use candle_core::Tensor;
-use leafwalk_data::{Dataset, DatasetRef, ImageShape, ImageSource};
+use leafwalk_data::{Dataset, DatasetRef, ImageSource};
 use leafwalk_geometry::{
     batch_geometry, dataset_fisher, fisher_factors, PointGeometry, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS,
 };
@@ -135,21 +135,17 @@ fn draw_basis(path: &Path, model: &Classifier, pixels: &Tensor, points: &[PointG
     for (image, (point, (vectors, values))) in images.iter().zip(points.iter().zip(&bases)) {
         let probs: Vec<f64> = point.probs.iter().copied().collect();
         let (best, p) = argmax(&probs);
-        tiles.push(tile(image, shape, format!("{} {:.2}", model.meta().classes[best], p), TileKind::Image));
+        tiles.push(Tile::new(image, shape, format!("{} {:.2}", model.meta().classes[best], p), TileKind::Image));
         for (k, v) in vectors.iter().enumerate() {
-            tiles.push(tile(v, shape, format!("λ{} {:.1e}", k + 1, values[k]), TileKind::Signed));
+            tiles.push(Tile::new(v, shape, format!("λ{} {:.1e}", k + 1, values[k]), TileKind::Signed));
         }
         for _ in vectors.len() + 1..columns {
-            tiles.push(tile(&[], shape, String::new(), TileKind::Image));
+            tiles.push(Tile::new(&[], shape, String::new(), TileKind::Image));
         }
     }
     let title = format!("leaf basis: eigenvectors of G (red +, blue −) — {}", model.meta().dataset);
     leafwalk_plot::tile_grid(path, Some(&title), &tiles, columns, 3)?;
     Ok(())
-}
-
-fn tile(values: &[f32], shape: ImageShape, caption: String, kind: TileKind) -> Tile<'_> {
-    Tile { values, channels: shape.channels, height: shape.height, width: shape.width, caption, kind }
 }
 
 /// A float64 C-order .npy file (format 1.0), written atomically.

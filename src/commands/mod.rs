@@ -1,4 +1,5 @@
 mod inspect;
+mod path;
 mod predict;
 mod train;
 
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(args, &cli.data_root),
         Command::Predict(args) => predict::run(args, &cli.data_root),
         Command::Inspect(args) => inspect::run(args, &cli.data_root),
+        Command::Path(args) => path::run(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
             let info = dataset_info(&args.download)?;

@@ -57,6 +57,13 @@ pub struct Tile<'a> {
     pub kind: TileKind,
 }
 
+impl<'a> Tile<'a> {
+    /// A tile of an image (or direction) of `shape`.
+    pub fn new(values: &'a [f32], shape: leafwalk_data::ImageShape, caption: String, kind: TileKind) -> Self {
+        Tile { values, channels: shape.channels, height: shape.height, width: shape.width, caption, kind }
+    }
+}
+
 const CAPTION_HEIGHT: u32 = 18;
 const GAP: u32 = 6;
 
@@ -90,6 +97,34 @@ fn tile_colours(tile: &Tile) -> Vec<[u8; 3]> {
 /// Draws `tiles` in a grid of `columns`, each pixel as a `scale`×`scale` block, with an
 /// optional title line on top, and writes a PNG atomically.
 pub fn tile_grid(path: &Path, title: Option<&str>, tiles: &[Tile], columns: usize, scale: u32) -> Result<()> {
+    let image = render_tiles(title, tiles, columns, scale).map_err(|e| draw_error(path, e))?;
+    write_png(path, image.width(), image.height(), image.into_raw())
+}
+
+/// Writes `frames` (all the same size) as an endlessly looping GIF, atomically.
+pub fn write_gif(path: &Path, frames: Vec<image::RgbImage>, delay_ms: u32) -> Result<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = GifEncoder::new_with_speed(&mut bytes, 10);
+        encoder.set_repeat(Repeat::Infinite).map_err(|e| draw_error(path, e))?;
+        let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+        for frame in frames {
+            let rgba = image::DynamicImage::ImageRgb8(frame).into_rgba8();
+            encoder.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay)).map_err(|e| draw_error(path, e))?;
+        }
+    }
+    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    Ok(())
+}
+
+/// The picture [`tile_grid`] writes, in memory (e.g. one GIF frame).
+pub fn render_tiles(
+    title: Option<&str>,
+    tiles: &[Tile],
+    columns: usize,
+    scale: u32,
+) -> std::result::Result<image::RgbImage, String> {
     register_font();
     let columns = columns.clamp(1, tiles.len().max(1));
     let rows = tiles.len().div_ceil(columns);
@@ -117,16 +152,16 @@ pub fn tile_grid(path: &Path, title: Option<&str>, tiles: &[Tile], columns: usiz
         let style = TextStyle::from((FAMILY, 13).into_font()).color(&BLACK);
         if let Some(title) = title {
             root.draw_text(title, &TextStyle::from((FAMILY, 16).into_font()).color(&BLACK), (GAP as i32, 4))
-                .map_err(|e| draw_error(path, e))?;
+                .map_err(|e| e.to_string())?;
         }
         for (index, tile) in tiles.iter().enumerate() {
             let x0 = GAP + (index % columns) as u32 * (cell_w + GAP);
             let y0 = top + GAP + (index / columns) as u32 * (cell_h + GAP) + cell_h - CAPTION_HEIGHT + 3;
-            root.draw_text(&tile.caption, &style, (x0 as i32, y0 as i32)).map_err(|e| draw_error(path, e))?;
+            root.draw_text(&tile.caption, &style, (x0 as i32, y0 as i32)).map_err(|e| e.to_string())?;
         }
-        root.present().map_err(|e| draw_error(path, e))?;
+        root.present().map_err(|e| e.to_string())?;
     }
-    write_png(path, width, height, buffer)
+    image::RgbImage::from_raw(width, height, buffer).ok_or_else(|| "buffer size does not match the figure".to_string())
 }
 
 /// A named line of (x, y) points.

@@ -73,6 +73,19 @@ pub struct Step {
     pub rank: usize,
     /// log p at the point the step started from.
     pub log_probs: Vec<f64>,
+    /// trace G there, in pixel units (as `leafwalk inspect` reports it).
+    pub trace_g: f64,
+}
+
+/// trace G in pixel units from a Jacobian in normalised units: J_pixel = J_norm / σ per value.
+fn pixel_trace(model: &Classifier, point: &PointGeometry) -> f64 {
+    let (_, std) = channel_stats(model, point.dim());
+    point
+        .jacobian
+        .row_iter()
+        .zip(point.probs.iter())
+        .map(|(row, p)| p * row.iter().zip(&std).map(|(j, &s)| (j / s as f64).powi(2)).sum::<f64>())
+        .sum()
 }
 
 fn geometry(model: &Classifier, x: &State) -> Result<PointGeometry> {
@@ -104,6 +117,7 @@ pub fn data_leaf_step(model: &Classifier, x: &State, target: &State, step: f64) 
         next: advance(model, x, displacement, step),
         rank: projector.rank(),
         log_probs: point.log_probs.iter().copied().collect(),
+        trace_g: pixel_trace(model, &point),
     })
 }
 
@@ -117,6 +131,7 @@ pub fn noise_leaf_step(model: &Classifier, x: &State, direction: &DVector<f64>, 
         next: advance(model, x, displacement, step),
         rank: projector.rank(),
         log_probs: point.log_probs.iter().copied().collect(),
+        trace_g: pixel_trace(model, &point),
     })
 }
 
@@ -144,9 +159,15 @@ impl Default for PathOptions {
 #[derive(Clone, Debug)]
 pub struct PathRecord {
     pub step: usize,
+    /// Distance to the target, normalised units.
     pub distance: f64,
     pub prediction: usize,
     pub probability: f64,
+    /// trace G at this point in pixel units (`None` at the final point, where no Jacobian is
+    /// taken).
+    pub trace_g: Option<f64>,
+    /// Length of the step taken from this point, normalised units (0 at the final point).
+    pub step_size: f64,
 }
 
 /// How a path ended.
@@ -203,7 +224,14 @@ pub fn euler_path(
         let step = data_leaf_step(model, &x, to, options.step)?;
         evals += 1;
         let (prediction, log_p) = argmax(&step.log_probs);
-        let record = PathRecord { step: step_index, distance, prediction, probability: log_p.exp() };
+        let record = PathRecord {
+            step: step_index,
+            distance,
+            prediction,
+            probability: log_p.exp(),
+            trace_g: Some(step.trace_g),
+            step_size: options.step,
+        };
         on_step(&record);
         records.push(record);
         x = step.next;
@@ -217,5 +245,5 @@ fn record_at(model: &Classifier, x: &State, step: usize, distance: f64) -> Resul
     let log_probs: Vec<f64> =
         model.log_probs_normalised(&batch)?.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?;
     let (prediction, log_p) = argmax(&log_probs);
-    Ok(PathRecord { step, distance, prediction, probability: log_p.exp() })
+    Ok(PathRecord { step, distance, prediction, probability: log_p.exp(), trace_g: None, step_size: 0.0 })
 }
