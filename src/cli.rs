@@ -47,6 +47,12 @@ pub enum Command {
         after_help = "Exits 0 when the target is reached, 3 when the walk stalls or hits --max-steps.\n\nExamples:\n  leafwalk path --from mnist:test:3 --to mnist:test:1500 --out runs/path-0-7\n  leafwalk path --from models/samples/mnist-1.png --to models/samples/mnist-7.png --json --out runs/path-1-7"
     )]
     Path(PathArgs),
+    /// Walk with a constant direction projected onto ker G (a noise leaf: the image changes,
+    /// the prediction stays) or onto ker G⊥; written like `path`.
+    #[command(
+        after_help = "Examples:\n  leafwalk walk --from mnist:test:3 --direction random --subspace kernel --steps 250 --out runs/noise-3\n  leafwalk walk --from models/samples/mnist-1.png --direction models/samples/mnist-7.png --subspace leaf --steps 100 --out runs/leaf-1"
+    )]
+    Walk(WalkArgs),
     /// Download a dataset from the Hugging Face hub into --data-root (needs network).
     #[cfg(feature = "hub")]
     #[command(after_help = "Example:\n  leafwalk fetch --download mnist")]
@@ -186,6 +192,43 @@ pub struct PathArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WalkArgs {
+    /// Start: image file or dataset entry NAME:SPLIT:INDEX.
+    #[arg(long)]
+    pub from: ImageSource,
+    /// `random` (standard normal, from --seed) or an image (file or dataset entry) whose
+    /// difference from the start is the direction.
+    #[arg(long, default_value = "random")]
+    pub direction: String,
+    /// kernel (noise leaf, prediction kept) or leaf.
+    #[arg(long, default_value = "kernel")]
+    pub subspace: SubspaceArg,
+    #[arg(long, default_value_t = 250)]
+    pub steps: usize,
+    /// Step length in normalised units.
+    #[arg(long, default_value_t = 0.1)]
+    pub step_size: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "auto")]
+    pub invert: Invert,
+    /// Output folder (created; must not already hold a walk).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SubspaceArg {
+    Kernel,
+    Leaf,
 }
 
 #[cfg(feature = "hub")]

@@ -233,7 +233,7 @@ fn bad_images_and_models_fail_cleanly() {
 #[test]
 fn every_subcommand_help_has_an_example() {
     let empty = tempfile::tempdir().unwrap();
-    for sub in ["train", "predict", "inspect", "path"] {
+    for sub in ["train", "predict", "inspect", "path", "walk"] {
         let output = leafwalk(&[sub, "--help"], empty.path());
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success() && text.contains("Example"), "{sub}: {text}");
@@ -359,4 +359,35 @@ fn path_writes_gif_strip_and_log_and_reports_how_it_ended() {
         dir.path(),
     );
     assert!(output.status.success());
+}
+
+#[test]
+fn noise_walk_keeps_the_prediction_and_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let output = leafwalk(
+            &[
+                "walk",
+                "--from",
+                "models/samples/mnist-4.png",
+                "--steps",
+                "30",
+                "--seed",
+                "5",
+                "--json",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (summary, std::fs::read_to_string(out.join("path.jsonl")).unwrap())
+    };
+    let (summary, log) = run("a");
+    assert_eq!(summary["prediction_start"], "4");
+    assert_eq!(summary["prediction_end"], "4");
+    assert!(summary["distance_from_start"].as_f64().unwrap() > 1.0);
+    assert_eq!(log, run("b").1, "same seed, same walk");
 }

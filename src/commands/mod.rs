@@ -2,6 +2,7 @@ mod inspect;
 mod path;
 mod predict;
 mod train;
+mod walk;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Predict(args) => predict::run(args, &cli.data_root),
         Command::Inspect(args) => inspect::run(args, &cli.data_root),
         Command::Path(args) => path::run(args, &cli.data_root),
+        Command::Walk(args) => walk::run(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
             let info = dataset_info(&args.download)?;

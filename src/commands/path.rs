@@ -56,17 +56,8 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    let classes = &model.meta().classes;
-    let mut log = String::new();
-    for r in &outcome.records {
-        log.push_str(&serde_json::to_string(&record_json(r, classes))?);
-        log.push('\n');
-    }
-    let log_path = args.out.join("path.jsonl");
-    leafwalk_data::write_atomic(&log_path, |w| {
-        w.write_all(log.as_bytes()).map_err(|e| leafwalk_data::DataError::io(&log_path, e))
-    })?;
-    draw(&args.out, &model, &outcome.points, &outcome.records, &pixels[1])?;
+    let title = "data-leaf path (step: prediction probability), then the target";
+    write_walk(&args.out, &model, &outcome.points, &outcome.records, Some(&pixels[1]), title)?;
 
     let last = outcome.records.last().map_or(start_distance, |r| r.distance);
     let summary = json!({
@@ -95,15 +86,15 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     Ok(if outcome.reached { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
-fn record_json(r: &PathRecord, classes: &[String]) -> serde_json::Value {
+pub(crate) fn record_json(r: &PathRecord, classes: &[String]) -> serde_json::Value {
     json!({
         "step": r.step, "distance": r.distance, "prediction": classes[r.prediction],
         "probability": r.probability, "trace_g": r.trace_g, "step_size": r.step_size,
     })
 }
 
-/// Refuses a folder that already holds a path, so no earlier result is overwritten.
-fn prepare_out(out: &Path) -> anyhow::Result<()> {
+/// Refuses a folder that already holds a walk, so no earlier result is overwritten.
+pub(crate) fn prepare_out(out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)
         .map_err(|e| anyhow::anyhow!("{}: cannot create the output folder: {e}", out.display()))?;
     if out.join("path.jsonl").exists() {
@@ -120,23 +111,36 @@ fn spread(len: usize, count: usize) -> Vec<usize> {
     (0..count).map(|k| k * (len - 1) / (count - 1)).collect()
 }
 
-fn draw(
+/// Writes a walk's `path.jsonl`, `strip.png` (9 evenly spaced frames, then `target` if any)
+/// and `path.gif`.
+pub(crate) fn write_walk(
     out: &Path,
     model: &leafwalk_models::Classifier,
     points: &[State],
     records: &[PathRecord],
-    target: &[f32],
+    target: Option<&[f32]>,
+    title: &str,
 ) -> anyhow::Result<()> {
-    let shape: ImageShape = model.input_shape();
     let classes = &model.meta().classes;
+    let mut log = String::new();
+    for r in records {
+        log.push_str(&serde_json::to_string(&record_json(r, classes))?);
+        log.push('\n');
+    }
+    let log_path = out.join("path.jsonl");
+    leafwalk_data::write_atomic(&log_path, |w| {
+        w.write_all(log.as_bytes()).map_err(|e| leafwalk_data::DataError::io(&log_path, e))
+    })?;
+    let shape: ImageShape = model.input_shape();
     let frame = |k: usize| -> (Vec<f32>, String) {
         let r = &records[k.min(records.len() - 1)];
         (points[k].to_pixels(model), format!("{}: {} {:.2}", r.step, classes[r.prediction], r.probability))
     };
     let strip: Vec<(Vec<f32>, String)> = spread(points.len(), STRIP_FRAMES).into_iter().map(frame).collect();
     let mut tiles: Vec<Tile> = strip.iter().map(|(v, c)| Tile::new(v, shape, c.clone(), TileKind::Image)).collect();
-    tiles.push(Tile::new(target, shape, "target".into(), TileKind::Image));
-    let title = "data-leaf path (step: prediction probability), then the target";
+    if let Some(target) = target {
+        tiles.push(Tile::new(target, shape, "target".into(), TileKind::Image));
+    }
     tile_grid(&out.join("strip.png"), Some(title), &tiles, tiles.len(), 3)?;
     let mut frames = Vec::new();
     for k in spread(points.len(), GIF_FRAMES) {

@@ -121,18 +121,71 @@ pub fn data_leaf_step(model: &Classifier, x: &State, target: &State, step: f64) 
     })
 }
 
-/// One noise-leaf step from `x` along the ker G component of `direction` (normalised
-/// coordinates), unit length times `step`.
-pub fn noise_leaf_step(model: &Classifier, x: &State, direction: &DVector<f64>, step: f64) -> Result<Step> {
+/// Which part of a fixed direction a constant-direction walk follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subspace {
+    /// ker G: the noise-leaf walk (the paper's `constant_direction_kernel`); the prediction
+    /// stays put to first order while the image changes.
+    Kernel,
+    /// ker G⊥: along the leaf through the current point.
+    Leaf,
+}
+
+/// One step from `x` along the `subspace` component of `direction` (normalised coordinates),
+/// unit length times `step`.
+pub fn direction_step(
+    model: &Classifier,
+    x: &State,
+    direction: &DVector<f64>,
+    subspace: Subspace,
+    step: f64,
+) -> Result<Step> {
     let point = geometry(model, x)?;
     let projector = point.leaf_projector();
-    let displacement = projector.onto_kernel(direction);
+    let displacement = match subspace {
+        Subspace::Kernel => projector.onto_kernel(direction),
+        Subspace::Leaf => projector.onto_leaf(direction),
+    };
     Ok(Step {
         next: advance(model, x, displacement, step),
         rank: projector.rank(),
         log_probs: point.log_probs.iter().copied().collect(),
         trace_g: pixel_trace(model, &point),
     })
+}
+
+/// `steps` constant-direction steps from `from`; returns every point (start included) and a
+/// record per point (distance = from the start).
+pub fn direction_walk(
+    model: &Classifier,
+    from: &State,
+    direction: &DVector<f64>,
+    subspace: Subspace,
+    steps: usize,
+    step_size: f64,
+    mut on_step: impl FnMut(&PathRecord),
+) -> Result<(Vec<State>, Vec<PathRecord>)> {
+    let (mut x, mut points, mut records) = (from.clone(), vec![from.clone()], Vec::new());
+    for k in 0..steps {
+        let step = direction_step(model, &x, direction, subspace, step_size)?;
+        let (prediction, log_p) = argmax(&step.log_probs);
+        let record = PathRecord {
+            step: k,
+            distance: x.distance(from),
+            prediction,
+            probability: log_p.exp(),
+            trace_g: Some(step.trace_g),
+            step_size,
+        };
+        on_step(&record);
+        records.push(record);
+        x = step.next;
+        points.push(x.clone());
+    }
+    let record = record_at(model, &x, steps, x.distance(from))?;
+    on_step(&record);
+    records.push(record);
+    Ok((points, records))
 }
 
 /// Settings of a fixed-step (Euler) data-leaf path: the paper's, plus stall detection.

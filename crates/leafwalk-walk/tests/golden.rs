@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use leafwalk_data::dataset_info;
 use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
-use leafwalk_walk::{data_leaf_step, noise_leaf_step, State};
+use leafwalk_walk::{data_leaf_step, direction_step, State, Subspace};
 use nalgebra::DVector;
 
 const STEP: f64 = 0.1;
@@ -80,7 +80,7 @@ fn noise_leaf_steps_match_pytorch() {
         let direction = DVector::from_iterator(direction.len(), direction.iter().map(|&v| v as f64));
         let mut close = 0;
         for k in 0..50 {
-            let step = noise_leaf_step(&model, &state(walk, k), &direction, STEP).unwrap();
+            let step = direction_step(&model, &state(walk, k), &direction, Subspace::Kernel, STEP).unwrap();
             let diff = max_diff(&step.next, &state(walk, k + 1));
             assert!(diff <= 1e-3, "epoch {epoch} noise step {k}: max |ours − golden| = {diff}");
             close += usize::from(diff <= 1e-5);
@@ -111,4 +111,43 @@ fn a_path_that_cannot_reach_its_target_says_so() {
     assert_eq!(last.prediction, 0);
     assert_eq!(outcome.jacobian_evals, stalled_at);
     assert_eq!(outcome.points.len(), stalled_at + 1);
+}
+
+/// Along a kernel walk the prediction holds: over 100 steps of 0.01 the probabilities move by
+/// less than 1e-2 in total variation while the image moves away from its start.
+#[test]
+fn kernel_walk_keeps_the_prediction() {
+    let (model, golden) = load(1);
+    let from = state(&golden["test_inputs"], 2);
+    let direction: Vec<f32> = golden["noise_direction"].flatten_all().unwrap().to_vec1().unwrap();
+    let direction = DVector::from_iterator(direction.len(), direction.iter().map(|&v| v as f64));
+    let (points, records) =
+        leafwalk_walk::direction_walk(&model, &from, &direction, Subspace::Kernel, 100, 0.01, |_| {}).unwrap();
+    let probs = |x: &State| -> Vec<f64> {
+        let t = Tensor::from_slice(&x.0, (1, 1, 28, 28), &Device::Cpu).unwrap();
+        model
+            .log_probs_normalised(&t)
+            .unwrap()
+            .exp()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect()
+    };
+    let (p0, p1) = (probs(&points[0]), probs(&points[100]));
+    let tv = 0.5 * p0.iter().zip(&p1).map(|(a, b)| (a - b).abs()).sum::<f64>();
+    assert!(tv < 1e-2, "total variation {tv}");
+    let moved = points[100].distance(&from);
+    assert!(moved > 0.5, "the walk barely moved: {moved}");
+    assert!(records.iter().all(|r| r.prediction == records[0].prediction));
+    // The same walk along the leaf changes p far more.
+    let (leaf_points, _) =
+        leafwalk_walk::direction_walk(&model, &from, &direction, Subspace::Leaf, 100, 0.01, |_| {}).unwrap();
+    let p_leaf = probs(&leaf_points[100]);
+    let tv_leaf = 0.5 * p0.iter().zip(&p_leaf).map(|(a, b)| (a - b).abs()).sum::<f64>();
+    assert!(tv_leaf > 10.0 * tv, "leaf walk TV {tv_leaf} vs kernel walk TV {tv}");
 }
