@@ -1,8 +1,10 @@
+mod eval_paths;
 mod inspect;
 mod path;
 mod predict;
 mod train;
 mod walk;
+mod walking;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args, &cli.data_root),
         Command::Path(args) => path::run(args, &cli.data_root),
         Command::Walk(args) => walk::run(args, &cli.data_root),
+        Command::EvalPaths(args) => eval_paths::run(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
             let info = dataset_info(&args.download)?;

@@ -1,16 +1,20 @@
-//! `leafwalk path`: a data-leaf walk between two images, drawn and logged.
+//! `leafwalk path`: data-leaf (or noise-leaf) paths between images, drawn and logged; one pair
+//! or a CSV of pairs walked as one batch.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::bail;
-use leafwalk_data::ImageShape;
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use leafwalk_data::{image_file_shape, ImageShape, ImageSource};
+use leafwalk_models::Classifier;
 use leafwalk_plot::{render_tiles, tile_grid, write_gif, Tile, TileKind};
-use leafwalk_walk::{euler_path, PathOptions, PathRecord, State};
+use leafwalk_walk::{Ending, PathRecord, State};
 use serde_json::json;
 
-use crate::cli::PathArgs;
+use crate::cli::{PathArgs, ViaArg};
+use crate::commands::walking::{integrator_name, path_options, training_waypoints, walk_pairs, Walked};
 use crate::commands::{input_batch, load_model};
 
 /// Frames in the GIF at most (evenly spaced over the walk) and in the strip.
@@ -18,72 +22,241 @@ const GIF_FRAMES: usize = 60;
 const STRIP_FRAMES: usize = 9;
 
 pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
-    if !(args.step_size.is_finite() && args.step_size > 0.0) {
-        bail!("--step-size must be a positive finite number, got {}", args.step_size);
-    }
-    if !(args.threshold.is_finite() && args.threshold >= 0.0) {
-        bail!("--threshold must be a non-negative finite number, got {}", args.threshold);
-    }
-    let model = load_model(&args.model)?;
-    let endpoints = input_batch(&[args.from.clone(), args.to.clone()], &model, args.invert, data_root)?;
-    let pixels: Vec<Vec<f32>> = endpoints.flatten_from(1)?.to_vec2()?;
-    prepare_out(&args.out)?;
-
-    let (from, to) = (State::from_pixels(&model, &pixels[0]), State::from_pixels(&model, &pixels[1]));
-    let options = PathOptions {
-        step: args.step_size,
-        threshold: args.threshold,
-        max_steps: args.max_steps,
-        ..Default::default()
+    let options = path_options(&args.walk)?;
+    let sources = match (&args.pairs, &args.from, &args.to) {
+        (Some(csv), _, _) => read_pairs(csv)?,
+        (None, Some(from), Some(to)) => vec![(from.clone(), to.clone())],
+        _ => bail!("give --from and --to, or --pairs"),
     };
-    let start_distance = from.distance(&to);
+    let model = load_model(&args.model)?;
+    let mut states = Vec::with_capacity(sources.len());
+    let mut targets = Vec::with_capacity(sources.len());
+    for (from, to) in &sources {
+        let pixels = load_pair(&model, from, to, &args, data_root)?;
+        states.push((State::from_pixels(&model, &pixels[0]), State::from_pixels(&model, &pixels[1])));
+        targets.push(pixels[1].clone());
+    }
+    let batch = args.pairs.is_some();
+    let folders: Vec<PathBuf> =
+        if batch { (0..sources.len()).map(|k| args.out.join(format!("pair-{k:03}"))).collect() } else { vec![args.out.clone()] };
+    if batch && args.out.join("summary.csv").exists() {
+        bail!("{}: already holds a summary.csv; choose another --out", args.out.display());
+    }
+    for folder in &folders {
+        prepare_out(folder)?;
+    }
+    let waypoints = match args.walk.via {
+        ViaArg::Auto => Some(training_waypoints(&model, data_root)?),
+        ViaArg::Direct => None,
+    };
+
     let bar = indicatif::ProgressBar::new(1000);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} distance {msg} [{elapsed_precise}]") {
+    let template = if batch { "{spinner} {msg} [{elapsed_precise}]" } else { "{bar:30} distance {msg} [{elapsed_precise}]" };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
-    let started = Instant::now();
-    let outcome = euler_path(&model, &from, &to, &options, |r| {
-        let done = ((start_distance - r.distance) / (start_distance - args.threshold).max(1e-9)).clamp(0.0, 1.0);
-        bar.set_position((done * 1000.0) as u64);
-        bar.set_message(format!(
-            "{:.3} (step {}, predicts {} p {:.3})",
-            r.distance,
-            r.step,
-            model.meta().classes[r.prediction],
-            r.probability
-        ));
+    let start_distances: Vec<f64> = states.iter().map(|(from, to)| from.distance(to)).collect();
+    let mut steps_taken = 0usize;
+    let classes = model.meta().classes.clone();
+    let walked = walk_pairs(&model, &states, &args.walk, waypoints.as_deref(), |pair, r| {
+        steps_taken += 1;
+        if batch {
+            bar.set_message(format!("{} paths, {steps_taken} steps", states.len()));
+            bar.tick();
+        } else {
+            let span = (start_distances[pair] - args.walk.threshold).max(1e-9);
+            bar.set_position((((start_distances[pair] - r.distance) / span).clamp(0.0, 1.0) * 1000.0) as u64);
+            let predicts = &classes[r.prediction];
+            bar.set_message(format!("{:.3} (step {}, predicts {predicts} p {:.3})", r.distance, r.step, r.probability));
+        }
     })?;
-    let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    let title = "data-leaf path (step: prediction probability), then the target";
-    write_walk(&args.out, &model, &outcome.points, &outcome.records, Some(&pixels[1]), title)?;
-
-    let last = outcome.records.last().map_or(start_distance, |r| r.distance);
-    let summary = json!({
-        "from": args.from.to_string(), "to": args.to.to_string(), "out": args.out,
-        "reached": outcome.reached, "stalled_at": outcome.stalled_at,
-        "steps": outcome.points.len() - 1, "jacobian_evals": outcome.jacobian_evals,
-        "start_distance": start_distance, "final_distance": last, "seconds": seconds,
-    });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        let ending = match (outcome.reached, outcome.stalled_at) {
-            (true, _) => "reached the target".to_string(),
-            (false, Some(step)) => format!("stalled at step {step}: no progress over {} steps", options.stall_window),
-            (false, None) => format!("stopped at the {}-step limit", options.max_steps),
+    let mut summaries = Vec::new();
+    for (k, walk) in walked.iter().enumerate() {
+        let title = match (walk.noise_steps, walk.waypoints.len()) {
+            (0, 0) => "data-leaf path (step: prediction probability), then the target".to_string(),
+            (0, n) => format!("data-leaf path steered through {n} training images (step: prediction probability), then the target"),
+            (s, _) => format!("noise-leaf path: {s} kernel steps, then along the leaf (step: prediction probability), then the target"),
         };
-        println!(
-            "{} → {}: {ending}; distance {start_distance:.3} → {last:.3} in {} steps ({:.1} s); wrote {}",
-            args.from,
-            args.to,
-            outcome.points.len() - 1,
-            seconds,
-            args.out.display()
+        let o = &walk.outcome;
+        write_walk(&folders[k], &model, &o.points, &o.records, Some(&targets[k]), &title)?;
+        if let Some(name) = &args.save_points {
+            let file = if batch { folders[k].join(name.file_name().unwrap_or(name.as_os_str())) } else { name.clone() };
+            save_points(&file, &model, walk, &sources[k])?;
+        }
+        summaries.push(summary(&sources[k], &folders[k], walk, start_distances[k], integrator_name(options.integrator), &classes));
+    }
+    if batch {
+        write_summary_csv(&args.out.join("summary.csv"), &summaries)?;
+    }
+    if args.json {
+        let shown = if batch { json!(summaries) } else { summaries[0].clone() };
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        for (k, walk) in walked.iter().enumerate() {
+            print_line(&sources[k], walk, start_distances[k], &folders[k], options.stall_window);
+        }
+    }
+    if let Some((k, step)) = walked.iter().enumerate().find_map(|(k, w)| match w.outcome.ending {
+        Ending::Diverged { step } => Some((k, step)),
+        _ => None,
+    }) {
+        bail!(
+            "{} → {}: diverged at step {step}: the Jacobian is not finite (NaN/Inf); wrote the {} points computed so far to {}",
+            sources[k].0,
+            sources[k].1,
+            walked[k].outcome.points.len(),
+            folders[k].display()
         );
     }
-    Ok(if outcome.reached { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if walked.iter().all(|w| w.outcome.reached()) { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// Both ends of a pair as pixels; image files must already have the model's size and
+/// channels unless `--resize` is given.
+fn load_pair(
+    model: &Classifier,
+    from: &ImageSource,
+    to: &ImageSource,
+    args: &PathArgs,
+    data_root: &Path,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let wanted = model.input_shape();
+    for source in [from, to] {
+        if let (ImageSource::File(file), false) = (source, args.resize) {
+            let found = image_file_shape(file)?;
+            if found != wanted {
+                bail!(
+                    "{}: a {found} image, but the model takes {wanted} images (pass --resize to convert it)",
+                    file.display()
+                );
+            }
+        }
+    }
+    let batch = input_batch(&[from.clone(), to.clone()], model, args.invert, data_root)?;
+    Ok(batch.flatten_from(1)?.to_vec2()?)
+}
+
+/// `from,to` rows; a first row `from,to` is a header; blank lines and `#` comments skipped.
+fn read_pairs(csv: &Path) -> anyhow::Result<Vec<(ImageSource, ImageSource)>> {
+    let text = std::fs::read_to_string(csv).with_context(|| format!("{}: cannot read", csv.display()))?;
+    let mut pairs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (pairs.is_empty() && line.replace(' ', "") == "from,to") {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [from, to] = fields[..] else {
+            bail!("{}: line {}: expected `from,to`, got {line:?}", csv.display(), number + 1);
+        };
+        let parse = |text: &str| -> anyhow::Result<ImageSource> {
+            text.parse().with_context(|| format!("{}: line {}", csv.display(), number + 1))
+        };
+        pairs.push((parse(from)?, parse(to)?));
+    }
+    if pairs.is_empty() {
+        bail!("{}: no `from,to` rows", csv.display());
+    }
+    Ok(pairs)
+}
+
+fn ending_name(ending: Ending) -> &'static str {
+    match ending {
+        Ending::Reached => "reached",
+        Ending::ReachedClass { .. } => "reached_class",
+        Ending::Stalled { .. } => "stalled",
+        Ending::StepLimit => "step_limit",
+        Ending::Diverged { .. } => "diverged",
+    }
+}
+
+fn summary(
+    (from, to): &(ImageSource, ImageSource),
+    out: &Path,
+    walk: &Walked,
+    start_distance: f64,
+    integrator: &str,
+    classes: &[String],
+) -> serde_json::Value {
+    let o = &walk.outcome;
+    json!({
+        "from": from.to_string(), "to": to.to_string(), "out": out,
+        "integrator": integrator,
+        "leaf": if walk.noise_steps > 0 { "noise" } else { "data" },
+        "reached": o.reached(), "ending": ending_name(o.ending), "stalled_at": o.stalled_at(),
+        "steps": o.steps(), "jacobian_evals": o.jacobian_evals,
+        "start_distance": start_distance, "final_distance": o.final_distance(),
+        "path_length": leafwalk_walk::walked_length(o),
+        "target_class": classes[walk.target_class], "flip_step": walk.flip_step,
+        "waypoints": walk.waypoints, "seconds": walk.seconds,
+    })
+}
+
+fn print_line((from, to): &(ImageSource, ImageSource), walk: &Walked, start: f64, out: &Path, window: usize) {
+    let o = &walk.outcome;
+    let ending = match o.ending {
+        Ending::Reached if walk.waypoints.is_empty() => "reached the target".to_string(),
+        Ending::Reached => format!("reached the target steered through {} training images", walk.waypoints.len()),
+        Ending::ReachedClass { step } => format!("predicts the target's class from step {step}"),
+        Ending::Stalled { step } => format!("stalled at step {step}: no progress over {window} Jacobians"),
+        Ending::StepLimit => "stopped at the step limit".to_string(),
+        Ending::Diverged { step } => format!("diverged at step {step}"),
+    };
+    println!(
+        "{from} → {to}: {ending}; distance {start:.3} → {:.3} in {} steps, {} Jacobians ({:.1} s); wrote {}",
+        o.final_distance(),
+        o.steps(),
+        o.jacobian_evals,
+        walk.seconds,
+        out.display()
+    );
+}
+
+fn write_summary_csv(path: &Path, summaries: &[serde_json::Value]) -> anyhow::Result<()> {
+    let columns =
+        ["from", "to", "out", "reached", "ending", "steps", "jacobian_evals", "start_distance", "final_distance", "seconds"];
+    let mut text = columns.join(",") + "\n";
+    for row in summaries {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| match &row[*c] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        text.push_str(&cells.join(","));
+        text.push('\n');
+    }
+    leafwalk_data::write_atomic(path, |w| w.write_all(text.as_bytes()).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    Ok(())
+}
+
+/// Every point of the walk in pixels `[K+1, C, H, W]` with its log, as safetensors.
+fn save_points(file: &Path, model: &Classifier, walk: &Walked, (from, to): &(ImageSource, ImageSource)) -> anyhow::Result<()> {
+    let o = &walk.outcome;
+    let shape: ImageShape = model.input_shape();
+    let pixels: Vec<f32> = o.points.iter().flat_map(|x| x.to_pixels(model)).collect();
+    let column = |f: &dyn Fn(&PathRecord) -> f64| -> Vec<f64> { o.records.iter().map(f).collect() };
+    let device = Device::Cpu;
+    let tensors = vec![
+        ("points".to_string(), Tensor::from_vec(pixels, (o.points.len(), shape.channels, shape.height, shape.width), &device)?),
+        ("distance".to_string(), Tensor::new(column(&|r| r.distance), &device)?),
+        ("probability".to_string(), Tensor::new(column(&|r| r.probability), &device)?),
+        ("prediction".to_string(), Tensor::new(o.records.iter().map(|r| r.prediction as i64).collect::<Vec<_>>(), &device)?),
+        ("trace_g".to_string(), Tensor::new(column(&|r| r.trace_g.unwrap_or(f64::NAN)), &device)?),
+        ("step_size".to_string(), Tensor::new(column(&|r| r.step_size), &device)?),
+    ];
+    let metadata = HashMap::from([
+        ("leafwalk.from".to_string(), from.to_string()),
+        ("leafwalk.to".to_string(), to.to_string()),
+        ("leafwalk.ending".to_string(), ending_name(o.ending).to_string()),
+        ("leafwalk.classes".to_string(), model.meta().classes.join(",")),
+        ("leafwalk.units".to_string(), "points: pixels in [0, 1]; distance, step_size: normalised units".to_string()),
+    ]);
+    leafwalk_models::checkpoint::write(file, &tensors, metadata)?;
+    Ok(())
 }
 
 pub(crate) fn record_json(r: &PathRecord, classes: &[String]) -> serde_json::Value {

@@ -7,12 +7,11 @@ use anyhow::bail;
 use leafwalk_data::ImageSource;
 use leafwalk_walk::{direction_walk, State, Subspace};
 use nalgebra::DVector;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::cli::{SubspaceArg, WalkArgs};
 use crate::commands::path::{prepare_out, write_walk};
+use crate::commands::walking::standard_normal;
 use crate::commands::{input_batch, load_model};
 
 pub fn run(args: WalkArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
@@ -70,15 +69,4 @@ pub fn run(args: WalkArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A standard normal direction from a seeded ChaCha8 stream (Box–Muller), the same on every
-/// machine.
-fn standard_normal(len: usize, seed: u64) -> DVector<f64> {
-    use rand::Rng;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    DVector::from_fn(len, |_, _| {
-        let (u, v): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    })
 }

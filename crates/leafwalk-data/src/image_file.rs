@@ -80,6 +80,23 @@ impl fmt::Display for Invert {
 ///   enlarging; the aspect ratio is not preserved. An image already of the
 ///   target size is not resampled.
 /// - Polarity: see [`Invert`].
+/// The shape an image file stores (channels: 1 for grayscale with or without alpha, 3 for
+/// colour), read from its header without decoding the pixels.
+pub fn image_file_shape(path: &Path) -> Result<ImageShape> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|error| DataError::io(path, error))?
+        .with_guessed_format()
+        .map_err(|error| DataError::io(path, error))?;
+    let decoder =
+        reader.into_decoder().map_err(|error| DataError::invalid(path, format!("not a readable image: {error}")))?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    let channels = match image::ImageDecoder::color_type(&decoder).channel_count() {
+        1 | 2 => 1,
+        _ => 3,
+    };
+    Ok(ImageShape { channels, height: height as usize, width: width as usize })
+}
+
 pub fn load_image(path: &Path, shape: ImageShape, invert: Invert) -> Result<Vec<f32>> {
     let (Ok(target_width), Ok(target_height)) = (u32::try_from(shape.width), u32::try_from(shape.height)) else {
         return Err(DataError::invalid(path, format!("cannot resize to {shape}: too large")));

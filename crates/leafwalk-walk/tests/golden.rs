@@ -99,10 +99,10 @@ fn a_path_that_cannot_reach_its_target_says_so() {
     let (model, golden) = load(1);
     let from = state(&golden["test_inputs"], 0);
     let to = state(&golden["test_inputs"], 1);
-    let options = leafwalk_walk::PathOptions { max_steps: 3000, ..Default::default() };
-    let outcome = leafwalk_walk::euler_path(&model, &from, &to, &options, |_| {}).unwrap();
-    assert!(!outcome.reached);
-    let stalled_at = outcome.stalled_at.expect("stall detected");
+    let options = leafwalk_walk::PathOptions { max_steps: 3000, ..leafwalk_walk::PathOptions::euler() };
+    let outcome = leafwalk_walk::connect(&model, &from, &to, &options, |_| {}).unwrap();
+    assert!(!outcome.reached());
+    let stalled_at = outcome.stalled_at().expect("stall detected");
     // Measured: 27.83 → 22.91 by step 200, 22.865 by step 600, then < 0.01 of progress in
     // 200 steps: stall reported at step 677, distance 22.863 (PyTorch: 22.8646–22.8655).
     assert!((300..=1500).contains(&stalled_at), "stalled at step {stalled_at}");
@@ -150,4 +150,42 @@ fn kernel_walk_keeps_the_prediction() {
     let p_leaf = probs(&leaf_points[100]);
     let tv_leaf = 0.5 * p0.iter().zip(&p_leaf).map(|(a, b)| (a - b).abs()).sum::<f64>();
     assert!(tv_leaf > 10.0 * tv, "leaf walk TV {tv_leaf} vs kernel walk TV {tv}");
+}
+
+#[test]
+#[ignore]
+fn scratch_adaptive() {
+    let (model, golden) = load(1);
+    let from = state(&golden["test_inputs"], 0);
+    let to = state(&golden["test_inputs"], 1);
+    for tol in [0.02, 0.05, 0.1, 0.2] {
+        let options = leafwalk_walk::PathOptions { tolerance: tol, ..leafwalk_walk::PathOptions::adaptive() };
+        let t = std::time::Instant::now();
+        let o = leafwalk_walk::connect(&model, &from, &to, &options, |_| {}).unwrap();
+        let first_below = o.records.iter().find(|r| r.distance <= 22.9).map(|r| r.step);
+        eprintln!("tol {tol}: {:?} evals {} steps {} dist {:.4} first<=22.9 at step {:?} {:.2}s", o.ending, o.jacobian_evals, o.steps(), o.final_distance(), first_below, t.elapsed().as_secs_f64());
+        let sizes: Vec<String> = o.records.iter().map(|r| format!("{:.2}", r.step_size)).collect();
+        eprintln!("  sizes {}", sizes.join(" "));
+    }
+}
+
+#[test]
+#[ignore]
+fn scratch_steer() {
+    use leafwalk_data::{Dataset, Split};
+    let model = Classifier::load(Path::new("../../models/mnist-cnn.safetensors"), LoadOptions::default(), &Device::Cpu).unwrap();
+    let root = Path::new("../../data");
+    let train = Dataset::load(dataset_info("mnist").unwrap(), Split::Train, root).unwrap();
+    let test = Dataset::load(dataset_info("mnist").unwrap(), Split::Test, root).unwrap();
+    let st = |d: &Dataset, i: usize| State::from_pixels(&model, &d.image(i).unwrap().iter().map(|&b| b as f32 / 255.0).collect::<Vec<_>>());
+    let nodes: Vec<State> = (0..train.len()).map(|k| st(&train, k)).collect();
+    let options = leafwalk_walk::PathOptions::adaptive();
+    for k in 0..4 {
+        let (a, b) = (st(&test, (k * 137) % 2000), st(&test, (k * 611 + 5) % 2000));
+        let t = std::time::Instant::now();
+        let direct = leafwalk_walk::connect(&model, &a, &b, &options, |_| {}).unwrap();
+        let d0 = direct.final_distance();
+        let s = leafwalk_walk::connect_steered(&model, direct, &b, &nodes, &options, 4, 4).unwrap();
+        eprintln!("pair {k}: start {:.2} direct {:.2} steered {:.2} via {:?} evals {} {:.1}s", a.distance(&b), d0, s.outcome.final_distance(), s.waypoints, s.outcome.jacobian_evals, t.elapsed().as_secs_f64());
+    }
 }

@@ -1,0 +1,261 @@
+//! `leafwalk eval-paths`: how often paths connect random test pairs, at what cost, and how
+//! their images compare with straight pixel interpolation between the same endpoints.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::bail;
+use candle_core::{DType, Tensor};
+use leafwalk_data::Dataset;
+use leafwalk_models::Classifier;
+use leafwalk_plot::{tile_grid, Tile, TileKind};
+use leafwalk_walk::State;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
+use crate::commands::walking::{path_options, training_waypoints, walk_pairs, Walked};
+use crate::commands::load_model;
+
+/// Intermediate images compared per path (both the leaf path's and the interpolation's).
+const SAMPLES: usize = 9;
+/// Pairs drawn in the PNG sheet.
+const SHEET_PAIRS: usize = 8;
+
+pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
+    if args.data.index.is_some() {
+        bail!("--data {}: give a split (NAME:SPLIT), not one image", args.data);
+    }
+    if args.pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
+    path_options(&args.walk)?;
+    let model = load_model(&args.model)?;
+    let split = Dataset::load(args.data.dataset, args.data.split, data_root)?;
+    if split.info.shape != model.input_shape() {
+        bail!("--data {}: {} images, but the model takes {} images", args.data, split.info.shape, model.input_shape());
+    }
+    if split.len() < 2 {
+        bail!("--data {}: needs at least 2 images", args.data);
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let report_path = args.out.join("eval-paths.json");
+    if report_path.exists() {
+        bail!("{}: already holds an eval-paths.json; choose another --out", args.out.display());
+    }
+    let state = |i: usize| -> anyhow::Result<State> {
+        Ok(State::from_pixels(&model, &split.image(i)?.iter().map(|&b| f32::from(b) / 255.0).collect::<Vec<_>>()))
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(args.walk.seed);
+    let mut indices = Vec::with_capacity(args.pairs);
+    let mut pairs = Vec::with_capacity(args.pairs);
+    while pairs.len() < args.pairs {
+        let (a, b) = (rng.random_range(0..split.len()), rng.random_range(0..split.len()));
+        if a != b {
+            indices.push((a, b));
+            pairs.push((state(a)?, state(b)?));
+        }
+    }
+
+    let mut strategies = vec![("euler", IntegratorArg::Euler, ViaArg::Direct), ("adaptive", IntegratorArg::Adaptive, ViaArg::Direct)];
+    if args.with_via {
+        strategies.push(("adaptive+via", IntegratorArg::Adaptive, ViaArg::Auto));
+    }
+    let mut report = serde_json::Map::new();
+    let mut adaptive_paths = Vec::new();
+    let mut waypoints = None;
+    for (name, integrator, via) in strategies {
+        let walk = PathWalkArgs { integrator, via, leaf: LeafArg::Data, ..args.walk.clone() };
+        if via == ViaArg::Auto && waypoints.is_none() {
+            waypoints = Some(training_waypoints(&model, data_root)?);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("{name}: walking {} pairs", pairs.len()));
+        let started = Instant::now();
+        let walked = walk_pairs(&model, &pairs, &walk, waypoints.as_deref(), |_, _| bar.tick())?;
+        let seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        report.insert(name.to_string(), strategy_report(&walked, seconds));
+        if integrator == IntegratorArg::Adaptive && via == ViaArg::Direct {
+            adaptive_paths = walked;
+        }
+    }
+
+    let train_states = match waypoints {
+        Some(states) => states,
+        None => training_waypoints(&model, data_root)?,
+    };
+    let index = NearestIndex::new(&model, &train_states)?;
+    let linear: Vec<Vec<State>> = pairs.iter().map(|(a, b)| interpolate(a, b)).collect();
+    let along: Vec<Vec<State>> = adaptive_paths.iter().map(|w| inner_samples(&w.outcome.points)).collect();
+    report.insert("linear_interpolation".into(), sample_report(&model, &index, &linear)?);
+    report.insert("adaptive_path_images".into(), sample_report(&model, &index, &along)?);
+    report.insert(
+        "setup".into(),
+        json!({
+            "data": args.data.to_string(), "pairs": args.pairs, "seed": args.walk.seed, "model": args.model.model,
+            "threshold": args.walk.threshold, "pair_indices": indices,
+            "samples_per_path": SAMPLES, "nearest_training_images_of": format!("{}:train ({} images)", model.meta().dataset, train_states.len()),
+            "units": "distances in the model's normalised units",
+        }),
+    );
+    let report = serde_json::Value::Object(report);
+    draw_sheet(&args.out.join("paths.png"), &model, &adaptive_paths, &pairs, &linear)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    leafwalk_data::write_atomic(&report_path, |w| {
+        w.write_all(text.as_bytes()).map_err(|e| leafwalk_data::DataError::io(&report_path, e))
+    })?;
+    if args.json {
+        println!("{text}");
+    } else {
+        print_table(&report, &args.out);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+}
+
+fn strategy_report(walked: &[Walked], seconds: f64) -> serde_json::Value {
+    let reached: Vec<&Walked> = walked.iter().filter(|w| w.outcome.reached()).collect();
+    let all_evals = median(walked.iter().map(|w| w.outcome.jacobian_evals as f64).collect());
+    json!({
+        "reached": reached.len(), "pairs": walked.len(), "fraction_reached": reached.len() as f64 / walked.len() as f64,
+        "median_steps_reached": median(reached.iter().map(|w| w.outcome.steps() as f64).collect()),
+        "median_jacobian_evals_reached": median(reached.iter().map(|w| w.outcome.jacobian_evals as f64).collect()),
+        "median_jacobian_evals_all": all_evals,
+        "median_final_distance": median(walked.iter().map(|w| w.outcome.final_distance()).collect()),
+        "seconds": seconds,
+    })
+}
+
+/// The straight pixel line's inner points at t = k / (SAMPLES + 1), clamping not needed.
+fn interpolate(a: &State, b: &State) -> Vec<State> {
+    (1..=SAMPLES)
+        .map(|k| {
+            let t = k as f32 / (SAMPLES + 1) as f32;
+            State(a.0.iter().zip(&b.0).map(|(x, y)| x + t * (y - x)).collect())
+        })
+        .collect()
+}
+
+/// SAMPLES points evenly spread over a walk's interior.
+fn inner_samples(points: &[State]) -> Vec<State> {
+    let last = points.len() - 1;
+    (1..=SAMPLES).map(|k| points[k * last / (SAMPLES + 1)].clone()).collect()
+}
+
+/// Brute-force nearest neighbours among the training images, by matrix products.
+struct NearestIndex {
+    train: Tensor,
+    train_norms: Tensor,
+}
+
+impl NearestIndex {
+    fn new(model: &Classifier, states: &[State]) -> anyhow::Result<Self> {
+        let n = states.first().map_or(0, |s| s.0.len());
+        let values: Vec<f32> = states.iter().flat_map(|s| s.0.iter().copied()).collect();
+        let train = Tensor::from_vec(values, (states.len(), n), model.device())?;
+        let train_norms = train.sqr()?.sum(1)?;
+        Ok(NearestIndex { train, train_norms })
+    }
+
+    /// Distance from each query to its nearest training image.
+    fn distances(&self, queries: &[State]) -> anyhow::Result<Vec<f64>> {
+        let n = self.train.dim(1)?;
+        let values: Vec<f32> = queries.iter().flat_map(|s| s.0.iter().copied()).collect();
+        let q = Tensor::from_vec(values, (queries.len(), n), self.train.device())?;
+        let cross = q.matmul(&self.train.t()?)?;
+        let squared = cross.affine(-2.0, 0.0)?.broadcast_add(&self.train_norms.unsqueeze(0)?)?.broadcast_add(&q.sqr()?.sum_keepdim(1)?)?;
+        let min: Vec<f32> = squared.min(1)?.to_vec1()?;
+        Ok(min.into_iter().map(|d| (d.max(0.0) as f64).sqrt()).collect())
+    }
+}
+
+/// Max class probability and distance to the nearest training image over sampled images.
+fn sample_report(model: &Classifier, index: &NearestIndex, paths: &[Vec<State>]) -> anyhow::Result<serde_json::Value> {
+    let samples: Vec<State> = paths.iter().flatten().cloned().collect();
+    let shape = model.input_shape();
+    let values: Vec<f32> = samples.iter().flat_map(|s| s.0.iter().copied()).collect();
+    let batch = Tensor::from_vec(values, (samples.len(), shape.channels, shape.height, shape.width), model.device())?;
+    let max_probs: Vec<f32> = model.log_probs_normalised(&batch)?.exp()?.max(1)?.to_dtype(DType::F32)?.to_vec1()?;
+    let per_path_min: Vec<f64> =
+        max_probs.chunks(SAMPLES).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min) as f64).collect();
+    let distances = index.distances(&samples)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(json!({
+        "images": samples.len(),
+        "mean_max_probability": mean(&max_probs.iter().map(|&p| p as f64).collect::<Vec<_>>()),
+        "mean_of_path_minimum_max_probability": mean(&per_path_min),
+        "mean_distance_to_nearest_training_image": mean(&distances),
+    }))
+}
+
+fn draw_sheet(
+    file: &Path,
+    model: &Classifier,
+    paths: &[Walked],
+    pairs: &[(State, State)],
+    linear: &[Vec<State>],
+) -> anyhow::Result<()> {
+    let shape = model.input_shape();
+    let classes = &model.meta().classes;
+    let mut cells: Vec<(Vec<f32>, String)> = Vec::new();
+    for (k, walk) in paths.iter().enumerate().take(SHEET_PAIRS) {
+        let points = &walk.outcome.points;
+        let (from, target) = &pairs[k];
+        let mut row = |label: &str, inner: Vec<State>| -> anyhow::Result<()> {
+            let all: Vec<State> = std::iter::once(from.clone()).chain(inner).chain(std::iter::once(target.clone())).collect();
+            for (j, x) in all.iter().enumerate() {
+                let (class, p) = leafwalk_walk::prediction(model, x)?;
+                let head = if j == 0 { format!("{label}: ") } else { String::new() };
+                cells.push((x.to_pixels(model), format!("{head}{} {:.2}", classes[class], p)));
+            }
+            Ok(())
+        };
+        row("leaf", inner_samples(points))?;
+        row("line", linear[k].clone())?;
+    }
+    let tiles: Vec<Tile> = cells.iter().map(|(v, c)| Tile::new(v, shape, c.clone(), TileKind::Image)).collect();
+    let title = "adaptive data-leaf path (upper row of each pair) vs straight pixel interpolation (lower)";
+    tile_grid(file, Some(title), &tiles, SAMPLES + 2, 2)?;
+    Ok(())
+}
+
+fn print_table(report: &serde_json::Value, out: &Path) {
+    println!(
+        "{:<14} {:>8} {:>10} {:>12} {:>12} {:>14} {:>9}",
+        "strategy", "reached", "fraction", "median steps", "median evals", "median final d", "seconds"
+    );
+    for name in ["euler", "adaptive", "adaptive+via"] {
+        let Some(r) = report.get(name) else { continue };
+        let number = |key: &str| r[key].as_f64().map_or("-".to_string(), |v| format!("{v:.0}"));
+        println!(
+            "{name:<14} {:>8} {:>10.3} {:>12} {:>12} {:>14.2} {:>9.1}",
+            format!("{}/{}", r["reached"], r["pairs"]),
+            r["fraction_reached"].as_f64().unwrap_or(0.0),
+            number("median_steps_reached"),
+            number("median_jacobian_evals_reached"),
+            r["median_final_distance"].as_f64().unwrap_or(f64::NAN),
+            r["seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+    for (name, key) in [("linear interpolation", "linear_interpolation"), ("adaptive path", "adaptive_path_images")] {
+        let r = &report[key];
+        println!(
+            "{name:<21} mean max p {:.3}, path-minimum max p {:.3}, distance to nearest training image {:.2}",
+            r["mean_max_probability"].as_f64().unwrap_or(f64::NAN),
+            r["mean_of_path_minimum_max_probability"].as_f64().unwrap_or(f64::NAN),
+            r["mean_distance_to_nearest_training_image"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("wrote {} and {}", out.join("eval-paths.json").display(), out.join("paths.png").display());
+}
