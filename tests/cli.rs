@@ -330,7 +330,7 @@ fn path_writes_gif_strip_and_log_and_reports_how_it_ended() {
     let out = dir.path().join("walk");
     let (from, to) = ("models/samples/mnist-1.png", "models/samples/mnist-7.png");
     let output = leafwalk(
-        &["path", "--from", from, "--to", to, "--max-steps", "4", "--json", "--out", out.to_str().unwrap()],
+        &["path", "--from", from, "--to", to, "--integrator", "euler", "--max-steps", "4", "--json", "--out", out.to_str().unwrap()],
         dir.path(),
     );
     assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
@@ -390,4 +390,130 @@ fn noise_walk_keeps_the_prediction_and_is_reproducible() {
     assert_eq!(summary["prediction_end"], "4");
     assert!(summary["distance_from_start"].as_f64().unwrap() > 1.0);
     assert_eq!(log, run("b").1, "same seed, same walk");
+}
+
+#[test]
+fn path_batches_pairs_into_one_loop_and_saves_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("pairs.csv");
+    std::fs::write(&csv, "from,to\nmodels/samples/mnist-1.png,models/samples/mnist-7.png\nmnist:test:4,mnist:test:4\n").unwrap();
+    tiny_mnist(dir.path());
+    let out = dir.path().join("batch");
+    let args = ["path", "--pairs", csv.to_str().unwrap(), "--max-steps", "5", "--save-points", "points.safetensors"];
+    let output = leafwalk(&[&args[..], &["--json", "--out", out.to_str().unwrap()]].concat(), dir.path());
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    let summaries: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((summaries[0]["ending"].as_str(), summaries[0]["steps"].as_u64()), (Some("step_limit"), Some(5)));
+    assert_eq!((summaries[1]["reached"].as_bool(), summaries[1]["steps"].as_u64()), (Some(true), Some(0)));
+    let table = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(table.lines().count(), 3);
+    assert!(table.starts_with("from,to,out,reached,ending,steps,jacobian_evals"));
+    assert_eq!(files_in(&out), ["pair-000", "pair-001", "summary.csv"]);
+    assert_eq!(files_in(&out.join("pair-000")), ["path.gif", "path.jsonl", "points.safetensors", "strip.png"]);
+    let (points, _) = checkpoint::read(&out.join("pair-000/points.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(points["points"].dims(), [6, 1, 28, 28]);
+    assert_eq!(points["distance"].dims(), [6]);
+    // The batch is refused a second time; nothing is overwritten.
+    let again = leafwalk(&[&args[..], &["--out", out.to_str().unwrap()]].concat(), dir.path());
+    assert!(failure(&again).contains("summary.csv"));
+    assert_eq!(std::fs::read_to_string(out.join("summary.csv")).unwrap(), table);
+}
+
+#[test]
+fn path_rejects_bad_input_and_keeps_what_a_divergent_walk_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let path = |extra: &[&str], folder: &str| {
+        let mut args = vec!["path", "--max-steps", "3"];
+        args.extend_from_slice(extra);
+        let folder = out(folder);
+        args.extend_from_slice(&["--out", &folder]);
+        leafwalk(&args, dir.path())
+    };
+    let (one, seven) = ("models/samples/mnist-1.png", "models/samples/mnist-7.png");
+
+    let colour = dir.path().join("colour.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([200, 30, 30])).save(&colour).unwrap();
+    let e = failure(&path(&["--from", colour.to_str().unwrap(), "--to", seven], "colour"));
+    assert!(e.contains("colour.png") && e.contains("3x32x32") && e.contains("--resize"), "{e}");
+    assert!(!dir.path().join("colour").exists());
+    let resized = path(&["--from", colour.to_str().unwrap(), "--to", seven, "--resize"], "resized");
+    assert_eq!(resized.status.code(), Some(3), "{}", String::from_utf8_lossy(&resized.stderr));
+
+    let e = failure(&path(&["--from", "Cargo.toml", "--to", seven], "text"));
+    assert!(e.contains("Cargo.toml"), "{e}");
+    for bad in ["0", "-1", "NaN", "inf"] {
+        let e = failure(&path(&["--from", one, "--to", seven, &format!("--step-size={bad}")], "step"));
+        assert!(e.contains("--step-size"), "{e}");
+    }
+    assert!(!dir.path().join("step").exists());
+
+    let same = path(&["--from", one, "--to", one, "--json"], "same");
+    assert!(same.status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!((summary["reached"].as_bool(), summary["steps"].as_u64()), (Some(true), Some(0)));
+
+    // NaN in the last bias: the very first Jacobian is not finite.
+    let good = leafwalk_models::Classifier::load(
+        &repo("models/mnist-cnn.safetensors"),
+        leafwalk_models::LoadOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tensors: Vec<(String, Tensor)> = good
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| if n == "fc2.bias" { (n, (t * f64::NAN).unwrap()) } else { (n, t) })
+        .collect();
+    let broken = dir.path().join("nan.safetensors");
+    checkpoint::write(&broken, &tensors, good.meta().to_metadata()).unwrap();
+    let e = failure(&path(&["--from", one, "--to", seven, "--model", broken.to_str().unwrap()], "nan"));
+    assert!(e.contains("diverged at step 0") && e.contains("not finite"), "{e}");
+    assert_eq!(files_in(&dir.path().join("nan")), ["path.gif", "path.jsonl", "strip.png"]);
+}
+
+#[test]
+fn noise_leaf_paths_are_reproducible_from_their_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, seed: &str| {
+        let out = dir.path().join(name);
+        let args = [
+            "path", "--from", "models/samples/mnist-3.png", "--to", "models/samples/mnist-8.png", "--leaf", "noise",
+            "--noise-steps", "10", "--max-steps", "5", "--seed", seed, "--threads", "1", "--json", "--out",
+            out.to_str().unwrap(),
+        ];
+        let output = leafwalk(&args, dir.path());
+        assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!((summary["leaf"].as_str(), summary["steps"].as_u64()), (Some("noise"), Some(15)));
+        std::fs::read_to_string(out.join("path.jsonl")).unwrap()
+    };
+    let first = run("a", "3");
+    assert_eq!(first, run("b", "3"), "same seed, same path");
+    assert_ne!(first, run("c", "4"), "another seed, another noise leaf");
+}
+
+#[test]
+fn eval_paths_reports_each_strategy_against_interpolation() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let out = dir.path().join("eval");
+    let args = [
+        "eval-paths", "--pairs", "3", "--seed", "1", "--max-steps", "15", "--with-via", "--via-candidates", "1",
+        "--via-rounds", "1", "--json", "--out", out.to_str().unwrap(),
+    ];
+    let output = leafwalk(&args, dir.path());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for strategy in ["euler", "adaptive", "adaptive+via"] {
+        assert_eq!(report[strategy]["pairs"], 3, "{strategy}");
+    }
+    for images in ["linear_interpolation", "adaptive_path_images"] {
+        assert_eq!(report[images]["images"], 27);
+        let p = report[images]["mean_max_probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+    }
+    assert_eq!(files_in(&out), ["eval-paths.json", "paths.png"]);
+    let e = failure(&leafwalk(&["eval-paths", "--data", "mnist:test:3", "--out", out.to_str().unwrap()], dir.path()));
+    assert!(e.contains("mnist:test:3"), "{e}");
 }

@@ -305,9 +305,13 @@ pub(crate) fn write_walk(
         w.write_all(log.as_bytes()).map_err(|e| leafwalk_data::DataError::io(&log_path, e))
     })?;
     let shape: ImageShape = model.input_shape();
+    // A diverged walk's last point has no record (its Jacobian was not finite).
     let frame = |k: usize| -> (Vec<f32>, String) {
-        let r = &records[k.min(records.len() - 1)];
-        (points[k].to_pixels(model), format!("{}: {} {:.2}", r.step, classes[r.prediction], r.probability))
+        let caption = match records.get(k) {
+            Some(r) => format!("{}: {} {:.2}", r.step, classes[r.prediction], r.probability),
+            None => format!("{k}: not finite"),
+        };
+        (points[k].to_pixels(model), caption)
     };
     let strip: Vec<(Vec<f32>, String)> = spread(points.len(), STRIP_FRAMES).into_iter().map(frame).collect();
     let mut tiles: Vec<Tile> = strip.iter().map(|(v, c)| Tile::new(v, shape, c.clone(), TileKind::Image)).collect();

@@ -25,7 +25,7 @@ pub use path::{connect, connect_batch, Ending, Integrator, PathOptions, PathOutc
     prediction,
 };
 pub use route::{connect_steered, nearest, walked_length, SteeredPath};
-pub use step::{data_leaf_step, direction_step, direction_walk, Step, Subspace};
+pub use step::{data_leaf_step, direction_step, direction_walk, leaf_direction, Step, Subspace};
 
 pub use leafwalk_geometry::GeometryError as WalkError;
 pub type Result<T> = std::result::Result<T, WalkError>;

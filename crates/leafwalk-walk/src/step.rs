@@ -69,6 +69,14 @@ pub(crate) fn toward_on_leaf(point: &PointGeometry, x: &State, target: &State) -
     point.leaf_projector().onto_leaf(&(target.as_f64() - x.as_f64()))
 }
 
+/// u(x) = P(target − x) / ‖P(target − x)‖: the unit direction of a data-leaf step (zero when
+/// the way to the target is orthogonal to the leaf).
+pub fn leaf_direction(model: &Classifier, x: &State, target: &State) -> Result<DVector<f64>> {
+    let toward = toward_on_leaf(&geometry(model, x)?, x, target);
+    let norm = toward.norm();
+    Ok(if norm > 0.0 { toward / norm } else { toward })
+}
+
 /// One data-leaf step from `x` toward `target`: along P (target − x), unit length times `step`.
 pub fn data_leaf_step(model: &Classifier, x: &State, target: &State, step: f64) -> Result<Step> {
     let point = geometry(model, x)?;

@@ -152,40 +152,21 @@ fn kernel_walk_keeps_the_prediction() {
     assert!(tv_leaf > 10.0 * tv, "leaf walk TV {tv_leaf} vs kernel walk TV {tv}");
 }
 
+/// The adaptive integrator follows the same field to the same stall with a fraction of the
+/// Jacobians: measured, distance ≤ 22.95 after 18 steps (≈ 25 Jacobians) against ≈ 480 Euler
+/// steps, and the stall reported after ≈ 90 Jacobians in all.
 #[test]
-#[ignore]
-fn scratch_adaptive() {
+fn adaptive_reaches_the_stall_distance_with_far_fewer_jacobians() {
     let (model, golden) = load(1);
     let from = state(&golden["test_inputs"], 0);
     let to = state(&golden["test_inputs"], 1);
-    for tol in [0.02, 0.05, 0.1, 0.2] {
-        let options = leafwalk_walk::PathOptions { tolerance: tol, ..leafwalk_walk::PathOptions::adaptive() };
-        let t = std::time::Instant::now();
-        let o = leafwalk_walk::connect(&model, &from, &to, &options, |_| {}).unwrap();
-        let first_below = o.records.iter().find(|r| r.distance <= 22.9).map(|r| r.step);
-        eprintln!("tol {tol}: {:?} evals {} steps {} dist {:.4} first<=22.9 at step {:?} {:.2}s", o.ending, o.jacobian_evals, o.steps(), o.final_distance(), first_below, t.elapsed().as_secs_f64());
-        let sizes: Vec<String> = o.records.iter().map(|r| format!("{:.2}", r.step_size)).collect();
-        eprintln!("  sizes {}", sizes.join(" "));
-    }
-}
-
-#[test]
-#[ignore]
-fn scratch_steer() {
-    use leafwalk_data::{Dataset, Split};
-    let model = Classifier::load(Path::new("../../models/mnist-cnn.safetensors"), LoadOptions::default(), &Device::Cpu).unwrap();
-    let root = Path::new("../../data");
-    let train = Dataset::load(dataset_info("mnist").unwrap(), Split::Train, root).unwrap();
-    let test = Dataset::load(dataset_info("mnist").unwrap(), Split::Test, root).unwrap();
-    let st = |d: &Dataset, i: usize| State::from_pixels(&model, &d.image(i).unwrap().iter().map(|&b| b as f32 / 255.0).collect::<Vec<_>>());
-    let nodes: Vec<State> = (0..train.len()).map(|k| st(&train, k)).collect();
-    let options = leafwalk_walk::PathOptions::adaptive();
-    for k in 0..4 {
-        let (a, b) = (st(&test, (k * 137) % 2000), st(&test, (k * 611 + 5) % 2000));
-        let t = std::time::Instant::now();
-        let direct = leafwalk_walk::connect(&model, &a, &b, &options, |_| {}).unwrap();
-        let d0 = direct.final_distance();
-        let s = leafwalk_walk::connect_steered(&model, direct, &b, &nodes, &options, 4, 4).unwrap();
-        eprintln!("pair {k}: start {:.2} direct {:.2} steered {:.2} via {:?} evals {} {:.1}s", a.distance(&b), d0, s.outcome.final_distance(), s.waypoints, s.outcome.jacobian_evals, t.elapsed().as_secs_f64());
+    let outcome = leafwalk_walk::connect(&model, &from, &to, &leafwalk_walk::PathOptions::adaptive(), |_| {}).unwrap();
+    assert!(outcome.stalled_at().is_some(), "{:?}", outcome.ending);
+    let first_close = outcome.records.iter().find(|r| r.distance <= 22.95).expect("gets as close as Euler does");
+    assert!(first_close.step <= 40, "took {} steps", first_close.step);
+    assert!(outcome.jacobian_evals <= 200, "{} Jacobians", outcome.jacobian_evals);
+    // Every step is a real step along the leaf: no jump longer than the largest step allowed.
+    for pair in outcome.points.windows(2) {
+        assert!(pair[0].distance(&pair[1]) <= leafwalk_walk::PathOptions::adaptive().max_step + 1e-6);
     }
 }
