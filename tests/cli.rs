@@ -330,7 +330,20 @@ fn path_writes_gif_strip_and_log_and_reports_how_it_ended() {
     let out = dir.path().join("walk");
     let (from, to) = ("models/samples/mnist-1.png", "models/samples/mnist-7.png");
     let output = leafwalk(
-        &["path", "--from", from, "--to", to, "--integrator", "euler", "--max-steps", "4", "--json", "--out", out.to_str().unwrap()],
+        &[
+            "path",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--integrator",
+            "euler",
+            "--max-steps",
+            "4",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         dir.path(),
     );
     assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
@@ -396,7 +409,8 @@ fn noise_walk_keeps_the_prediction_and_is_reproducible() {
 fn path_batches_pairs_into_one_loop_and_saves_points() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("pairs.csv");
-    std::fs::write(&csv, "from,to\nmodels/samples/mnist-1.png,models/samples/mnist-7.png\nmnist:test:4,mnist:test:4\n").unwrap();
+    std::fs::write(&csv, "from,to\nmodels/samples/mnist-1.png,models/samples/mnist-7.png\nmnist:test:4,mnist:test:4\n")
+        .unwrap();
     tiny_mnist(dir.path());
     let out = dir.path().join("batch");
     let args = ["path", "--pairs", csv.to_str().unwrap(), "--max-steps", "5", "--save-points", "points.safetensors"];
@@ -478,8 +492,23 @@ fn noise_leaf_paths_are_reproducible_from_their_seed() {
     let run = |name: &str, seed: &str| {
         let out = dir.path().join(name);
         let args = [
-            "path", "--from", "models/samples/mnist-3.png", "--to", "models/samples/mnist-8.png", "--leaf", "noise",
-            "--noise-steps", "10", "--max-steps", "5", "--seed", seed, "--threads", "1", "--json", "--out",
+            "path",
+            "--from",
+            "models/samples/mnist-3.png",
+            "--to",
+            "models/samples/mnist-8.png",
+            "--leaf",
+            "noise",
+            "--noise-steps",
+            "10",
+            "--max-steps",
+            "5",
+            "--seed",
+            seed,
+            "--threads",
+            "1",
+            "--json",
+            "--out",
             out.to_str().unwrap(),
         ];
         let output = leafwalk(&args, dir.path());
@@ -499,8 +528,21 @@ fn eval_paths_reports_each_strategy_against_interpolation() {
     tiny_mnist(dir.path());
     let out = dir.path().join("eval");
     let args = [
-        "eval-paths", "--pairs", "3", "--seed", "1", "--max-steps", "15", "--with-via", "--via-candidates", "1",
-        "--via-rounds", "1", "--json", "--out", out.to_str().unwrap(),
+        "eval-paths",
+        "--pairs",
+        "3",
+        "--seed",
+        "1",
+        "--max-steps",
+        "15",
+        "--with-via",
+        "--via-candidates",
+        "1",
+        "--via-rounds",
+        "1",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
     ];
     let output = leafwalk(&args, dir.path());
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -16,8 +16,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
-use crate::commands::walking::{path_options, training_waypoints, walk_pairs, Walked};
 use crate::commands::load_model;
+use crate::commands::walking::{path_options, training_waypoints, walk_pairs, Walked};
 
 /// Intermediate images compared per path (both the leaf path's and the interpolation's).
 const SAMPLES: usize = 9;
@@ -59,7 +59,8 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let mut strategies = vec![("euler", IntegratorArg::Euler, ViaArg::Direct), ("adaptive", IntegratorArg::Adaptive, ViaArg::Direct)];
+    let mut strategies =
+        vec![("euler", IntegratorArg::Euler, ViaArg::Direct), ("adaptive", IntegratorArg::Adaptive, ViaArg::Direct)];
     if args.with_via {
         strategies.push(("adaptive+via", IntegratorArg::Adaptive, ViaArg::Auto));
     }
@@ -174,7 +175,10 @@ impl NearestIndex {
         let values: Vec<f32> = queries.iter().flat_map(|s| s.0.iter().copied()).collect();
         let q = Tensor::from_vec(values, (queries.len(), n), self.train.device())?;
         let cross = q.matmul(&self.train.t()?)?;
-        let squared = cross.affine(-2.0, 0.0)?.broadcast_add(&self.train_norms.unsqueeze(0)?)?.broadcast_add(&q.sqr()?.sum_keepdim(1)?)?;
+        let squared = cross
+            .affine(-2.0, 0.0)?
+            .broadcast_add(&self.train_norms.unsqueeze(0)?)?
+            .broadcast_add(&q.sqr()?.sum_keepdim(1)?)?;
         let min: Vec<f32> = squared.min(1)?.to_vec1()?;
         Ok(min.into_iter().map(|d| (d.max(0.0) as f64).sqrt()).collect())
     }
@@ -213,7 +217,8 @@ fn draw_sheet(
         let points = &walk.outcome.points;
         let (from, target) = &pairs[k];
         let mut row = |label: &str, inner: Vec<State>| -> anyhow::Result<()> {
-            let all: Vec<State> = std::iter::once(from.clone()).chain(inner).chain(std::iter::once(target.clone())).collect();
+            let all: Vec<State> =
+                std::iter::once(from.clone()).chain(inner).chain(std::iter::once(target.clone())).collect();
             for (j, x) in all.iter().enumerate() {
                 let (class, p) = leafwalk_walk::prediction(model, x)?;
                 let head = if j == 0 { format!("{label}: ") } else { String::new() };

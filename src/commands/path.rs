@@ -37,8 +37,11 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         targets.push(pixels[1].clone());
     }
     let batch = args.pairs.is_some();
-    let folders: Vec<PathBuf> =
-        if batch { (0..sources.len()).map(|k| args.out.join(format!("pair-{k:03}"))).collect() } else { vec![args.out.clone()] };
+    let folders: Vec<PathBuf> = if batch {
+        (0..sources.len()).map(|k| args.out.join(format!("pair-{k:03}"))).collect()
+    } else {
+        vec![args.out.clone()]
+    };
     if batch && args.out.join("summary.csv").exists() {
         bail!("{}: already holds a summary.csv; choose another --out", args.out.display());
     }
@@ -51,7 +54,8 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     };
 
     let bar = indicatif::ProgressBar::new(1000);
-    let template = if batch { "{spinner} {msg} [{elapsed_precise}]" } else { "{bar:30} distance {msg} [{elapsed_precise}]" };
+    let template =
+        if batch { "{spinner} {msg} [{elapsed_precise}]" } else { "{bar:30} distance {msg} [{elapsed_precise}]" };
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
@@ -85,7 +89,14 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
             let file = if batch { folders[k].join(name.file_name().unwrap_or(name.as_os_str())) } else { name.clone() };
             save_points(&file, &model, walk, &sources[k])?;
         }
-        summaries.push(summary(&sources[k], &folders[k], walk, start_distances[k], integrator_name(options.integrator), &classes));
+        summaries.push(summary(
+            &sources[k],
+            &folders[k],
+            walk,
+            start_distances[k],
+            integrator_name(options.integrator),
+            &classes,
+        ));
     }
     if batch {
         write_summary_csv(&args.out.join("summary.csv"), &summaries)?;
@@ -215,8 +226,18 @@ fn print_line((from, to): &(ImageSource, ImageSource), walk: &Walked, start: f64
 }
 
 fn write_summary_csv(path: &Path, summaries: &[serde_json::Value]) -> anyhow::Result<()> {
-    let columns =
-        ["from", "to", "out", "reached", "ending", "steps", "jacobian_evals", "start_distance", "final_distance", "seconds"];
+    let columns = [
+        "from",
+        "to",
+        "out",
+        "reached",
+        "ending",
+        "steps",
+        "jacobian_evals",
+        "start_distance",
+        "final_distance",
+        "seconds",
+    ];
     let mut text = columns.join(",") + "\n";
     for row in summaries {
         let cells: Vec<String> = columns
@@ -229,22 +250,35 @@ fn write_summary_csv(path: &Path, summaries: &[serde_json::Value]) -> anyhow::Re
         text.push_str(&cells.join(","));
         text.push('\n');
     }
-    leafwalk_data::write_atomic(path, |w| w.write_all(text.as_bytes()).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    leafwalk_data::write_atomic(path, |w| {
+        w.write_all(text.as_bytes()).map_err(|e| leafwalk_data::DataError::io(path, e))
+    })?;
     Ok(())
 }
 
 /// Every point of the walk in pixels `[K+1, C, H, W]` with its log, as safetensors.
-fn save_points(file: &Path, model: &Classifier, walk: &Walked, (from, to): &(ImageSource, ImageSource)) -> anyhow::Result<()> {
+fn save_points(
+    file: &Path,
+    model: &Classifier,
+    walk: &Walked,
+    (from, to): &(ImageSource, ImageSource),
+) -> anyhow::Result<()> {
     let o = &walk.outcome;
     let shape: ImageShape = model.input_shape();
     let pixels: Vec<f32> = o.points.iter().flat_map(|x| x.to_pixels(model)).collect();
     let column = |f: &dyn Fn(&PathRecord) -> f64| -> Vec<f64> { o.records.iter().map(f).collect() };
     let device = Device::Cpu;
     let tensors = vec![
-        ("points".to_string(), Tensor::from_vec(pixels, (o.points.len(), shape.channels, shape.height, shape.width), &device)?),
+        (
+            "points".to_string(),
+            Tensor::from_vec(pixels, (o.points.len(), shape.channels, shape.height, shape.width), &device)?,
+        ),
         ("distance".to_string(), Tensor::new(column(&|r| r.distance), &device)?),
         ("probability".to_string(), Tensor::new(column(&|r| r.probability), &device)?),
-        ("prediction".to_string(), Tensor::new(o.records.iter().map(|r| r.prediction as i64).collect::<Vec<_>>(), &device)?),
+        (
+            "prediction".to_string(),
+            Tensor::new(o.records.iter().map(|r| r.prediction as i64).collect::<Vec<_>>(), &device)?,
+        ),
         ("trace_g".to_string(), Tensor::new(column(&|r| r.trace_g.unwrap_or(f64::NAN)), &device)?),
         ("step_size".to_string(), Tensor::new(column(&|r| r.step_size), &device)?),
     ];

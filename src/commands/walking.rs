@@ -36,15 +36,19 @@ pub fn training_waypoints(model: &Classifier, data_root: &std::path::Path) -> an
     let info = leafwalk_data::dataset_info(&model.meta().dataset)?;
     let train = leafwalk_data::Dataset::load(info, leafwalk_data::Split::Train, data_root)?;
     (0..train.len())
-        .map(|i| Ok(State::from_pixels(model, &train.image(i)?.iter().map(|&b| f32::from(b) / 255.0).collect::<Vec<_>>())))
+        .map(|i| {
+            Ok(State::from_pixels(model, &train.image(i)?.iter().map(|&b| f32::from(b) / 255.0).collect::<Vec<_>>()))
+        })
         .collect()
 }
 
 /// Validated integrator settings from the command line.
 pub fn path_options(args: &PathWalkArgs) -> anyhow::Result<PathOptions> {
-    for (name, value, allow_zero) in
-        [("--step-size", args.step_size, false), ("--tolerance", args.tolerance, false), ("--threshold", args.threshold, true)]
-    {
+    for (name, value, allow_zero) in [
+        ("--step-size", args.step_size, false),
+        ("--tolerance", args.tolerance, false),
+        ("--threshold", args.threshold, true),
+    ] {
         if !(value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0))) {
             let kind = if allow_zero { "non-negative" } else { "positive" };
             bail!("{name} must be a {kind} finite number, got {value}");
@@ -115,7 +119,15 @@ pub fn walk_pairs(
         let (mut outcome, mut steered_through) = (outcome, Vec::new());
         if let (ViaArg::Auto, Some(waypoints), Some(_)) = (args.via, waypoints, outcome.stalled_at()) {
             let steer = &args.steer;
-            let steered = connect_steered(model, outcome, &starts[k].1, waypoints, &options, steer.via_candidates, steer.via_rounds)?;
+            let steered = connect_steered(
+                model,
+                outcome,
+                &starts[k].1,
+                waypoints,
+                &options,
+                steer.via_candidates,
+                steer.via_rounds,
+            )?;
             outcome = steered.outcome;
             steered_through = steered.waypoints;
         }
@@ -125,7 +137,14 @@ pub fn walk_pairs(
         }
         let flip_step = outcome.records.iter().find(|r| r.prediction == targets[k]).map(|r| r.step);
         let seconds = direct_seconds / pairs.len() as f64 + pair_started.elapsed().as_secs_f64();
-        walked.push(Walked { outcome, noise_steps, waypoints: steered_through, target_class: targets[k], flip_step, seconds });
+        walked.push(Walked {
+            outcome,
+            noise_steps,
+            waypoints: steered_through,
+            target_class: targets[k],
+            flip_step,
+            seconds,
+        });
     }
     Ok(walked)
 }

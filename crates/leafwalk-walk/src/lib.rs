@@ -4,7 +4,10 @@
 //! ker G⊥(x), the tangent space of the leaf through x, so the image morphs toward the target
 //! through images the model takes for data; a **noise-leaf step** moves along the component of a
 //! fixed direction in ker G(x), which changes the image without changing the prediction to first
-//! order.
+//! order. Paths chain data-leaf steps, many paths per batched Jacobian pass, with the paper's
+//! fixed-step Euler or an error-controlled adaptive integrator, and report how they ended —
+//! reached, stalled at the leaf point nearest the target, or diverged ([`connect_batch`]);
+//! stalled paths can be steered through training images ([`connect_steered`]).
 //!
 //! Walks live, as in Grementieri & Fioresi's code, in the model's *normalised* coordinates
 //! (x − μ)/σ: the state is an f32 image in those coordinates, each step adds a unit
@@ -21,8 +24,8 @@ mod path;
 mod route;
 mod step;
 
-pub use path::{connect, connect_batch, Ending, Integrator, PathOptions, PathOutcome, PathRecord, MAX_BATCH,
-    prediction,
+pub use path::{
+    connect, connect_batch, prediction, Ending, Integrator, PathOptions, PathOutcome, PathRecord, MAX_BATCH,
 };
 pub use route::{connect_steered, nearest, walked_length, SteeredPath};
 pub use step::{data_leaf_step, direction_step, direction_walk, leaf_direction, Step, Subspace};
@@ -72,4 +75,3 @@ pub(crate) fn clamp_bounds(model: &Classifier, len: usize) -> (Vec<f32>, Vec<f32
     let hi = mean.iter().zip(&std).map(|(m, s)| (1.0 - m) / s).collect();
     (lo, hi)
 }
-

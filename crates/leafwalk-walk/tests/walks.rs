@@ -118,7 +118,8 @@ fn a_walk_whose_jacobian_is_not_finite_stops_and_keeps_its_points() {
     let mut tensors: HashMap<String, Tensor> = good.named_tensors().into_iter().collect();
     let bias = tensors["fc2.bias"].clone();
     tensors.insert("fc2.bias".into(), (bias * f64::NAN).unwrap());
-    let broken = Classifier::from_tensors(Path::new("nan.safetensors"), good.meta().clone(), tensors, &Device::Cpu).unwrap();
+    let broken =
+        Classifier::from_tensors(Path::new("nan.safetensors"), good.meta().clone(), tensors, &Device::Cpu).unwrap();
     let digits = digits();
     for options in [PathOptions::euler(), PathOptions::adaptive()] {
         let outcome = connect(&broken, &digits[0], &digits[1], &options, |_| {}).unwrap();
