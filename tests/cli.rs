@@ -462,6 +462,9 @@ fn path_rejects_bad_input_and_keeps_what_a_divergent_walk_computed() {
     }
     assert!(!dir.path().join("step").exists());
 
+    let e = failure(&path(&["--from", one, "--to", seven, "--save-points", "Cargo.toml"], "points"));
+    assert!(e.contains("Cargo.toml: already exists"), "{e}");
+
     let same = path(&["--from", one, "--to", one, "--json"], "same");
     assert!(same.status.success());
     let summary: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();

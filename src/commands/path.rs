@@ -48,6 +48,21 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     for folder in &folders {
         prepare_out(folder)?;
     }
+    let points_files: Vec<Option<PathBuf>> = folders
+        .iter()
+        .map(|folder| {
+            args.save_points.as_ref().map(|name| {
+                if batch {
+                    folder.join(name.file_name().unwrap_or(name.as_os_str()))
+                } else {
+                    name.clone()
+                }
+            })
+        })
+        .collect();
+    if let Some(existing) = points_files.iter().flatten().find(|file| file.exists()) {
+        bail!("{}: already exists; choose another --save-points", existing.display());
+    }
     let waypoints = match args.walk.via {
         ViaArg::Auto => Some(training_waypoints(&model, data_root)?),
         ViaArg::Direct => None,
@@ -85,9 +100,8 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         };
         let o = &walk.outcome;
         write_walk(&folders[k], &model, &o.points, &o.records, Some(&targets[k]), &title)?;
-        if let Some(name) = &args.save_points {
-            let file = if batch { folders[k].join(name.file_name().unwrap_or(name.as_os_str())) } else { name.clone() };
-            save_points(&file, &model, walk, &sources[k])?;
+        if let Some(file) = &points_files[k] {
+            save_points(file, &model, walk, &sources[k])?;
         }
         summaries.push(summary(
             &sources[k],

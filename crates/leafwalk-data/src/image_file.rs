@@ -66,20 +66,6 @@ impl fmt::Display for Invert {
     }
 }
 
-/// Loads an image file as `shape`-sized CHW `f32` pixels in `[0, 1]`.
-///
-/// - Formats: PNG, JPEG and GIF (first frame), recognised by content, not by
-///   extension.
-/// - Transparency: pixels are composited over white, so ink drawn on a
-///   transparent canvas reads as ink on paper (and [`Invert::Auto`] then
-///   turns it into a dataset-style image).
-/// - Channels: colour to one channel by ITU-R BT.601 luma
-///   (`0.299 R + 0.587 G + 0.114 B`); gray to three channels by replication.
-/// - Size: resampled to `shape.height x shape.width` with a triangle
-///   (bilinear) filter, [`FilterType::Triangle`], whether shrinking or
-///   enlarging; the aspect ratio is not preserved. An image already of the
-///   target size is not resampled.
-/// - Polarity: see [`Invert`].
 /// The shape an image file stores (channels: 1 for grayscale with or without alpha, 3 for
 /// colour), read from its header without decoding the pixels.
 pub fn image_file_shape(path: &Path) -> Result<ImageShape> {
@@ -97,6 +83,20 @@ pub fn image_file_shape(path: &Path) -> Result<ImageShape> {
     Ok(ImageShape { channels, height: height as usize, width: width as usize })
 }
 
+/// Loads an image file as `shape`-sized CHW `f32` pixels in `[0, 1]`.
+///
+/// - Formats: PNG, JPEG and GIF (first frame), recognised by content, not by
+///   extension.
+/// - Transparency: pixels are composited over white, so ink drawn on a
+///   transparent canvas reads as ink on paper (and [`Invert::Auto`] then
+///   turns it into a dataset-style image).
+/// - Channels: colour to one channel by ITU-R BT.601 luma
+///   (`0.299 R + 0.587 G + 0.114 B`); gray to three channels by replication.
+/// - Size: resampled to `shape.height x shape.width` with a triangle
+///   (bilinear) filter, [`FilterType::Triangle`], whether shrinking or
+///   enlarging; the aspect ratio is not preserved. An image already of the
+///   target size is not resampled.
+/// - Polarity: see [`Invert`].
 pub fn load_image(path: &Path, shape: ImageShape, invert: Invert) -> Result<Vec<f32>> {
     let (Ok(target_width), Ok(target_height)) = (u32::try_from(shape.width), u32::try_from(shape.height)) else {
         return Err(DataError::invalid(path, format!("cannot resize to {shape}: too large")));
