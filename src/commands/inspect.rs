@@ -8,7 +8,8 @@ use anyhow::{bail, Context};
 use candle_core::Tensor;
 use leafwalk_data::{Dataset, DatasetRef, ImageSource};
 use leafwalk_geometry::{
-    batch_geometry, dataset_fisher, fisher_factors, PointGeometry, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS,
+    argmax, batch_geometry, dataset_fisher, fisher_factors, PointGeometry, DATASET_FISHER_MAX_BYTES,
+    DATASET_FISHER_MAX_POINTS,
 };
 use leafwalk_models::Classifier;
 use leafwalk_plot::{line_chart, LineChart, Series, Tile, TileKind};
@@ -48,10 +49,6 @@ fn point_summary(model: &Classifier, input: &str, point: &PointGeometry, fisher:
         summary["fisher"] = json!({ "trace": trace, "eigenvalues": eigenvalues });
     }
     summary
-}
-
-fn argmax(values: &[f64]) -> (usize, f64) {
-    values.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, v)| if v > best.1 { (i, v) } else { best })
 }
 
 fn inspect_images(args: &InspectArgs, model: &Classifier, data_root: &Path) -> anyhow::Result<ExitCode> {

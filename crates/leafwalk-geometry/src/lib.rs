@@ -22,6 +22,12 @@ pub use local::{LeafProjector, PointGeometry, Spectrum, RANK_RTOL};
 use candle_core::{DType, Tensor};
 use leafwalk_models::Classifier;
 
+/// The index of the largest value and the value (the first of ties): a prediction from
+/// probabilities or log-probabilities.
+pub fn argmax(values: &[f64]) -> (usize, f64) {
+    values.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, v)| if v > best.1 { (i, v) } else { best })
+}
+
 /// J and p for every point of a batch of pixels, as f64 [`PointGeometry`] values.
 pub fn batch_geometry(model: &Classifier, pixels: &Tensor) -> Result<Vec<PointGeometry>> {
     batch_geometry_in(model, pixels, Coordinates::Pixels)

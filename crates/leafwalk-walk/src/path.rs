@@ -27,7 +27,7 @@
 //! [`Ending::Stalled`].
 
 use candle_core::Tensor;
-use leafwalk_geometry::PointGeometry;
+use leafwalk_geometry::{argmax, PointGeometry};
 use leafwalk_models::Classifier;
 use nalgebra::DVector;
 
@@ -170,10 +170,6 @@ impl PathOutcome {
     pub fn final_distance(&self) -> f64 {
         self.records.last().map_or(0.0, |r| r.distance)
     }
-}
-
-pub(crate) fn argmax(log_probs: &[f64]) -> (usize, f64) {
-    log_probs.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, v)| if v > best.1 { (i, v) } else { best })
 }
 
 /// The record of a point from a forward pass only (the final point of a walk).

@@ -1,11 +1,11 @@
 //! Single steps and constant-direction walks.
 
 use candle_core::Tensor;
-use leafwalk_geometry::{batch_geometry_in, Coordinates, PointGeometry};
+use leafwalk_geometry::{argmax, batch_geometry_in, Coordinates, PointGeometry};
 use leafwalk_models::Classifier;
 use nalgebra::DVector;
 
-use crate::path::{argmax, record_at, PathRecord};
+use crate::path::{record_at, PathRecord};
 use crate::{channel_stats, clamp_bounds, Result, State, WalkError};
 
 /// One step's result.
