@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::bail;
 use candle_core::{DType, Tensor};
 use leafwalk_data::Dataset;
+use leafwalk_geometry::median;
 use leafwalk_models::Classifier;
 use leafwalk_plot::{tile_grid, Tile, TileKind};
 use leafwalk_walk::State;
@@ -116,24 +117,15 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
-}
-
 fn strategy_report(walked: &[Walked], seconds: f64) -> serde_json::Value {
     let reached: Vec<&Walked> = walked.iter().filter(|w| w.outcome.reached()).collect();
-    let all_evals = median(walked.iter().map(|w| w.outcome.jacobian_evals as f64).collect());
+    let all_evals = median(&walked.iter().map(|w| w.outcome.jacobian_evals as f64).collect::<Vec<_>>());
     json!({
         "reached": reached.len(), "pairs": walked.len(), "fraction_reached": reached.len() as f64 / walked.len() as f64,
-        "median_steps_reached": median(reached.iter().map(|w| w.outcome.steps() as f64).collect()),
-        "median_jacobian_evals_reached": median(reached.iter().map(|w| w.outcome.jacobian_evals as f64).collect()),
+        "median_steps_reached": median(&reached.iter().map(|w| w.outcome.steps() as f64).collect::<Vec<_>>()),
+        "median_jacobian_evals_reached": median(&reached.iter().map(|w| w.outcome.jacobian_evals as f64).collect::<Vec<_>>()),
         "median_jacobian_evals_all": all_evals,
-        "median_final_distance": median(walked.iter().map(|w| w.outcome.final_distance()).collect()),
+        "median_final_distance": median(&walked.iter().map(|w| w.outcome.final_distance()).collect::<Vec<_>>()),
         "seconds": seconds,
     })
 }

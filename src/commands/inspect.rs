@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use candle_core::Tensor;
 use leafwalk_data::{Dataset, DatasetRef, ImageSource};
 use leafwalk_geometry::{
-    argmax, batch_geometry, dataset_fisher, fisher_factors, PointGeometry, DATASET_FISHER_MAX_BYTES,
+    argmax, batch_geometry, dataset_fisher, fisher_factors, median, PointGeometry, DATASET_FISHER_MAX_BYTES,
     DATASET_FISHER_MAX_POINTS,
 };
 use leafwalk_models::Classifier;
@@ -208,10 +208,9 @@ fn inspect_dataset(
     }
     progress.finish_and_clear();
 
-    let mut traces: Vec<f64> = points.iter().map(PointGeometry::trace).collect();
+    let traces: Vec<f64> = points.iter().map(PointGeometry::trace).collect();
     let mean_trace = traces.iter().sum::<f64>() / count as f64;
-    traces.sort_by(f64::total_cmp);
-    let median_trace = percentile(&traces, 0.5);
+    let median_trace = median(&traces).unwrap_or(f64::NAN);
     let mut rank_hist = vec![0usize; model.classes() + 1];
     for p in &points {
         rank_hist[p.rank()] += 1;

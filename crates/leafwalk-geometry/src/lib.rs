@@ -28,6 +28,19 @@ pub fn argmax(values: &[f64]) -> (usize, f64) {
     values.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, v)| if v > best.1 { (i, v) } else { best })
 }
 
+/// The median (the mean of the two middle values for an even count), `None` for no values;
+/// NaNs sort last.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some(0.5 * (sorted[n / 2 - 1] + sorted[n / 2])),
+    }
+}
+
 /// J and p for every point of a batch of pixels, as f64 [`PointGeometry`] values.
 pub fn batch_geometry(model: &Classifier, pixels: &Tensor) -> Result<Vec<PointGeometry>> {
     batch_geometry_in(model, pixels, Coordinates::Pixels)
@@ -40,4 +53,18 @@ pub fn batch_geometry_in(model: &Classifier, input: &Tensor, coordinates: Coordi
     let log_probs: Vec<Vec<f64>> = log_probs.to_dtype(DType::F64)?.to_vec2()?;
     let jacobian: Vec<Vec<f64>> = jacobian.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2()?;
     log_probs.iter().zip(&jacobian).map(|(lp, j)| PointGeometry::new(lp, j, classes)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{argmax, median};
+
+    #[test]
+    fn median_and_argmax_on_small_cases() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), (1, 0.7), "the first of ties");
+        assert_eq!(argmax(&[-3.0, -1.0]), (1, -1.0));
+    }
 }

@@ -45,14 +45,9 @@ pub struct GeometryStats {
 }
 
 impl GeometryStats {
-    pub(crate) fn new(mut traces: Vec<f64>, rank_hist: Vec<usize>) -> Self {
-        traces.sort_by(f64::total_cmp);
+    pub(crate) fn new(traces: Vec<f64>, rank_hist: Vec<usize>) -> Self {
         let mean_trace_g = traces.iter().sum::<f64>() / traces.len().max(1) as f64;
-        let median_trace_g = match traces.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => traces[n / 2],
-            n => 0.5 * (traces[n / 2 - 1] + traces[n / 2]),
-        };
+        let median_trace_g = leafwalk_geometry::median(&traces).unwrap_or(f64::NAN);
         GeometryStats { mean_trace_g, median_trace_g, rank_hist }
     }
 }
