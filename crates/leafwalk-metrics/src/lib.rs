@@ -1,0 +1,28 @@
+//! Evaluation metrics for leafwalk's applications, computed the standard way so that numbers
+//! compare with the literature.
+//!
+//! **Detection** ([`detection`]): scores where higher means "more out-of-distribution", one set
+//! for in-distribution inputs and one for OOD inputs. AUROC is the Mann–Whitney probability that
+//! an OOD input outscores an ID one, ties counting one half; AUPR is average precision (the
+//! step-wise area under the precision–recall curve, tied scores taken together) with OOD as the
+//! positive class (AUPR-out) or ID as positive on negated scores (AUPR-in); FPR@95 %TPR is the
+//! fraction of OOD inputs still accepted as in-distribution when the threshold accepts 95 % of
+//! the ID inputs. NaN scores are an error, not silently ranked.
+//!
+//! **Image quality** ([`quality`]): PSNR and SSIM of images with values in [0, 1] (SSIM with
+//! Wang et al.'s 11×11 Gaussian window, σ = 1.5, K₁ = 0.01, K₂ = 0.03, averaged over the
+//! positions where the window fits, per channel).
+
+pub mod detection;
+pub mod quality;
+
+/// Errors of the metrics; messages are one line.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MetricError {
+    #[error("{set}: {count} of the scores are NaN")]
+    NanScores { set: &'static str, count: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, MetricError>;
