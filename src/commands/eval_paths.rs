@@ -106,9 +106,7 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let report = serde_json::Value::Object(report);
     draw_sheet(&args.out.join("paths.png"), &model, &adaptive_paths, &pairs, &linear)?;
     let text = serde_json::to_string_pretty(&report)?;
-    leafwalk_data::write_atomic(&report_path, |w| {
-        w.write_all(text.as_bytes()).map_err(|e| leafwalk_data::DataError::io(&report_path, e))
-    })?;
+    leafwalk_data::write_bytes_atomic(&report_path, text.as_bytes())?;
     if args.json {
         println!("{text}");
     } else {

@@ -163,7 +163,7 @@ fn write_npy(path: &Path, matrix: &nalgebra::DMatrix<f64>) -> anyhow::Result<()>
             bytes.extend_from_slice(&v.to_le_bytes());
         }
     }
-    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    leafwalk_data::write_bytes_atomic(path, &bytes)?;
     Ok(())
 }
 

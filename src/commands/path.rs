@@ -264,9 +264,7 @@ fn write_summary_csv(path: &Path, summaries: &[serde_json::Value]) -> anyhow::Re
         text.push_str(&cells.join(","));
         text.push('\n');
     }
-    leafwalk_data::write_atomic(path, |w| {
-        w.write_all(text.as_bytes()).map_err(|e| leafwalk_data::DataError::io(path, e))
-    })?;
+    leafwalk_data::write_bytes_atomic(path, text.as_bytes())?;
     Ok(())
 }
 
@@ -349,9 +347,7 @@ pub(crate) fn write_walk(
         log.push('\n');
     }
     let log_path = out.join("path.jsonl");
-    leafwalk_data::write_atomic(&log_path, |w| {
-        w.write_all(log.as_bytes()).map_err(|e| leafwalk_data::DataError::io(&log_path, e))
-    })?;
+    leafwalk_data::write_bytes_atomic(&log_path, log.as_bytes())?;
     let shape: ImageShape = model.input_shape();
     // A diverged walk's last point has no record (its Jacobian was not finite).
     let frame = |k: usize| -> (Vec<f32>, String) {

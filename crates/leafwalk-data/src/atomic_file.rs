@@ -25,6 +25,11 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
     result
 }
 
+/// [`write_atomic`] of a whole byte buffer.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |writer| writer.write_all(bytes).map_err(|error| DataError::io(path, error)))
+}
+
 fn write_then_rename(path: &Path, temp_path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let file = File::create(temp_path).map_err(|error| DataError::io(temp_path, error))?;
     let mut writer = BufWriter::new(file);

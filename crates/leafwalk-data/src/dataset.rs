@@ -5,11 +5,10 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use std::io::Write;
 
 use candle_core::{Device, Tensor};
 
-use crate::atomic_file::write_atomic;
+use crate::atomic_file::write_bytes_atomic;
 
 use crate::error::{DataError, Result};
 use crate::registry::{layout, DatasetInfo, Layout};
@@ -161,7 +160,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|error| DataError::io(dir, error))?;
     }
-    write_atomic(path, |writer: &mut dyn Write| writer.write_all(bytes).map_err(|error| DataError::io(path, error)))
+    write_bytes_atomic(path, bytes)
 }
 
 #[cfg(test)]

@@ -138,6 +138,6 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String
     let items = tensors.iter().map(|(name, t)| (name.as_str(), t));
     let bytes = safetensors::serialize(items, Some(metadata))
         .map_err(|e| ModelError::checkpoint(path, format!("cannot serialise: {e}")))?;
-    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    leafwalk_data::write_bytes_atomic(path, &bytes)?;
     Ok(())
 }

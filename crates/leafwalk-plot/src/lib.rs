@@ -114,7 +114,7 @@ pub fn write_gif(path: &Path, frames: Vec<image::RgbImage>, delay_ms: u32) -> Re
             encoder.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay)).map_err(|e| draw_error(path, e))?;
         }
     }
-    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    leafwalk_data::write_bytes_atomic(path, &bytes)?;
     Ok(())
 }
 
@@ -323,6 +323,6 @@ fn write_png(path: &Path, width: u32, height: u32, buffer: Vec<u8>) -> Result<()
         .ok_or_else(|| draw_error(path, "buffer size does not match the figure"))?;
     let mut bytes = Vec::new();
     image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| draw_error(path, e))?;
-    leafwalk_data::write_atomic(path, |w| w.write_all(&bytes).map_err(|e| leafwalk_data::DataError::io(path, e)))?;
+    leafwalk_data::write_bytes_atomic(path, &bytes)?;
     Ok(())
 }

@@ -136,8 +136,5 @@ pub(crate) fn truncate(path: &Path, through: Option<usize>) -> std::io::Result<(
             _ => {}
         }
     }
-    leafwalk_data::write_atomic(path, |w| {
-        w.write_all(kept.as_bytes()).map_err(|e| leafwalk_data::DataError::io(path, e))
-    })
-    .map_err(std::io::Error::other)
+    leafwalk_data::write_bytes_atomic(path, kept.as_bytes()).map_err(std::io::Error::other)
 }
