@@ -47,8 +47,8 @@ pub enum Command {
         after_help = "Exits 0 when every target is reached, 3 when a walk stalls or hits --max-steps.\n\nExamples:\n  leafwalk path --from models/samples/mnist-1.png --to models/samples/mnist-7.png --out runs/path-1-7\n  leafwalk path --from mnist:test:0 --to mnist:test:1 --integrator euler --json --out runs/paper\n  leafwalk path --from mnist:test:0 --to mnist:test:1 --via auto --out runs/routed\n  leafwalk path --from mnist:test:3 --to mnist:test:1500 --leaf noise --seed 1 --out runs/noise\n  leafwalk path --pairs pairs.csv --out runs/batch"
     )]
     Path(PathArgs),
-    /// How well paths connect: N random test pairs walked with each integrator (and through
-    /// the training-image graph), against straight pixel interpolation.
+    /// How well paths connect: N random test pairs walked with each integrator (and steered
+    /// through training images), against straight pixel interpolation.
     #[command(
         after_help = "Example:\n  leafwalk eval-paths --pairs 50 --seed 0 --data mnist:test --with-via --out runs/eval-paths"
     )]

@@ -46,9 +46,7 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     if report_path.exists() {
         bail!("{}: already holds an eval-paths.json; choose another --out", args.out.display());
     }
-    let state = |i: usize| -> anyhow::Result<State> {
-        Ok(State::from_pixels(&model, &split.image(i)?.iter().map(|&b| f32::from(b) / 255.0).collect::<Vec<_>>()))
-    };
+    let state = |i: usize| -> anyhow::Result<State> { Ok(State::from_pixels(&model, &split.pixels(i)?)) };
     let mut rng = ChaCha8Rng::seed_from_u64(args.walk.seed);
     let mut indices = Vec::with_capacity(args.pairs);
     let mut pairs = Vec::with_capacity(args.pairs);
@@ -66,17 +64,15 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         strategies.push(("adaptive+via", IntegratorArg::Adaptive, ViaArg::Auto));
     }
     let mut report = serde_json::Map::new();
+    // The training images serve both as steering waypoints and as the nearest-image index.
+    let train_states = training_waypoints(&model, data_root)?;
     let mut adaptive_paths = Vec::new();
-    let mut waypoints = None;
     for (name, integrator, via) in strategies {
         let walk = PathWalkArgs { integrator, via, leaf: LeafArg::Data, ..args.walk.clone() };
-        if via == ViaArg::Auto && waypoints.is_none() {
-            waypoints = Some(training_waypoints(&model, data_root)?);
-        }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_message(format!("{name}: walking {} pairs", pairs.len()));
         let started = Instant::now();
-        let walked = walk_pairs(&model, &pairs, &walk, waypoints.as_deref(), |_, _| bar.tick())?;
+        let walked = walk_pairs(&model, &pairs, &walk, Some(&train_states), |_, _| bar.tick())?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         report.insert(name.to_string(), strategy_report(&walked, seconds));
@@ -85,10 +81,6 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let train_states = match waypoints {
-        Some(states) => states,
-        None => training_waypoints(&model, data_root)?,
-    };
     let index = NearestIndex::new(&model, &train_states)?;
     let linear: Vec<Vec<State>> = pairs.iter().map(|(a, b)| interpolate(a, b)).collect();
     let along: Vec<Vec<State>> = adaptive_paths.iter().map(|w| inner_samples(&w.outcome.points)).collect();

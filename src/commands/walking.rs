@@ -1,5 +1,5 @@
 //! Walking a batch of pairs the way `path` and `eval-paths` are asked to: noise leaf or data
-//! leaf, Euler or adaptive, direct or routed through the training-image graph.
+//! leaf, Euler or adaptive, direct or steered through training images.
 
 use std::time::Instant;
 
@@ -35,11 +35,7 @@ pub struct Walked {
 pub fn training_waypoints(model: &Classifier, data_root: &std::path::Path) -> anyhow::Result<Vec<State>> {
     let info = leafwalk_data::dataset_info(&model.meta().dataset)?;
     let train = leafwalk_data::Dataset::load(info, leafwalk_data::Split::Train, data_root)?;
-    (0..train.len())
-        .map(|i| {
-            Ok(State::from_pixels(model, &train.image(i)?.iter().map(|&b| f32::from(b) / 255.0).collect::<Vec<_>>()))
-        })
-        .collect()
+    (0..train.len()).map(|i| Ok(State::from_pixels(model, &train.pixels(i)?))).collect()
 }
 
 /// Validated integrator settings from the command line.

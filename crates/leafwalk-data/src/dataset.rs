@@ -5,7 +5,6 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-
 use candle_core::{Device, Tensor};
 
 use crate::atomic_file::write_bytes_atomic;
@@ -106,6 +105,11 @@ impl Dataset {
         Ok(&self.images[index * image_len..(index + 1) * image_len])
     }
 
+    /// One image as `f32` in `[0, 1]` (each byte divided by 255), CHW.
+    pub fn pixels(&self, index: usize) -> Result<Vec<f32>> {
+        Ok(self.image(index)?.iter().map(|&byte| f32::from(byte) / 255.0).collect())
+    }
+
     /// Writes the split under `root` in its dataset's standard layout (IDX for MNIST and
     /// Fashion-MNIST, binary batches for CIFAR-10), atomically file by file, so that
     /// [`Dataset::load`] reads it back unchanged.
@@ -124,7 +128,7 @@ impl Dataset {
         let mut pixels = Vec::with_capacity(indices.len() * shape.len());
         let mut labels = Vec::with_capacity(indices.len());
         for &index in indices {
-            pixels.extend(self.image(index)?.iter().map(|&byte| f32::from(byte) / 255.0));
+            pixels.extend(self.pixels(index)?);
             labels.push(u32::from(self.labels[index]));
         }
         let images = Tensor::from_vec(pixels, (indices.len(), shape.channels, shape.height, shape.width), device)?;

@@ -129,7 +129,7 @@ impl ImageSource {
             });
         }
         let dataset = Dataset::load(reference.dataset, reference.split, root)?;
-        let mut pixels: Vec<f32> = dataset.image(index)?.iter().map(|&byte| f32::from(byte) / 255.0).collect();
+        let mut pixels = dataset.pixels(index)?;
         if invert == Invert::On {
             invert_in_place(&mut pixels);
         }
