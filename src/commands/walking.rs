@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::bail;
 use leafwalk_models::Classifier;
 use leafwalk_walk::{
-    connect_batch, connect_steered, direction_walk, Integrator, PathOptions, PathOutcome, PathRecord, State, Subspace,
+    concatenate, connect_batch, connect_steered, direction_walk, Ending, Integrator, PathOptions, PathOutcome,
+    PathRecord, State, Subspace,
 };
 use nalgebra::DVector;
 use rand::SeedableRng;
@@ -129,7 +130,10 @@ pub fn walk_pairs(
         }
         let noise_steps = prefix.as_ref().map_or(0, |(points, _)| points.len() - 1);
         if let Some((points, records)) = prefix {
-            outcome = after_noise_walk(points, records, outcome, &pairs[k].1);
+            // The kernel walk and the leaf walk as one path; the kernel walk's Jacobians count.
+            let evals = outcome.jacobian_evals + noise_steps;
+            let kernel_walk = PathOutcome { ending: Ending::StepLimit, jacobian_evals: noise_steps, points, records };
+            outcome = concatenate(vec![kernel_walk, outcome], &pairs[k].1, evals);
         }
         let flip_step = outcome.records.iter().find(|r| r.prediction == targets[k]).map(|r| r.step);
         let seconds = direct_seconds / pairs.len() as f64 + pair_started.elapsed().as_secs_f64();
@@ -143,25 +147,6 @@ pub fn walk_pairs(
         });
     }
     Ok(walked)
-}
-
-/// The kernel walk followed by the data-leaf part as one path: distances to the target, steps
-/// numbered through; the kernel walk's Jacobians are counted.
-fn after_noise_walk(points: Vec<State>, records: Vec<PathRecord>, path: PathOutcome, to: &State) -> PathOutcome {
-    let offset = points.len() - 1;
-    let mut all_records: Vec<PathRecord> = records.into_iter().take(offset).collect();
-    all_records.extend(path.records.into_iter().map(|r| PathRecord { step: r.step + offset, ..r }));
-    let mut all_points = points;
-    all_points.extend(path.points.into_iter().skip(1));
-    for (record, point) in all_records.iter_mut().zip(&all_points) {
-        record.distance = point.distance(to);
-    }
-    PathOutcome {
-        ending: path.ending.shifted(offset),
-        jacobian_evals: path.jacobian_evals + offset,
-        points: all_points,
-        records: all_records,
-    }
 }
 
 pub fn integrator_name(integrator: Integrator) -> &'static str {

@@ -27,7 +27,7 @@ mod step;
 pub use path::{
     connect, connect_batch, prediction, Ending, Integrator, PathOptions, PathOutcome, PathRecord, MAX_BATCH,
 };
-pub use route::{connect_steered, walked_length, SteeredPath};
+pub use route::{concatenate, connect_steered, walked_length, SteeredPath};
 pub use step::{data_leaf_step, direction_step, direction_walk, leaf_direction, Step, Subspace};
 
 pub use leafwalk_geometry::GeometryError as WalkError;

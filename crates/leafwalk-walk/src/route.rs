@@ -92,7 +92,7 @@ pub fn connect_steered(
 /// One outcome from consecutive segments: points joined (each segment starts where the last
 /// ended), steps renumbered, distances measured to the final target; it ends as the last
 /// segment did.
-fn concatenate(segments: Vec<PathOutcome>, to: &State, jacobian_evals: usize) -> PathOutcome {
+pub fn concatenate(segments: Vec<PathOutcome>, to: &State, jacobian_evals: usize) -> PathOutcome {
     let count = segments.len();
     let mut ending = segments[count - 1].ending;
     let (mut points, mut records) = (Vec::new(), Vec::new());
