@@ -79,15 +79,7 @@ pub fn leaf_direction(model: &Classifier, x: &State, target: &State) -> Result<D
 
 /// One data-leaf step from `x` toward `target`: along P (target − x), unit length times `step`.
 pub fn data_leaf_step(model: &Classifier, x: &State, target: &State, step: f64) -> Result<Step> {
-    let point = geometry(model, x)?;
-    let projector = point.leaf_projector();
-    let displacement = projector.onto_leaf(&(target.as_f64() - x.as_f64()));
-    Ok(Step {
-        next: advance(model, x, &displacement, step),
-        rank: projector.rank(),
-        log_probs: point.log_probs.iter().copied().collect(),
-        trace_g: pixel_trace(model, &point),
-    })
+    direction_step(model, x, &(target.as_f64() - x.as_f64()), Subspace::Leaf, step)
 }
 
 /// Which part of a fixed direction a constant-direction walk follows.
