@@ -199,7 +199,7 @@ fn inspect_dataset(
         if args.fisher {
             for (k, factor) in fisher_factors(model, &pixels)?.into_iter().enumerate() {
                 fisher_traces.push(factor.trace());
-                if (batch_index * BATCH + k) % fisher_stride == 0 {
+                if (batch_index * BATCH + k).is_multiple_of(fisher_stride) {
                     factors.push(factor);
                 }
             }

@@ -75,7 +75,7 @@ fn parse_batch(
     labels: &mut Vec<u8>,
 ) -> Result<()> {
     let record_len = 1 + info.shape.len();
-    if bytes.is_empty() || bytes.len() % record_len != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record_len) {
         return Err(DataError::invalid(
             path,
             format!(

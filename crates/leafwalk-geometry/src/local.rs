@@ -41,7 +41,7 @@ pub struct Spectrum {
 
 impl PointGeometry {
     pub fn new(log_probs: &[f64], jacobian: &[f64], classes: usize) -> Result<Self> {
-        if classes == 0 || log_probs.len() != classes || jacobian.len() % classes != 0 {
+        if classes == 0 || log_probs.len() != classes || !jacobian.len().is_multiple_of(classes) {
             return Err(GeometryError::Invalid(format!(
                 "{} log-probabilities and {} Jacobian entries for {classes} classes",
                 log_probs.len(),
