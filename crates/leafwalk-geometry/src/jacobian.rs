@@ -6,9 +6,10 @@
 //! - **mnist-cnn, hand-written reverse pass** ([`input_jacobian`] picks it): one forward pass
 //!   keeping the ReLU and max-pool masks, then the C seeds `e_i − p` (the gradient of `log p_i`
 //!   with respect to the logits) pushed back through the layers with matmuls and convolutions of
-//!   the flipped, transposed kernels (on the CPU: plain loops that skip the inactive units, see
-//!   `ReversePass`). No weight gradients are formed, no autograd graph is built, and the pool
-//!   sends each gradient to the first maximum of its window, as PyTorch does.
+//!   the flipped, transposed kernels. On the CPU in f32 both passes are plain vectorised loops
+//!   that skip the inactive units (`mnist_cnn.rs`); elsewhere candle tensor operations. No
+//!   weight gradients are formed, no autograd graph is built, and the pool sends each gradient
+//!   to the first maximum of its window, as PyTorch does.
 //! - **autograd, any architecture** ([`input_jacobian_autograd`]): the batch is replicated C
 //!   times as one variable and `Σ_b,i log p_i(x_{b,i})` is differentiated once, so one backward
 //!   pass serves all B·C rows. It is the fallback for other models and the test oracle of the
@@ -98,29 +99,36 @@ fn backward_kernel(weight: &Tensor) -> Result<Tensor> {
     Ok(swapped.index_select(&reversed, 2)?.index_select(&reversed, 3)?.contiguous()?)
 }
 
-/// mnist-cnn's reverse pass on the CPU in plain loops, one (point, class) row at a time in
-/// parallel, from the forward pass's masks (1.0 where a unit is active, per point).
-///
-/// candle's small matmuls and broadcasts cost more in overhead than in arithmetic at these
-/// sizes (≈ 8 ms of the 10 ms a point took), and the dense transposed convolution through
-/// conv2 does ten times the needed work: only conv2 outputs that won their pool window and
-/// passed the ReLU — about one in eight — carry gradient. So each row scatters those outputs'
-/// 32×3×3 kernel slices, in height-width-channel order so the innermost loop runs over 32
-/// contiguous channels, and skips inactive fc1 units in the fc1 product.
-struct ReversePass<'a> {
-    /// `[b, C]`.
-    probs: Vec<f32>,
-    /// `[b, 128]`: fc1 pre-activation > 0.
-    fc1_active: Vec<f32>,
-    /// `[b, 64, 24, 24]`: conv2 output is its window's first maximum and > 0.
-    conv2_active: Vec<f32>,
-    /// `[b, 32, 26, 26]`: conv1 output > 0.
-    conv1_active: Vec<f32>,
-    fc2_w: &'a [f32],
-    fc1_w: &'a [f32],
-    conv2_w: &'a [f32],
-    conv1_w: &'a [f32],
-    classes: usize,
+/// The forward and reverse pass in [`crate::mnist_cnn`]'s loops, on `x` in normalised units.
+fn cpu_mnist_cnn_jacobian(model: &Classifier, x: &Tensor, coordinates: Coordinates) -> Result<Jacobians> {
+    let (b, channels, height, width) = x.dims4()?;
+    if channels * height * width != crate::mnist_cnn::INPUT {
+        return Err(GeometryError::Invalid(format!("mnist-cnn takes 1×28×28 images, not {channels}×{height}×{width}")));
+    }
+    let c = model.classes();
+    let inputs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    // The weights are read in place: copying fc1's 4.7 MB every call cost a millisecond.
+    let names = [
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ];
+    let tensors = names.map(|name| weight(model, name)).into_iter().collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards.iter().map(|(storage, layout)| cpu_f32(storage, layout)).collect::<Result<Vec<_>>>()?;
+    let weights = crate::mnist_cnn::Weights::new(&slices, c)?;
+    let (log_probs, jacobian) = crate::mnist_cnn::log_probs_and_jacobian(&weights, &inputs);
+    let device = model.device();
+    let jacobian = Tensor::from_vec(jacobian, (b, c, crate::mnist_cnn::INPUT), device)?;
+    Ok(Jacobians {
+        log_probs: Tensor::from_vec(log_probs, (b, c), device)?,
+        jacobian: in_coordinates(model, jacobian, coordinates)?,
+    })
 }
 
 /// A contiguous f32 CPU tensor's values, borrowed.
@@ -129,93 +137,6 @@ fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
         return Err(GeometryError::Invalid("mnist-cnn weights are not contiguous CPU tensors".into()));
     };
     Ok(&cpu.as_slice::<f32>()?[start..end])
-}
-
-const HIDDEN: usize = 128;
-const CONV1: usize = 32;
-const CONV2: usize = 64;
-const POOLED: usize = 12;
-const CONV2_SIDE: usize = 24;
-const CONV1_SIDE: usize = 26;
-const INPUT_SIDE: usize = 28;
-const TAPS: usize = 9;
-
-impl ReversePass<'_> {
-    /// J `[b, C, 784]` in normalised units.
-    fn run(&self, b: usize) -> Vec<f32> {
-        use rayon::prelude::*;
-        // [out, in, ky, kx] → [out, ky, kx, in] and conv1's [32, 1, ky, kx] → [ky, kx, 32].
-        let mut conv2_taps = vec![0f32; CONV2 * TAPS * CONV1];
-        for o in 0..CONV2 {
-            for i in 0..CONV1 {
-                for k in 0..TAPS {
-                    conv2_taps[(o * TAPS + k) * CONV1 + i] = self.conv2_w[(o * CONV1 + i) * TAPS + k];
-                }
-            }
-        }
-        let mut conv1_taps = vec![0f32; TAPS * CONV1];
-        for i in 0..CONV1 {
-            for k in 0..TAPS {
-                conv1_taps[k * CONV1 + i] = self.conv1_w[i * TAPS + k];
-            }
-        }
-        let plane = CONV2_SIDE * CONV2_SIDE;
-        let active_conv2: Vec<Vec<(usize, usize, usize)>> = (0..b)
-            .map(|point| {
-                let mask = &self.conv2_active[point * CONV2 * plane..][..CONV2 * plane];
-                (0..CONV2 * plane)
-                    .filter(|&k| mask[k] != 0.0)
-                    .map(|k| (k / plane, (k % plane) / CONV2_SIDE, k % CONV2_SIDE))
-                    .collect()
-            })
-            .collect();
-        let c = self.classes;
-        let mut jacobian = vec![0f32; b * c * INPUT_SIDE * INPUT_SIDE];
-        jacobian.par_chunks_mut(INPUT_SIDE * INPUT_SIDE).enumerate().for_each(|(row, d_x)| {
-            let (point, class) = (row / c, row % c);
-            // ∂ log p_class / ∂ logits = e_class − p, then back through fc2 and fc1's ReLU.
-            let probs = &self.probs[point * c..][..c];
-            let fc1_active = &self.fc1_active[point * HIDDEN..][..HIDDEN];
-            const FLAT: usize = CONV2 * POOLED * POOLED;
-            let mut d_pooled = vec![0f32; FLAT];
-            for k in (0..HIDDEN).filter(|&k| fc1_active[k] != 0.0) {
-                let d_h: f32 =
-                    (0..c).map(|j| (f32::from(u8::from(j == class)) - probs[j]) * self.fc2_w[j * HIDDEN + k]).sum();
-                for (d, w) in d_pooled.iter_mut().zip(&self.fc1_w[k * FLAT..][..FLAT]) {
-                    *d += d_h * w;
-                }
-            }
-            // Through the pool and conv2's ReLU (the mask) and conv2 itself, scattered.
-            let mut d_a1 = vec![0f32; CONV1_SIDE * CONV1_SIDE * CONV1];
-            for &(o, y, x) in &active_conv2[point] {
-                let g = d_pooled[(o * POOLED + y / 2) * POOLED + x / 2];
-                if g == 0.0 {
-                    continue;
-                }
-                for k in 0..TAPS {
-                    let at = ((y + k / 3) * CONV1_SIDE + x + k % 3) * CONV1;
-                    let taps = &conv2_taps[(o * TAPS + k) * CONV1..][..CONV1];
-                    for (d, w) in d_a1[at..at + CONV1].iter_mut().zip(taps) {
-                        *d += g * w;
-                    }
-                }
-            }
-            // conv1's ReLU, then conv1 back to the input.
-            let conv1_active = &self.conv1_active[point * CONV1 * CONV1_SIDE * CONV1_SIDE..];
-            for (position, channels) in d_a1.chunks_exact_mut(CONV1).enumerate() {
-                for (i, d) in channels.iter_mut().enumerate() {
-                    *d *= conv1_active[i * CONV1_SIDE * CONV1_SIDE + position];
-                }
-                let (y, x) = (position / CONV1_SIDE, position % CONV1_SIDE);
-                for k in 0..TAPS {
-                    let taps = &conv1_taps[k * CONV1..][..CONV1];
-                    let sum: f32 = channels.iter().zip(taps).map(|(d, w)| d * w).sum();
-                    d_x[(y + k / 3) * INPUT_SIDE + x + k % 3] += sum;
-                }
-            }
-        });
-        jacobian
-    }
 }
 
 fn weight(model: &Classifier, name: &str) -> Result<Tensor> {
@@ -234,6 +155,9 @@ fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor, coordinates: Coordina
         Coordinates::Pixels => model.normalise(&pixels.to_dtype(dtype)?)?,
         Coordinates::Normalised => pixels.to_dtype(dtype)?,
     };
+    if device.is_cpu() && dtype == DType::F32 {
+        return cpu_mnist_cnn_jacobian(model, &x, coordinates);
+    }
     let conv1_w = weight(model, "conv1.weight")?;
     let conv2_w = weight(model, "conv2.weight")?;
     let fc1_w = weight(model, "fc1.weight")?;
@@ -247,27 +171,6 @@ fn mnist_cnn_jacobian(model: &Classifier, pixels: &Tensor, coordinates: Coordina
     let h_pre = pooled.matmul(&fc1_w.t()?)?.broadcast_add(&weight(model, "fc1.bias")?)?;
     let logits = h_pre.relu()?.matmul(&fc2_w.t()?)?.broadcast_add(&weight(model, "fc2.bias")?)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-
-    if device.is_cpu() && dtype == DType::F32 {
-        let z2_windows = pool_windows(&z2)?;
-        let conv2_mask = (&pool_mask * z2_windows.gt(0.0)?.to_dtype(dtype)?)?;
-        // The weights are read in place: copying fc1's 4.7 MB every call cost a millisecond.
-        let [fc2, fc1, conv2, conv1] = [&fc2_w, &fc1_w, &conv2_w, &conv1_w].map(|w| w.storage_and_layout());
-        let jacobian = ReversePass {
-            probs: log_probs.exp()?.flatten_all()?.to_vec1()?,
-            fc1_active: h_pre.gt(0.0)?.to_dtype(dtype)?.flatten_all()?.to_vec1()?,
-            conv2_active: conv2_mask.flatten_all()?.to_vec1()?,
-            conv1_active: z1.gt(0.0)?.to_dtype(dtype)?.flatten_all()?.to_vec1()?,
-            fc2_w: cpu_f32(&fc2.0, fc2.1)?,
-            fc1_w: cpu_f32(&fc1.0, fc1.1)?,
-            conv2_w: cpu_f32(&conv2.0, conv2.1)?,
-            conv1_w: cpu_f32(&conv1.0, conv1.1)?,
-            classes: c,
-        }
-        .run(b);
-        let jacobian = Tensor::from_vec(jacobian, (b, c, 784), device)?;
-        return Ok(Jacobians { log_probs, jacobian: in_coordinates(model, jacobian, coordinates)? });
-    }
 
     // Seeds: ∂ log p_i / ∂ logits = e_i − p, one row per (point, class).
     let probs = log_probs.exp()?;

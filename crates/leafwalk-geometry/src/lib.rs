@@ -13,6 +13,7 @@ mod error;
 mod fisher;
 mod jacobian;
 mod local;
+mod mnist_cnn;
 
 pub use error::{GeometryError, Result};
 pub use fisher::{dataset_fisher, fisher_factors, FisherFactor, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS};

@@ -1,8 +1,8 @@
 //! Properties every built-in architecture's geometry must have, on random inputs.
 
 use candle_core::{DType, Device, Module, Tensor};
-use leafwalk_data::dataset_info;
-use leafwalk_geometry::{batch_geometry, input_jacobian, GeometryError, PointGeometry};
+use leafwalk_data::{dataset_info, DatasetInfo};
+use leafwalk_geometry::{batch_geometry, input_jacobian, input_jacobian_autograd, GeometryError, PointGeometry};
 use leafwalk_models::{Arch, Classifier};
 use nalgebra::DVector;
 use rand::{Rng, SeedableRng};
@@ -254,4 +254,21 @@ fn fisher_factor_properties() {
     assert!((top[0] - factors[0].eigenvalues()[0]).abs() <= 1e-5 * top[0]);
     let (mean_trace, _) = leafwalk_geometry::dataset_fisher(&factors, 3).unwrap();
     assert!((mean_trace - (factors[0].trace() + factors[1].trace()) / 2.0).abs() <= 1e-9 * mean_trace);
+}
+
+/// The CPU pass takes a point's classes in groups of five; other counts go one class at a time.
+/// Seven classes and three points exercise both, against autograd.
+#[test]
+fn mnist_cnn_fast_path_matches_autograd_for_seven_classes() {
+    let seven = DatasetInfo { classes: &["0", "1", "2", "3", "4", "5", "6"], ..*dataset_info("mnist").unwrap() };
+    let seven: &'static DatasetInfo = Box::leak(Box::new(seven));
+    let model = Classifier::new(Arch::MnistCnn, seven, 5, &Device::Cpu, DType::F32).unwrap();
+    let pixels = random_pixels(&model, 3, 8);
+    let fast = input_jacobian(&model, &pixels).unwrap();
+    let slow = input_jacobian_autograd(&model, &pixels).unwrap();
+    assert_eq!(fast.jacobian.dims(), &[3, 7, 784]);
+    let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = max_abs(&(&fast.jacobian - &slow.jacobian).unwrap());
+    assert!(diff <= 1e-5 * max_abs(&slow.jacobian), "max |fast − autograd| = {diff}");
+    assert!(max_abs(&(&fast.log_probs - &slow.log_probs).unwrap()) <= 1e-5);
 }

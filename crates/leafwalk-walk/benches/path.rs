@@ -16,8 +16,9 @@ use serde_json::json;
 /// Distance (normalised) at which PyTorch's paper-style walk 0 → 1 ends — it circles between
 /// 22.8646 and 22.8655 — plus the stall criterion's resolution (0.01).
 const REFERENCE_END: f64 = 22.875;
-/// Steps per path in the steps/s measurement.
-const STEPS: usize = 20;
+/// Steps per path in the steps/s measurement (20 was too short: a first call's page faults and
+/// thread wake-ups weighed on it).
+const STEPS: usize = 200;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
