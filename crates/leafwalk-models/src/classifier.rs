@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var, D};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::{Linear, VarBuilder, VarMap};
 use leafwalk_data::{dataset_info, DatasetInfo, ImageShape};
 
 use crate::checkpoint::{self, CheckpointMeta};
@@ -16,13 +16,29 @@ enum Net {
     CifarVgg11(CifarVgg11),
 }
 
+impl Net {
+    /// Penultimate features of normalised inputs.
+    fn features_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Net::MnistCnn(n) => n.features(x),
+            Net::Mlp(n) => n.features(x),
+            Net::CifarVgg11(n) => n.features_t(x, train),
+        }
+    }
+
+    /// The last linear layer, features → logits.
+    fn head(&self) -> &Linear {
+        match self {
+            Net::MnistCnn(n) => n.head(),
+            Net::Mlp(n) => n.head(),
+            Net::CifarVgg11(n) => n.head(),
+        }
+    }
+}
+
 impl ModuleT for Net {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        match self {
-            Net::MnistCnn(n) => n.forward(x),
-            Net::Mlp(n) => n.forward(x),
-            Net::CifarVgg11(n) => n.forward_t(x, train),
-        }
+        self.head().forward(&self.features_t(x, train)?)
     }
 }
 
@@ -164,6 +180,14 @@ impl Classifier {
     /// statistics (and updates its running averages).
     pub fn logits_t(&self, pixels: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.net.forward_t(&self.normalise(pixels)?, train)
+    }
+
+    /// Penultimate features `[B, F]` (the input of the last linear layer) and logits `[B, classes]`
+    /// of pixels in `[0, 1]`, in evaluation mode: what feature-space OOD baselines need.
+    pub fn features_and_logits(&self, pixels: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let features = self.net.features_t(&self.normalise(pixels)?, false)?;
+        let logits = self.net.head().forward(&features)?;
+        Ok((features, logits))
     }
 
     pub fn log_probs_t(&self, pixels: &Tensor, train: bool) -> candle_core::Result<Tensor> {

@@ -1,5 +1,6 @@
-//! The three networks. Each maps *normalised* inputs to logits; normalisation and log-softmax
-//! are the [`crate::Classifier`]'s job.
+//! The three networks. Each maps *normalised* inputs to penultimate features (`features_t`) and
+//! those to logits by its last linear layer (`head`); normalisation and log-softmax are the
+//! [`crate::Classifier`]'s job.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Conv2d, Linear, VarBuilder};
@@ -24,13 +25,16 @@ impl MnistCnn {
     }
 }
 
-impl Module for MnistCnn {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl MnistCnn {
+    pub(crate) fn features(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.conv1.forward(x)?.relu()?;
         let x = self.conv2.forward(&x)?.relu()?;
         let x = max_pool_2x2(&x)?.flatten_from(1)?;
-        let x = self.fc1.forward(&x)?.relu()?;
-        self.fc2.forward(&x)
+        self.fc1.forward(&x)?.relu()
+    }
+
+    pub(crate) fn head(&self) -> &Linear {
+        &self.fc2
     }
 }
 
@@ -47,10 +51,13 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
-        self.fc2.forward(&x)
+impl Mlp {
+    pub(crate) fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc1.forward(&x.flatten_from(1)?)?.relu()
+    }
+
+    pub(crate) fn head(&self) -> &Linear {
+        &self.fc2
     }
 }
 
@@ -106,8 +113,8 @@ impl CifarVgg11 {
     }
 }
 
-impl ModuleT for CifarVgg11 {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl CifarVgg11 {
+    pub(crate) fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for layer in &self.features {
             x = match layer {
@@ -115,6 +122,10 @@ impl ModuleT for CifarVgg11 {
                 VggLayer::MaxPool => max_pool_2x2(&x)?,
             };
         }
-        self.classifier.forward(&x.flatten_from(1)?)
+        x.flatten_from(1)
+    }
+
+    pub(crate) fn head(&self) -> &Linear {
+        &self.classifier
     }
 }
