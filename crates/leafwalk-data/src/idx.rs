@@ -45,6 +45,11 @@ pub(crate) fn load(info: &'static DatasetInfo, split: Split, root: &Path) -> Res
     Ok((images, labels))
 }
 
+/// One IDX images file (raw or gzipped) of `info`'s image shape: its pixel bytes.
+pub(crate) fn load_images(path: &Path, info: &DatasetInfo) -> Result<Vec<u8>> {
+    parse_images(path, read_maybe_gzipped(path)?, info)
+}
+
 /// IDX files name the test split `t10k`.
 fn file_prefix(split: Split) -> &'static str {
     match split {

@@ -25,6 +25,7 @@ mod error;
 pub mod hub;
 mod idx;
 mod image_file;
+mod image_set;
 mod reference;
 mod registry;
 
@@ -34,6 +35,7 @@ pub use atomic_file::{write_atomic, write_bytes_atomic};
 pub use dataset::{Dataset, Split};
 pub use error::{DataError, Result};
 pub use image_file::{image_file_shape, load_image, save_image, Invert};
+pub use image_set::{ImageSet, NamedImage};
 pub use reference::{DatasetRef, ImageSource};
 pub use registry::{dataset_info, DatasetInfo, ImageShape, DATASETS};
 
