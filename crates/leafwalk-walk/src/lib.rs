@@ -7,7 +7,8 @@
 //! order. Paths chain data-leaf steps, many paths per batched Jacobian pass, with the paper's
 //! fixed-step Euler or an error-controlled adaptive integrator, and report how they ended —
 //! reached, stalled at the leaf point nearest the target, or diverged ([`connect_batch`]);
-//! stalled paths can be steered through training images ([`connect_steered`]).
+//! stalled paths can be steered through training images ([`connect_steered`]). Walks from
+//! training images toward an image project it onto the data leaf ([`project_onto_leaf`]).
 //!
 //! Walks live, as in Grementieri & Fioresi's code, in the model's *normalised* coordinates
 //! (x − μ)/σ: the state is an f32 image in those coordinates, each step adds a unit
@@ -21,12 +22,14 @@ use leafwalk_models::Classifier;
 use nalgebra::DVector;
 
 mod path;
+mod project;
 mod route;
 mod step;
 
 pub use path::{
     connect, connect_batch, prediction, Ending, Integrator, PathOptions, PathOutcome, PathRecord, MAX_BATCH,
 };
+pub use project::{project_onto_leaf, Projection};
 pub use route::{concatenate, connect_steered, walked_length, SteeredPath};
 pub use step::{data_leaf_step, direction_step, direction_walk, leaf_direction, Step, Subspace};
 
@@ -54,9 +57,9 @@ impl State {
         DVector::from_iterator(self.0.len(), self.0.iter().map(|&v| v as f64))
     }
 
-    /// Euclidean distance in normalised units (the paper's).
+    /// Euclidean distance in normalised units (the paper's), in f64.
     pub fn distance(&self, other: &State) -> f64 {
-        (self.as_f64() - other.as_f64()).norm()
+        self.0.iter().zip(&other.0).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>().sqrt()
     }
 }
 

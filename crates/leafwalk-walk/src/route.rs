@@ -25,7 +25,7 @@ pub fn walked_length(outcome: &PathOutcome) -> f64 {
 }
 
 /// Indices of the `count` states of `among` nearest to `x` (ties by index).
-fn nearest(x: &State, among: &[State], count: usize) -> Vec<usize> {
+pub(crate) fn nearest(x: &State, among: &[State], count: usize) -> Vec<usize> {
     let mut order: Vec<(f64, usize)> = among.iter().enumerate().map(|(i, y)| (x.distance(y), i)).collect();
     order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     order.into_iter().take(count).map(|(_, i)| i).collect()
