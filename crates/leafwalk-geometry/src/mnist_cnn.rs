@@ -36,7 +36,11 @@ const TAP_LANES: usize = 16;
 const CLASS_GROUP: usize = 10;
 /// fc1's reverse product works on 32-wide strips of the pooled layer.
 const STRIP: usize = 32;
-/// Parts a point's layers are split into at most (at batch 1 on many cores, the joins would cost
+/// Bands of conv1-grid rows the convolutions' reverse pass is always split into, run in
+/// parallel when the cores are free: a fixed count, so that J's rounding — the bands' sums are
+/// added at the end — is the same at every batch size and thread count.
+const GRID_PARTS: usize = 4;
+/// Parts a point's other heavy layers are split into at most (at batch 1 on many cores, the joins would cost
 /// more than the parts save).
 const MAX_PARTS: usize = 4;
 
@@ -385,9 +389,9 @@ fn reverse(weights: &Weights, kernels: &Kernels, pass: &Forward, rows: &mut [[f3
 }
 
 /// J rows of K classes from their ∂ log p / ∂ hidden (`d_hidden`): fc1 back to the pooled
-/// layer ([`fc1_reverse`]), then the convolutions ([`convolutions_reverse`]), each split into
-/// `parts`; the parts of the convolutions write their own rows, summed at the end (their
-/// input footprints overlap).
+/// layer ([`fc1_reverse`], split into `parts`), then the convolutions
+/// ([`convolutions_reverse`]) in [`GRID_PARTS`] bands of conv1-grid rows that write rows of
+/// their own, summed at the end (their input footprints overlap).
 fn class_group_reverse<const K: usize>(
     weights: &Weights,
     kernels: &Kernels,
@@ -402,8 +406,8 @@ fn class_group_reverse<const K: usize>(
     d_pooled.par_chunks_mut(units).enumerate().for_each(|(part, d_pooled)| {
         fc1_reverse_fast(weights, active_hidden, d_hidden, part * units / STRIP, d_pooled)
     });
-    let grid_rows = part_len(CONV1_SIDE, parts, 1);
-    let part_rows: Vec<[[f32; INPUT]; K]> = (0..CONV1_SIDE.div_ceil(grid_rows))
+    let grid_rows = CONV1_SIDE.div_ceil(GRID_PARTS);
+    let part_rows: Vec<[[f32; INPUT]; K]> = (0..GRID_PARTS)
         .into_par_iter()
         .map(|part| {
             let mut out = [[0f32; INPUT]; K];

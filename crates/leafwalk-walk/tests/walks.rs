@@ -10,7 +10,8 @@ use leafwalk_data::dataset_info;
 use leafwalk_geometry::{batch_geometry_in, Coordinates};
 use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
 use leafwalk_walk::{
-    connect, connect_batch, connect_steered, data_leaf_step, leaf_direction, Ending, PathOptions, PathOutcome, State,
+    connect, connect_batch, connect_steered, data_leaf_step, leaf_direction, project_onto_leaf, Ending, PathOptions,
+    PathOutcome, State,
 };
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
@@ -173,4 +174,28 @@ fn steering_never_ends_farther_than_the_direct_walk_and_stays_continuous() {
     for (record, point) in steered.outcome.records.iter().zip(&steered.outcome.points) {
         assert!((record.distance - point.distance(to)).abs() < 1e-9);
     }
+}
+
+/// An anchor projects onto itself; any other point's projection is no farther than its nearest
+/// anchor (the walk starts there and only gets closer), its end is the end of a data-leaf walk
+/// from the anchor it names, and the projections of a batch match one-by-one projections.
+#[test]
+fn projection_onto_the_leaf_starts_at_the_nearest_anchors_and_only_gets_closer() {
+    let (model, digits) = (model(), digits());
+    let (anchors, points) = digits.split_at(10);
+    let options = PathOptions { max_steps: 40, ..PathOptions::adaptive() };
+    let on_leaf = project_onto_leaf(&model, &anchors[3..4], anchors, 2, &options).unwrap();
+    assert_eq!((on_leaf[0].distance, on_leaf[0].anchor), (0.0, 3));
+    let projections = project_onto_leaf(&model, points, anchors, 2, &options).unwrap();
+    for (x, projection) in points.iter().zip(&projections) {
+        let nearest = anchors.iter().map(|a| x.distance(a)).fold(f64::MAX, f64::min);
+        assert_eq!(projection.anchor_distance, nearest);
+        assert!(projection.distance <= nearest + 1e-9, "{} > {nearest}", projection.distance);
+        assert!((x.distance(&projection.point) - projection.distance).abs() < 1e-12);
+        let walk = connect(&model, &anchors[projection.anchor], x, &options, |_| {}).unwrap();
+        assert_eq!(walk.points.last().unwrap(), &projection.point, "the named anchor's walk ends there");
+    }
+    let alone = project_onto_leaf(&model, &points[2..3], anchors, 2, &options).unwrap();
+    assert_eq!(alone[0].point, projections[2].point);
+    assert!(project_onto_leaf(&model, points, &[], 2, &options).is_err());
 }
