@@ -5,6 +5,8 @@
 #   scripts/bench.sh jacobian   mnist-cnn input-Jacobian points/s (hand-written pass, autograd)
 #   scripts/bench.sh path       data-leaf paths: test 0 → 1 per integrator, Euler steps/s at 1 and 32
 #                               paths; the reference's paper-style walk runs its 10,000 steps (~1–2 min)
+#   scripts/bench.sh ood        ood-score images/s per score on MNIST test images (needs data/mnist;
+#                               the two leaf-distance scores walk, ~1 min each on 200 images)
 #
 # When the PyTorch reference is installed (~/.venv-ref, see shared/reference), ref.py's own
 # figures are measured in the same run and the ratios printed.
@@ -64,6 +66,9 @@ if ref:
 print(json.dumps(out, indent=1))
 PY
     ;;
+  ood)
+    cargo bench -q -p leafwalk-ood --bench ood
+    ;;
   path)
     ours=$(cargo bench -q -p leafwalk-walk --bench path)
     ref=$(reference_bench --reference-connect)
@@ -87,5 +92,5 @@ if ref:
 print(json.dumps(out, indent=1))
 PY
     ;;
-  *) echo "usage: scripts/bench.sh train|jacobian|path" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh train|jacobian|path|ood" >&2; exit 2 ;;
 esac

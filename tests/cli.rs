@@ -562,3 +562,66 @@ fn eval_paths_reports_each_strategy_against_interpolation() {
     let e = failure(&leafwalk(&["eval-paths", "--data", "mnist:test:3", "--out", out.to_str().unwrap()], dir.path()));
     assert!(e.contains("mnist:test:3"), "{e}");
 }
+
+#[test]
+fn ood_commands_score_evaluate_and_reject_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let root = dir.path();
+    let path = |name: &str| root.join(name).to_str().unwrap().to_string();
+    let quick = ["--max-steps", "10", "--anchors", "1"];
+
+    let csv = path("scores.csv");
+    let mut args = vec!["ood-score", "--inputs", "mnist:test:0", "mnist:test:1", "--score", "leaf-distance,msp"];
+    args.extend(quick);
+    args.extend(["--out", &csv, "--json"]);
+    let output = leafwalk(&args, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert!(rows[0]["leaf-distance"].as_f64().unwrap() >= 0.0 && rows[0]["msp"].as_f64().unwrap() < 0.0);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().next(), Some("name,prediction,probability,leaf-distance,msp"));
+    assert_eq!(text.lines().count(), 3);
+
+    let out = root.join("eval");
+    let mut args = vec!["eval-ood", "--ood", "noise:uniform,transform:invert", "--scores", "msp,leaf-distance"];
+    args.extend(quick);
+    args.extend(["--limit", "6", "--out", out.to_str().unwrap()]);
+    let output = leafwalk(&args, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("| leaf-distance |"));
+    assert_eq!(files_in(&out), ["eval-ood.json", "eval-ood.md", "roc-noise-uniform.png", "roc-transform-invert.png"]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("eval-ood.json")).unwrap()).unwrap();
+    for set in report["sets"].as_array().unwrap() {
+        let auroc = set["scores"]["leaf-distance"]["auroc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{auroc}");
+    }
+    let e = failure(&leafwalk(&args, root));
+    assert!(e.contains("already holds an eval-ood.json"), "{e}");
+
+    // Bad input: one line naming the problem, nothing written.
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let bad_csv = path("bad.csv");
+    let score = |inputs: &str, extra: &[&str]| {
+        let mut args = vec!["ood-score", "--inputs", inputs, "--out", &bad_csv];
+        args.extend(extra);
+        leafwalk(&args, root)
+    };
+    let e = failure(&score(empty.to_str().unwrap(), &[]));
+    assert!(e.contains("no images") && e.contains("empty"), "{e}");
+    let idx = root.join("big-images.idx");
+    let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 32, 0, 0, 0, 32];
+    bytes.extend([0u8; 32 * 32]);
+    std::fs::write(&idx, bytes).unwrap();
+    let e = failure(&score(idx.to_str().unwrap(), &[]));
+    assert!(e.contains("big-images.idx") && e.contains("1x32x32"), "{e}");
+    let e = failure(&score("mnist:test:0", &["--score", "bogus"]));
+    assert!(e.contains("bogus"), "{e}");
+    let e = failure(&score("mnist:test:0", &["--limit", "0"]));
+    assert!(e.contains("--limit"), "{e}");
+    let e = failure(&leafwalk(&["eval-ood", "--ood", "noise:pink", "--out", &path("e2")], root));
+    assert!(e.contains("noise:pink"), "{e}");
+    assert!(!root.join("bad.csv").exists() && !root.join("e2").join("eval-ood.json").exists());
+}

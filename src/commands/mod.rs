@@ -1,5 +1,6 @@
 mod eval_paths;
 mod inspect;
+mod ood;
 mod path;
 mod predict;
 mod train;
@@ -24,6 +25,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Path(args) => path::run(args, &cli.data_root),
         Command::Walk(args) => walk::run(args, &cli.data_root),
         Command::EvalPaths(args) => eval_paths::run(args, &cli.data_root),
+        Command::OodScore(args) => ood::score(args, &cli.data_root),
+        Command::EvalOod(args) => ood::evaluate(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
             let info = dataset_info(&args.download)?;

@@ -180,13 +180,15 @@ pub struct LineChart {
     pub secondary: Option<(String, Vec<Series>)>,
 }
 
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
     RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+    RGBColor(127, 127, 127),
 ];
 
 fn range(series: &[Series], pick: impl Fn(&(f64, f64)) -> f64, positive_only: bool) -> (f64, f64) {

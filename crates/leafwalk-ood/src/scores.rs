@@ -1,0 +1,248 @@
+//! The scores, for a batch of images at once.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor, Var, D};
+use leafwalk_geometry::{argmax, batch_geometry, PointGeometry};
+use leafwalk_models::Classifier;
+use leafwalk_walk::{project_onto_leaf, PathOptions, State};
+use nalgebra::DVector;
+
+use crate::reference::{mahalanobis, Reference};
+use crate::{OodError, Result};
+
+/// Images per forward or Jacobian batch.
+const BATCH: usize = 64;
+
+/// An OOD score; every one is oriented so that higher = more out of distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Score {
+    /// ‖x − y*‖ to the projection onto the data leaf (normalised units).
+    LeafDistance,
+    /// ‖x − y*‖·√λ̄, λ̄ the geometric mean of G(x)'s C−1 nonzero eigenvalues: the leaf distance
+    /// in the model's own length scale at x. G's eigenvalues have units of 1/length² (KL ≈
+    /// ½ δᵀGδ), so the product is unit-free: how many of the lengths over which the prediction
+    /// changes lie between x and the data leaf. (With trace G in place of λ̄, dominated by the
+    /// largest eigenvalue, it separated mirrored digits less well: AUROC 0.973 against 0.985.)
+    ScaledLeafDistance,
+    /// trace G (pixel units): near zero where the model is sure, larger where it hesitates.
+    Trace,
+    /// The mean of log₁₀ of G's C−1 nonzero eigenvalues (pixel units): the log-volume per
+    /// dimension of the model's sensitivity, where trace G is dominated by the largest.
+    Spectrum,
+    /// −max p.
+    Msp,
+    /// −log Σ exp(logits) (temperature 1).
+    Energy,
+    /// −max softmax(logits(x̃)/T), x̃ = x − ε sign(−∇ₓ log max softmax(logits(x)/T)) in pixels.
+    Odin,
+    /// min over classes of the Mahalanobis distance of the penultimate features.
+    Mahalanobis,
+    /// −‖∂ KL(uniform ‖ p)/∂W_last‖₁ = −(Σ_c |p_c − 1/C|)·‖features‖₁.
+    GradNorm,
+}
+
+impl Score {
+    pub const ALL: [Score; 9] = [
+        Score::LeafDistance,
+        Score::ScaledLeafDistance,
+        Score::Trace,
+        Score::Spectrum,
+        Score::Msp,
+        Score::Energy,
+        Score::Odin,
+        Score::Mahalanobis,
+        Score::GradNorm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Score::LeafDistance => "leaf-distance",
+            Score::ScaledLeafDistance => "scaled-leaf-distance",
+            Score::Trace => "trace",
+            Score::Spectrum => "spectrum",
+            Score::Msp => "msp",
+            Score::Energy => "energy",
+            Score::Odin => "odin",
+            Score::Mahalanobis => "mahalanobis",
+            Score::GradNorm => "gradnorm",
+        }
+    }
+
+    /// `all` or a comma-separated list of names.
+    pub fn parse_list(text: &str) -> Result<Vec<Score>> {
+        if text == "all" {
+            return Ok(Score::ALL.to_vec());
+        }
+        text.split(',').map(|name| name.trim().parse()).collect()
+    }
+}
+
+impl FromStr for Score {
+    type Err = OodError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Score::ALL.into_iter().find(|s| s.name() == text).ok_or_else(|| {
+            let known: Vec<&str> = Score::ALL.iter().map(|s| s.name()).collect();
+            OodError::Invalid(format!("unknown score {text:?} (known: {}, all)", known.join(", ")))
+        })
+    }
+}
+
+impl fmt::Display for Score {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScoreOptions {
+    /// Training images each leaf projection starts from.
+    pub anchors_per_point: usize,
+    /// The walks of the leaf projection.
+    pub path: PathOptions,
+    pub odin_temperature: f64,
+    /// ODIN's input perturbation, in pixels ([0, 1]).
+    pub odin_epsilon: f64,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        ScoreOptions {
+            anchors_per_point: 2,
+            path: PathOptions { max_steps: 200, ..PathOptions::adaptive() },
+            odin_temperature: 1000.0,
+            odin_epsilon: 0.0014,
+        }
+    }
+}
+
+/// Scores of a set of images.
+#[derive(Clone, Debug)]
+pub struct ScoreTable {
+    /// Predicted class and its probability, per image.
+    pub predictions: Vec<(usize, f64)>,
+    /// One column per requested score, one value per image.
+    pub columns: Vec<(Score, Vec<f64>)>,
+}
+
+impl ScoreTable {
+    pub fn column(&self, score: Score) -> Option<&[f64]> {
+        self.columns.iter().find(|(s, _)| *s == score).map(|(_, values)| values.as_slice())
+    }
+}
+
+/// Every score in `which` for `images` (CHW pixels in [0, 1], the model's shape), in batches.
+pub fn score_images(
+    model: &Classifier,
+    reference: &Reference,
+    images: &[Vec<f32>],
+    which: &[Score],
+    options: &ScoreOptions,
+) -> Result<ScoreTable> {
+    let shape = model.input_shape();
+    if let Some(k) = images.iter().position(|image| image.len() != shape.len()) {
+        return Err(OodError::Invalid(format!(
+            "image {k} has {} values, the model takes {shape} = {}",
+            images[k].len(),
+            shape.len()
+        )));
+    }
+    let mut predictions = Vec::with_capacity(images.len());
+    let mut columns: Vec<(Score, Vec<f64>)> = which.iter().map(|&s| (s, Vec::with_capacity(images.len()))).collect();
+    for chunk in images.chunks(BATCH) {
+        let values: Vec<f32> = chunk.iter().flatten().copied().collect();
+        let pixels =
+            Tensor::from_vec(values, (chunk.len(), shape.channels, shape.height, shape.width), model.device())?
+                .to_dtype(model.dtype())?;
+        let (features, logits) = model.features_and_logits(&pixels)?;
+        let features = rows(&features)?;
+        let logits = rows(&logits)?;
+        let log_probs: Vec<DVector<f64>> = logits.iter().map(log_softmax).collect();
+        predictions.extend(log_probs.iter().map(|l| {
+            let (class, log_p) = argmax(l.as_slice());
+            (class, log_p.exp())
+        }));
+        let needs_geometry = |s: &Score| matches!(s, Score::Trace | Score::Spectrum | Score::ScaledLeafDistance);
+        let geometry = if which.iter().any(needs_geometry) { batch_geometry(model, &pixels)? } else { Vec::new() };
+        let needs_projection = |s: &Score| matches!(s, Score::LeafDistance | Score::ScaledLeafDistance);
+        let leaf_distances: Vec<f64> = if which.iter().any(needs_projection) {
+            let states: Vec<State> = chunk.iter().map(|x| State::from_pixels(model, x)).collect();
+            project_onto_leaf(model, &states, &reference.anchors, options.anchors_per_point, &options.path)?
+                .iter()
+                .map(|p| p.distance)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for (score, column) in &mut columns {
+            match score {
+                Score::LeafDistance => column.extend(&leaf_distances),
+                Score::ScaledLeafDistance => {
+                    let scale = |g: &PointGeometry| 10f64.powf(0.5 * log_spectrum(g).mean());
+                    column.extend(leaf_distances.iter().zip(&geometry).map(|(d, g)| d * scale(g)))
+                }
+                Score::Trace => column.extend(geometry.iter().map(|g| g.trace())),
+                Score::Spectrum => column.extend(geometry.iter().map(|g| log_spectrum(g).mean())),
+                Score::Msp => column.extend(log_probs.iter().map(|l| -l.max().exp())),
+                Score::Energy => column.extend(logits.iter().map(|l| -log_sum_exp(l))),
+                Score::Odin => column.extend(odin(model, &pixels, options)?),
+                Score::Mahalanobis => column.extend(features.iter().map(|f| {
+                    reference
+                        .class_means
+                        .iter()
+                        .map(|m| mahalanobis(f, m, &reference.feature_precision))
+                        .fold(f64::INFINITY, f64::min)
+                })),
+                Score::GradNorm => column.extend(features.iter().zip(&log_probs).map(|(f, l)| {
+                    let uniform = 1.0 / l.len() as f64;
+                    let spread: f64 = l.iter().map(|l| (l.exp() - uniform).abs()).sum();
+                    -spread * f.iter().map(|v| v.abs()).sum::<f64>()
+                })),
+            }
+        }
+    }
+    Ok(ScoreTable { predictions, columns })
+}
+
+fn rows(tensor: &Tensor) -> Result<Vec<DVector<f64>>> {
+    let rows: Vec<Vec<f64>> = tensor.to_dtype(DType::F64)?.to_vec2()?;
+    Ok(rows.into_iter().map(DVector::from_vec).collect())
+}
+
+fn log_sum_exp(values: &DVector<f64>) -> f64 {
+    let max = values.max();
+    max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+fn log_softmax(logits: &DVector<f64>) -> DVector<f64> {
+    logits.add_scalar(-log_sum_exp(logits))
+}
+
+/// ODIN (Liang et al. 2018): a step of ε against the gradient sign of the temperature-scaled
+/// loss of the predicted class, then −max softmax(logits/T) there. The step is taken in pixels
+/// and not clamped, as in the paper's code (there in normalised units, ε/σ).
+fn odin(model: &Classifier, pixels: &Tensor, options: &ScoreOptions) -> Result<Vec<f64>> {
+    let temperature = options.odin_temperature;
+    let input = Var::from_tensor(pixels)?;
+    let scaled = (model.logits_t(input.as_tensor(), false)? / temperature)?;
+    let log_probs = candle_nn::ops::log_softmax(&scaled, D::Minus1)?;
+    let top = log_probs.max(D::Minus1)?.sum_all()?;
+    let gradient = top
+        .backward()?
+        .remove(input.as_tensor())
+        .ok_or_else(|| OodError::Invalid("the model output does not depend on its input".into()))?;
+    // Raising the top class's log-probability is x + ε·sign(∇ log p_top).
+    let perturbed = (pixels + (gradient.sign()? * options.odin_epsilon)?)?;
+    let logits = rows(&(model.logits_t(&perturbed, false)? / temperature)?)?;
+    Ok(logits.iter().map(|l| -log_softmax(l).max().exp()).collect())
+}
+
+/// log₁₀ of G's C−1 largest eigenvalues (pixel units), floored at 1e-30: confident predictions
+/// have eigenvalues many decades small, and the decades are what separates data sets.
+fn log_spectrum(point: &PointGeometry) -> DVector<f64> {
+    let eigenvalues = point.spectrum().eigenvalues;
+    let kept = eigenvalues.len().saturating_sub(1).max(1);
+    DVector::from_iterator(kept, eigenvalues.iter().take(kept).map(|&l| l.max(1e-30).log10()))
+}
