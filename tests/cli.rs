@@ -625,3 +625,47 @@ fn ood_commands_score_evaluate_and_reject_bad_input() {
     assert!(e.contains("noise:pink"), "{e}");
     assert!(!root.join("bad.csv").exists() && !root.join("e2").join("eval-ood.json").exists());
 }
+
+#[test]
+fn denoise_commands_write_images_and_tables_and_reject_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let root = dir.path();
+    let out = root.join("denoised");
+    let quick = ["--max-steps", "10", "--anchors", "1"];
+    let mut args = vec!["denoise", "--inputs", "mnist:test:0", "mnist:test:1", "--out", out.to_str().unwrap()];
+    args.extend(quick);
+    let output = leafwalk(&args, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(files_in(&out), ["000-denoised.png", "001-denoised.png", "sheet.png"]);
+    let e = failure(&leafwalk(&args, root));
+    assert!(e.contains("already holds a sheet.png"), "{e}");
+
+    let eval = root.join("eval");
+    let mut args =
+        vec!["eval-denoise", "--limit", "4", "--tune-images", "4", "--sigma", "0.3", "--out", eval.to_str().unwrap()];
+    args.extend(quick);
+    let output = leafwalk(&args, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let table = String::from_utf8_lossy(&output.stdout).to_string();
+    for method in ["noisy input", "Gaussian blur", "3×3 median", "PCA", "leaf projection"] {
+        assert!(table.contains(method), "{method} missing from {table}");
+    }
+    assert_eq!(files_in(&eval), ["eval-denoise.json", "eval-denoise.md", "sheet-sigma0.3.png"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval.join("eval-denoise.json")).unwrap()).unwrap();
+    let psnr = report["levels"][0]["methods"][4]["psnr_db"].as_f64().unwrap();
+    assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
+
+    let bad = root.join("bad").to_str().unwrap().to_string();
+    for (sigma, needle) in [("-0.1", "σ ≥ 0"), ("0.3,x", "\"x\" is not a number"), ("nan", "σ ≥ 0")] {
+        let e = failure(&leafwalk(&["eval-denoise", "--sigma", sigma, "--out", &bad], root));
+        assert!(e.contains(needle), "{e}");
+    }
+    let e = failure(&leafwalk(
+        &["denoise", "--inputs", root.join("nothing-here.png").to_str().unwrap(), "--out", &bad],
+        root,
+    ));
+    assert!(e.contains("nothing-here.png"), "{e}");
+    assert!(!root.join("bad").exists(), "nothing written on bad input");
+}

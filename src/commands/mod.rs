@@ -1,3 +1,4 @@
+mod denoise;
 mod eval_paths;
 mod inspect;
 mod ood;
@@ -26,6 +27,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Walk(args) => walk::run(args, &cli.data_root),
         Command::EvalPaths(args) => eval_paths::run(args, &cli.data_root),
         Command::OodScore(args) => ood::score(args, &cli.data_root),
+        Command::Denoise(args) => denoise::denoise(args, &cli.data_root),
+        Command::EvalDenoise(args) => denoise::evaluate(args, &cli.data_root),
         Command::EvalOod(args) => ood::evaluate(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {

@@ -180,7 +180,7 @@ pub struct LineChart {
     pub secondary: Option<(String, Vec<Series>)>,
 }
 
-const PALETTE: [RGBColor; 8] = [
+const PALETTE: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -189,6 +189,7 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
     RGBColor(140, 86, 75),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
 ];
 
 fn range(series: &[Series], pick: impl Fn(&(f64, f64)) -> f64, positive_only: bool) -> (f64, f64) {

@@ -1,0 +1,178 @@
+//! Denoising by projection onto the data leaf, and the baselines it is measured against.
+//!
+//! A noisy image lies off the data leaf: the noise is mostly in directions the model ignores
+//! (ker G). Projecting it onto the leaf ([`leaf_denoise`], `leafwalk_walk::project_onto_leaf`:
+//! walks along the leaf from the nearest training images toward the noisy image, keeping the
+//! end nearest it) returns an image the model takes for data that is as close as the leaf gets
+//! to the noisy one. The baselines are the classic ones a user would otherwise reach for: a
+//! Gaussian blur, a 3×3 median filter, and projection onto the top-k principal components of
+//! the training images, with the blur width and k tuned on noisy training images ([`tune`]).
+//! Images are CHW pixels in [0, 1]; every output is clamped there.
+
+use leafwalk_data::ImageShape;
+use leafwalk_metrics::quality::psnr;
+use leafwalk_models::Classifier;
+use leafwalk_walk::{project_onto_leaf, PathOptions, State};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DenoiseError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Walk(#[from] leafwalk_walk::WalkError),
+    #[error(transparent)]
+    Metric(#[from] leafwalk_metrics::MetricError),
+}
+
+pub type Result<T> = std::result::Result<T, DenoiseError>;
+
+/// `image + N(0, σ²)` per pixel, clipped to [0, 1], seeded.
+pub fn add_noise(images: &[Vec<f32>], sigma: f64, seed: u64) -> Result<Vec<Vec<f32>>> {
+    if !(sigma.is_finite() && sigma >= 0.0) {
+        return Err(DenoiseError::Invalid(format!("noise σ must be a non-negative number, got {sigma}")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Ok(images
+        .iter()
+        .map(|image| {
+            image
+                .iter()
+                .map(|&p| {
+                    // Box–Muller: one N(0, 1) draw per pixel.
+                    let (u, v): (f64, f64) = (rng.random(), rng.random());
+                    let z = (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                    (p as f64 + sigma * z).clamp(0.0, 1.0) as f32
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Separable Gaussian blur of width `sigma` pixels (kernel radius ⌈3σ⌉, edges clamped).
+pub fn gaussian_blur(image: &[f32], shape: ImageShape, sigma: f64) -> Vec<f32> {
+    let radius = (3.0 * sigma).ceil().max(1.0) as isize;
+    let weights: Vec<f64> = (-radius..=radius).map(|d| (-(d * d) as f64 / (2.0 * sigma * sigma)).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let (h, w) = (shape.height as isize, shape.width as isize);
+    let pass = |input: &[f32], along_rows: bool| -> Vec<f32> {
+        let mut out = vec![0f32; input.len()];
+        for (plane_in, plane_out) in input.chunks_exact((h * w) as usize).zip(out.chunks_exact_mut((h * w) as usize)) {
+            for y in 0..h {
+                for x in 0..w {
+                    let sum: f64 = (-radius..=radius)
+                        .zip(&weights)
+                        .map(|(d, k)| {
+                            let (yy, xx) =
+                                if along_rows { (y, (x + d).clamp(0, w - 1)) } else { ((y + d).clamp(0, h - 1), x) };
+                            k * plane_in[(yy * w + xx) as usize] as f64
+                        })
+                        .sum();
+                    plane_out[(y * w + x) as usize] = (sum / total) as f32;
+                }
+            }
+        }
+        out
+    };
+    pass(&pass(image, true), false)
+}
+
+/// 3×3 median filter (edges clamped).
+pub fn median3(image: &[f32], shape: ImageShape) -> Vec<f32> {
+    let (h, w) = (shape.height as isize, shape.width as isize);
+    let mut out = vec![0f32; image.len()];
+    for (plane_in, plane_out) in image.chunks_exact((h * w) as usize).zip(out.chunks_exact_mut((h * w) as usize)) {
+        for y in 0..h {
+            for x in 0..w {
+                let mut window = [0f32; 9];
+                for (k, v) in window.iter_mut().enumerate() {
+                    let (yy, xx) = ((y + k as isize / 3 - 1).clamp(0, h - 1), (x + k as isize % 3 - 1).clamp(0, w - 1));
+                    *v = plane_in[(yy * w + xx) as usize];
+                }
+                window.sort_by(f32::total_cmp);
+                plane_out[(y * w + x) as usize] = window[4];
+            }
+        }
+    }
+    out
+}
+
+/// Principal components of a set of images.
+#[derive(Clone, Debug)]
+pub struct Pca {
+    mean: DVector<f64>,
+    /// n × k_max, orthonormal columns by decreasing variance.
+    components: DMatrix<f64>,
+}
+
+impl Pca {
+    /// The top `max_components` components of `images` (the n×n pixel covariance of the data,
+    /// not G: n = 784 for MNIST).
+    pub fn fit(images: &[Vec<f32>], max_components: usize) -> Result<Self> {
+        let n = images.first().map_or(0, |i| i.len());
+        if images.len() < 2 || n == 0 {
+            return Err(DenoiseError::Invalid("PCA needs at least two images".into()));
+        }
+        let data = DMatrix::from_fn(images.len(), n, |r, c| images[r][c] as f64);
+        let mean = DVector::from_fn(n, |c, _| data.column(c).mean());
+        let centred = DMatrix::from_fn(images.len(), n, |r, c| data[(r, c)] - mean[c]);
+        let covariance = centred.transpose() * &centred / (images.len() - 1) as f64;
+        let eigen = SymmetricEigen::new(covariance);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+        let k = max_components.min(n);
+        let components = DMatrix::from_fn(n, k, |r, c| eigen.eigenvectors[(r, order[c])]);
+        Ok(Pca { mean, components })
+    }
+
+    pub fn max_components(&self) -> usize {
+        self.components.ncols()
+    }
+
+    /// `image` projected onto the top `k` components, clamped to [0, 1].
+    pub fn project(&self, image: &[f32], k: usize) -> Vec<f32> {
+        let basis = self.components.columns(0, k.min(self.max_components()));
+        let centred = DVector::from_fn(image.len(), |i, _| image[i] as f64 - self.mean[i]);
+        let projected = basis * (basis.transpose() * centred) + &self.mean;
+        projected.iter().map(|&v| v.clamp(0.0, 1.0) as f32).collect()
+    }
+}
+
+/// The candidate (of `candidates`) whose `denoise` gives the best mean PSNR against `clean`.
+pub fn tune<T: Copy>(
+    clean: &[Vec<f32>],
+    noisy: &[Vec<f32>],
+    candidates: &[T],
+    denoise: impl Fn(&[f32], T) -> Vec<f32>,
+) -> Result<T> {
+    let mut best: Option<(f64, T)> = None;
+    for &candidate in candidates {
+        let scores = clean
+            .iter()
+            .zip(noisy)
+            .map(|(c, n)| psnr(c, &denoise(n, candidate)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+        if best.is_none_or(|(b, _)| mean > b) {
+            best = Some((mean, candidate));
+        }
+    }
+    best.map(|(_, c)| c).ok_or_else(|| DenoiseError::Invalid("nothing to tune on".into()))
+}
+
+/// Projections of `noisy` (pixels) onto the data leaf through `anchors` (training images,
+/// normalised), as pixels: see the crate docs.
+pub fn leaf_denoise(
+    model: &Classifier,
+    noisy: &[Vec<f32>],
+    anchors: &[State],
+    per_point: usize,
+    options: &PathOptions,
+) -> Result<Vec<Vec<f32>>> {
+    let states: Vec<State> = noisy.iter().map(|x| State::from_pixels(model, x)).collect();
+    let projections = project_onto_leaf(model, &states, anchors, per_point, options)?;
+    Ok(projections.iter().map(|p| p.point.to_pixels(model)).collect())
+}

@@ -1,0 +1,75 @@
+//! Denoisers on small fixed images and the golden digits.
+
+use std::path::Path;
+
+use candle_core::Device;
+use leafwalk_data::dataset_info;
+use leafwalk_denoise::{add_noise, gaussian_blur, leaf_denoise, median3, tune, Pca};
+use leafwalk_metrics::quality::psnr;
+use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
+use leafwalk_walk::{PathOptions, State};
+
+fn golden_digits() -> (Classifier, Vec<Vec<f32>>) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let mnist = dataset_info("mnist").unwrap();
+    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
+    let model = Classifier::load(&fixtures.join("mnist-cnn-epoch01.safetensors"), options, &Device::Cpu).unwrap();
+    let (golden, _) = checkpoint::read(&fixtures.join("golden-epoch01.safetensors"), &Device::Cpu).unwrap();
+    let bytes: Vec<u8> = golden["test_u8"].flatten_all().unwrap().to_vec1().unwrap();
+    (model, bytes.chunks_exact(784).map(|b| b.iter().map(|&v| v as f32 / 255.0).collect()).collect())
+}
+
+#[test]
+fn filters_keep_constants_and_the_median_removes_a_speck() {
+    let shape = dataset_info("mnist").unwrap().shape;
+    let flat = vec![0.25f32; 784];
+    assert!(gaussian_blur(&flat, shape, 1.3).iter().all(|v| (v - 0.25).abs() < 1e-6));
+    assert_eq!(median3(&flat, shape), flat);
+    let mut speck = flat.clone();
+    speck[14 * 28 + 14] = 1.0;
+    assert_eq!(median3(&speck, shape), flat);
+    let blurred = gaussian_blur(&speck, shape, 1.0);
+    assert!(blurred[14 * 28 + 14] < 0.5 && blurred[14 * 28 + 15] > 0.25, "blur spreads the speck");
+}
+
+#[test]
+fn noise_is_seeded_clipped_and_validated() {
+    let images = vec![vec![0.5f32; 784]; 2];
+    let a = add_noise(&images, 0.3, 1).unwrap();
+    assert_eq!(a, add_noise(&images, 0.3, 1).unwrap());
+    assert_ne!(a, add_noise(&images, 0.3, 2).unwrap());
+    assert!(a.iter().flatten().all(|v| (0.0..=1.0).contains(v)));
+    assert_eq!(add_noise(&images, 0.0, 1).unwrap(), images);
+    assert!(add_noise(&images, -0.1, 1).is_err() && add_noise(&images, f64::NAN, 1).is_err());
+}
+
+#[test]
+fn pca_with_every_component_is_the_identity_and_tuning_picks_the_best() {
+    let (_, digits) = golden_digits();
+    let pca = Pca::fit(&digits, 784).unwrap();
+    let back = pca.project(&digits[3], 784);
+    assert!(psnr(&digits[3], &back).unwrap() > 60.0, "all components reconstruct a training image");
+    let noisy = add_noise(&digits, 0.3, 4).unwrap();
+    let k = tune(&digits, &noisy, &[1usize, 5, 15], |image, k| pca.project(image, k)).unwrap();
+    let mean_psnr =
+        |k: usize| digits.iter().zip(&noisy).map(|(c, n)| psnr(c, &pca.project(n, k)).unwrap()).sum::<f64>();
+    assert!([1, 5, 15].iter().all(|&other| mean_psnr(k) >= mean_psnr(other)));
+}
+
+/// The walk from a clean digit toward itself is the digit: denoising changes a clean image
+/// that is its own anchor not at all, and a clean digit among other anchors little.
+#[test]
+fn leaf_denoising_keeps_clean_digits() {
+    let (model, digits) = golden_digits();
+    let anchors: Vec<State> = digits[..12].iter().map(|d| State::from_pixels(&model, d)).collect();
+    let options = PathOptions { max_steps: 40, ..PathOptions::adaptive() };
+    let same = leaf_denoise(&model, &digits[..1], &anchors, 1, &options).unwrap();
+    assert!(psnr(&digits[0], &same[0]).unwrap() >= 30.0);
+    let others = leaf_denoise(&model, &digits[12..], &anchors, 2, &options).unwrap();
+    let noisy = add_noise(&digits[12..], 0.5, 9).unwrap();
+    let from_noise = leaf_denoise(&model, &noisy, &anchors, 2, &options).unwrap();
+    for k in 0..4 {
+        assert!(others[k].iter().chain(&from_noise[k]).all(|v| (0.0..=1.0).contains(v)));
+        assert!(psnr(&digits[12 + k], &from_noise[k]).unwrap() > psnr(&digits[12 + k], &noisy[k]).unwrap());
+    }
+}

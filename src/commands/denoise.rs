@@ -1,0 +1,184 @@
+//! `leafwalk denoise` and `leafwalk eval-denoise`: projection onto the data leaf as a denoiser,
+//! and how it compares with the classic filters on noisy test images.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use leafwalk_data::{dataset_info, save_image, write_bytes_atomic, Dataset, ImageSet, Invert, NamedImage, Split};
+use leafwalk_denoise::{add_noise, gaussian_blur, leaf_denoise, median3, tune, Pca};
+use leafwalk_metrics::quality::{psnr, ssim};
+use leafwalk_models::Classifier;
+use leafwalk_plot::{tile_grid, Tile, TileKind};
+use leafwalk_walk::{PathOptions, State};
+use serde_json::json;
+
+use crate::cli::{DenoiseArgs, EvalDenoiseArgs, ProjectionArgs};
+use crate::commands::load_model;
+
+/// Blur widths (pixels) and PCA component counts tried when tuning.
+const BLUR_WIDTHS: [f64; 6] = [0.5, 0.7, 1.0, 1.4, 2.0, 2.8];
+const PCA_COMPONENTS: [usize; 9] = [5, 10, 20, 35, 50, 75, 100, 150, 200];
+/// Training images the principal components are computed from.
+const PCA_IMAGES: usize = 4000;
+/// Images per sheet.
+const SHEET_IMAGES: usize = 6;
+
+/// The model's training images (the projection's anchors) and the walk options.
+fn anchors(
+    model: &Classifier,
+    args: &ProjectionArgs,
+    data_root: &Path,
+) -> anyhow::Result<(Dataset, Vec<State>, PathOptions)> {
+    if args.anchors == 0 || args.max_steps == 0 {
+        bail!("--anchors and --max-steps must be at least 1");
+    }
+    let train = Dataset::load(dataset_info(&model.meta().dataset)?, Split::Train, data_root)?;
+    let anchors =
+        (0..train.len()).map(|k| Ok(State::from_pixels(model, &train.pixels(k)?))).collect::<anyhow::Result<_>>()?;
+    Ok((train, anchors, PathOptions { max_steps: args.max_steps, ..PathOptions::adaptive() }))
+}
+
+pub fn denoise(args: DenoiseArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
+    if args.limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    if args.out.join("sheet.png").exists() {
+        bail!("{}: already holds a sheet.png; choose another --out", args.out.display());
+    }
+    let model = load_model(&args.model)?;
+    let shape = model.input_shape();
+    let info = dataset_info(&model.meta().dataset)?;
+    let mut images: Vec<NamedImage> = Vec::new();
+    for text in &args.inputs {
+        images.extend(ImageSet::parse(text)?.load(info, data_root, args.limit, Invert::Off)?);
+    }
+    let (_, anchors, options) = anchors(&model, &args.projection, data_root)?;
+    let pixels: Vec<Vec<f32>> = images.iter().map(|i| i.pixels.clone()).collect();
+    let denoised = leaf_denoise(&model, &pixels, &anchors, args.projection.anchors, &options)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let mut tiles = Vec::new();
+    for (k, (image, clean)) in images.iter().zip(&denoised).enumerate() {
+        let file = args.out.join(format!("{k:03}-denoised.png"));
+        save_image(&file, shape, clean)?;
+        println!("{}\t{}", image.name, file.display());
+        if k < 4 * SHEET_IMAGES {
+            tiles.push(Tile::new(&image.pixels, shape, format!("{k}: input"), TileKind::Image));
+            tiles.push(Tile::new(clean, shape, format!("{k}: projected"), TileKind::Image));
+        }
+    }
+    tile_grid(&args.out.join("sheet.png"), Some("inputs and their projections onto the data leaf"), &tiles, 8, 3)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// σ values from `0.1,0.3,0.5`: each finite and ≥ 0.
+fn sigmas(text: &str) -> anyhow::Result<Vec<f64>> {
+    text.split(',')
+        .map(|part| {
+            let sigma: f64 =
+                part.trim().parse().with_context(|| format!("--sigma {text}: {part:?} is not a number"))?;
+            if !(sigma.is_finite() && sigma >= 0.0) {
+                bail!("--sigma {text}: {sigma} is not a noise level (σ ≥ 0)");
+            }
+            Ok(sigma)
+        })
+        .collect()
+}
+
+pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
+    let sigmas = sigmas(&args.sigma)?;
+    if args.data.index.is_some() {
+        bail!("--data {}: give a split (NAME:SPLIT), not one image", args.data);
+    }
+    if args.limit == 0 || args.tune_images == 0 {
+        bail!("--limit and --tune-images must be at least 1");
+    }
+    let report_path = args.out.join("eval-denoise.json");
+    if report_path.exists() {
+        bail!("{}: already holds an eval-denoise.json; choose another --out", args.out.display());
+    }
+    let model = load_model(&args.model)?;
+    let shape = model.input_shape();
+    let test = Dataset::load(args.data.dataset, args.data.split, data_root)?;
+    if test.info.shape != shape {
+        bail!("--data {}: {} images, but the model takes {} images", args.data, test.info.shape, shape);
+    }
+    let clean: Vec<Vec<f32>> = (0..test.len().min(args.limit)).map(|k| test.pixels(k)).collect::<Result<_, _>>()?;
+    let (train, anchors, options) = anchors(&model, &args.projection, data_root)?;
+    let train_images: Vec<Vec<f32>> = (0..train.len()).map(|k| train.pixels(k)).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let pca = Pca::fit(&train_images[..train_images.len().min(PCA_IMAGES)], *PCA_COMPONENTS.last().unwrap_or(&1))?;
+    eprintln!(
+        "principal components of {} training images: {:.1} s",
+        train_images.len().min(PCA_IMAGES),
+        started.elapsed().as_secs_f64()
+    );
+    // Tuned on the last training images (the PCA saw the first ones).
+    let tune_clean = &train_images[train_images.len().saturating_sub(args.tune_images)..];
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+
+    let mut levels = Vec::new();
+    let mut table = String::from("| σ | method | PSNR (dB) | SSIM |\n|---|---|---:|---:|\n");
+    for &sigma in &sigmas {
+        let tune_noisy = add_noise(tune_clean, sigma, args.seed.wrapping_add(1))?;
+        let blur_width = tune(tune_clean, &tune_noisy, &BLUR_WIDTHS, |x, w| gaussian_blur(x, shape, w))?;
+        let components = tune(tune_clean, &tune_noisy, &PCA_COMPONENTS, |x, k| pca.project(x, k))?;
+        let noisy = add_noise(&clean, sigma, args.seed)?;
+        let started = Instant::now();
+        let leaf = leaf_denoise(&model, &noisy, &anchors, args.projection.anchors, &options)?;
+        let leaf_seconds = started.elapsed().as_secs_f64();
+        let methods: Vec<(String, Vec<Vec<f32>>)> = vec![
+            ("noisy input".into(), noisy.clone()),
+            (
+                format!("Gaussian blur (σ = {blur_width} px)"),
+                noisy.iter().map(|x| gaussian_blur(x, shape, blur_width)).collect(),
+            ),
+            ("3×3 median".into(), noisy.iter().map(|x| median3(x, shape)).collect()),
+            (format!("PCA (k = {components})"), noisy.iter().map(|x| pca.project(x, components)).collect()),
+            ("leaf projection".into(), leaf),
+        ];
+        let mut rows = Vec::new();
+        for (name, outputs) in &methods {
+            let mut psnrs = Vec::with_capacity(clean.len());
+            let mut ssims = Vec::with_capacity(clean.len());
+            for (c, o) in clean.iter().zip(outputs) {
+                psnrs.push(psnr(c, o)?);
+                ssims.push(ssim(c, o, shape.channels, shape.height, shape.width)?);
+            }
+            let (p, s) = (mean(&psnrs), mean(&ssims));
+            let _ = writeln!(table, "| {sigma} | {name} | {p:.2} | {s:.3} |");
+            rows.push(json!({"method": name, "psnr_db": p, "ssim": s}));
+        }
+        let mut tiles = Vec::new();
+        for k in 0..clean.len().min(SHEET_IMAGES) {
+            tiles.push(Tile::new(&clean[k], shape, "clean".into(), TileKind::Image));
+            for (name, outputs) in &methods {
+                let caption = name.split(' ').next().unwrap_or("").to_string();
+                tiles.push(Tile::new(&outputs[k], shape, caption, TileKind::Image));
+            }
+        }
+        let sheet = format!("sheet-sigma{sigma}.png");
+        tile_grid(
+            &args.out.join(&sheet),
+            Some(&format!("σ = {sigma}: clean, noisy, blur, median, PCA, leaf")),
+            &tiles,
+            1 + methods.len(),
+            3,
+        )?;
+        levels.push(json!({"sigma": sigma, "blur_width_px": blur_width, "pca_components": components,
+            "leaf_seconds": leaf_seconds, "methods": rows, "sheet_png": sheet}));
+    }
+    print!("{table}");
+    write_bytes_atomic(&args.out.join("eval-denoise.md"), table.as_bytes())?;
+    let report = json!({"data": args.data.to_string(), "images": clean.len(), "model": args.model.model,
+        "seed": args.seed, "tune_images": tune_clean.len(), "anchors": args.projection.anchors,
+        "max_steps": args.projection.max_steps, "levels": levels});
+    write_bytes_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
