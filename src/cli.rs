@@ -76,6 +76,19 @@ pub enum Command {
         after_help = "Example:\n  leafwalk eval-denoise --data mnist:test --sigma 0.1,0.3,0.5 --limit 200 --out runs/eval-denoise"
     )]
     EvalDenoise(EvalDenoiseArgs),
+    /// New images of one class: random walks on the data leaf from an image that reject every
+    /// step changing the prediction; a grid of the results, the label-preservation rate and
+    /// their mean pairwise distance.
+    #[command(
+        after_help = "Example:\n  leafwalk generate --from models/samples/mnist-7.png --count 8 --steps 100 --seed 1 --out runs/sevens"
+    )]
+    Generate(GenerateArgs),
+    /// How far apart two datasets are as the model sees them: the distributions of G's
+    /// log-eigenvalues over each (Tron & Fioresi), as a distance in decades and a plot.
+    #[command(
+        after_help = "Example:\n  leafwalk compare --a mnist:test --b fashion-mnist:test --limit 500 --out runs/compare"
+    )]
+    Compare(CompareArgs),
     /// Walk with a constant direction projected onto ker G (a noise leaf: the image changes,
     /// the prediction stays) or onto ker G⊥; written like `path`.
     #[command(
@@ -486,6 +499,52 @@ pub struct EvalDenoiseArgs {
     #[command(flatten)]
     pub projection: ProjectionArgs,
     /// Output folder: eval-denoise.json, eval-denoise.md and sheet-sigma<σ>.png per level.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The image to start from: a file or NAME:SPLIT:INDEX.
+    #[arg(long)]
+    pub from: ImageSource,
+    /// Walks (images generated).
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Steps per walk (the images drift from data-like to noisy as walks grow long: 300 steps
+    /// of 0.25 already give sevens the model is sure of that no one would draw).
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Step length, normalised units (the paper's 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    pub step_size: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Invert image files (MNIST digits are white on black); auto inverts when the border is
+    /// brighter than the centre.
+    #[arg(long, default_value = "auto")]
+    pub invert: Invert,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output folder: grid.png and generate.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The first dataset split.
+    #[arg(long, default_value = "mnist:test")]
+    pub a: DatasetRef,
+    /// The second dataset split.
+    #[arg(long, default_value = "fashion-mnist:test")]
+    pub b: DatasetRef,
+    /// Images of each split at most.
+    #[arg(long, default_value_t = 500)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output folder: compare.json and spectrum.png.
     #[arg(long)]
     pub out: PathBuf,
 }

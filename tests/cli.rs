@@ -669,3 +669,50 @@ fn denoise_commands_write_images_and_tables_and_reject_bad_input() {
     assert!(e.contains("nothing-here.png"), "{e}");
     assert!(!root.join("bad").exists(), "nothing written on bad input");
 }
+
+#[test]
+fn generate_keeps_the_label_and_compare_measures_two_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let root = dir.path();
+    let out = root.join("gen");
+    let args = [
+        "generate",
+        "--from",
+        "mnist:test:3",
+        "--count",
+        "3",
+        "--steps",
+        "5",
+        "--seed",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let output = leafwalk(&args, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(files_in(&out), ["generate.json", "grid.png"]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("generate.json")).unwrap()).unwrap();
+    let label = report["label"].as_str().unwrap().to_string();
+    assert!(report["images"].as_array().unwrap().iter().all(|i| i["prediction"] == label.as_str()));
+    let rate = report["label_preservation_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rate) && report["mean_pairwise_distance"].as_f64().unwrap() >= 0.0);
+    let e = failure(&leafwalk(&args, root));
+    assert!(e.contains("already holds a generate.json"), "{e}");
+    let e = failure(&leafwalk(
+        &["generate", "--from", "mnist:test:3", "--step-size", "0", "--out", out.to_str().unwrap()],
+        root,
+    ));
+    assert!(e.contains("--step-size"), "{e}");
+
+    let out = root.join("cmp");
+    let args = ["compare", "--a", "mnist:test", "--b", "mnist:train", "--limit", "10", "--out", out.to_str().unwrap()];
+    let output = leafwalk(&args, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(files_in(&out), ["compare.json", "spectrum.png"]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
+    assert!(report["distance_decades"].as_f64().unwrap() >= 0.0);
+    assert_eq!(report["w1_per_eigenvalue_decades"].as_array().unwrap().len(), 9);
+    let e = failure(&leafwalk(&["compare", "--a", "mnist:test:1", "--out", root.join("c2").to_str().unwrap()], root));
+    assert!(e.contains("mnist:test:1"), "{e}");
+}

@@ -1,5 +1,7 @@
+mod compare;
 mod denoise;
 mod eval_paths;
+mod generate;
 mod inspect;
 mod ood;
 mod path;
@@ -28,6 +30,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::EvalPaths(args) => eval_paths::run(args, &cli.data_root),
         Command::OodScore(args) => ood::score(args, &cli.data_root),
         Command::Denoise(args) => denoise::denoise(args, &cli.data_root),
+        Command::Generate(args) => generate::run(args, &cli.data_root),
+        Command::Compare(args) => compare::run(args, &cli.data_root),
         Command::EvalDenoise(args) => denoise::evaluate(args, &cli.data_root),
         Command::EvalOod(args) => ood::evaluate(args, &cli.data_root),
         #[cfg(feature = "hub")]

@@ -11,7 +11,6 @@ use serde_json::json;
 
 use crate::cli::{SubspaceArg, WalkArgs};
 use crate::commands::path::{prepare_out, write_walk};
-use crate::commands::walking::standard_normal;
 use crate::commands::{input_batch, load_model};
 
 pub fn run(args: WalkArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
@@ -22,7 +21,7 @@ pub fn run(args: WalkArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let start = input_batch(std::slice::from_ref(&args.from), &model, args.invert, data_root)?;
     let from = State::from_pixels(&model, &start.flatten_all()?.to_vec1::<f32>()?);
     let direction = match args.direction.as_str() {
-        "random" => standard_normal(from.0.len(), args.seed),
+        "random" => leafwalk_walk::random_direction(from.0.len(), args.seed),
         other => {
             let source: ImageSource = other.parse()?;
             let image = input_batch(&[source], &model, args.invert, data_root)?;

@@ -9,9 +9,6 @@ use leafwalk_walk::{
     concatenate, connect_batch, connect_steered, direction_walk, Ending, Integrator, PathOptions, PathOutcome,
     PathRecord, State, Subspace,
 };
-use nalgebra::DVector;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
 
@@ -65,17 +62,6 @@ pub fn path_options(args: &PathWalkArgs) -> anyhow::Result<PathOptions> {
     })
 }
 
-/// A standard normal direction from a seeded ChaCha8 stream (Box–Muller), the same on every
-/// machine.
-pub fn standard_normal(len: usize, seed: u64) -> DVector<f64> {
-    use rand::Rng;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    DVector::from_fn(len, |_, _| {
-        let (u, v): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    })
-}
-
 /// Walks every pair (one batch for the data-leaf part); `waypoints` (training images) are
 /// needed for `--via auto`.
 /// `on_record(pair, record)` follows the batched walk.
@@ -95,7 +81,7 @@ pub fn walk_pairs(
         prefixes.push(match args.leaf {
             LeafArg::Data => None,
             LeafArg::Noise => {
-                let direction = standard_normal(from.0.len(), args.seed + k as u64);
+                let direction = leafwalk_walk::random_direction(from.0.len(), args.seed + k as u64);
                 Some(direction_walk(model, from, &direction, Subspace::Kernel, args.noise_steps, NOISE_STEP, |_| {})?)
             }
         });

@@ -14,8 +14,9 @@ use leafwalk_metrics::quality::psnr;
 use leafwalk_models::Classifier;
 use leafwalk_walk::{project_onto_leaf, PathOptions, State};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -42,9 +43,7 @@ pub fn add_noise(images: &[Vec<f32>], sigma: f64, seed: u64) -> Result<Vec<Vec<f
             image
                 .iter()
                 .map(|&p| {
-                    // Box–Muller: one N(0, 1) draw per pixel.
-                    let (u, v): (f64, f64) = (rng.random(), rng.random());
-                    let z = (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                    let z: f64 = StandardNormal.sample(&mut rng);
                     (p as f64 + sigma * z).clamp(0.0, 1.0) as f32
                 })
                 .collect()

@@ -12,8 +12,12 @@
 //! **Image quality** ([`quality`]): PSNR and SSIM of images with values in [0, 1] (SSIM with
 //! Wang et al.'s 11×11 Gaussian window, σ = 1.5, K₁ = 0.01, K₂ = 0.03, averaged over the
 //! positions where the window fits, per channel).
+//!
+//! **Distributions** ([`distribution`]): the 1-Wasserstein distance between two samples, e.g. of
+//! G's log-eigenvalues over two datasets.
 
 pub mod detection;
+pub mod distribution;
 pub mod quality;
 
 /// Errors of the metrics; messages are one line.

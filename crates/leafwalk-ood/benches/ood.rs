@@ -36,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         score_images(&model, &reference, &images[..count], &[score], &ScoreOptions::default())?;
         let seconds = started.elapsed().as_secs_f64();
-        results.insert(score.name().into(), serde_json::json!({"images": count, "images_per_s": count as f64 / seconds}));
+        results
+            .insert(score.name().into(), serde_json::json!({"images": count, "images_per_s": count as f64 / seconds}));
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     let json = serde_json::json!({

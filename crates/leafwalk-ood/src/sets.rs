@@ -7,6 +7,7 @@ use std::path::Path;
 use leafwalk_data::{DatasetInfo, ImageSet, Invert, NamedImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 
 use crate::{OodError, Result};
 
@@ -103,10 +104,9 @@ impl Transform {
     }
 }
 
-/// One N(0, 1) draw (Box–Muller).
+/// One N(0, 1) draw.
 fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
-    let (u, v): (f64, f64) = (rng.random(), rng.random());
-    ((-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    StandardNormal.sample(rng)
 }
 
 /// Writes the form [`OodSet::parse`] reads.

@@ -8,7 +8,9 @@
 //! fixed-step Euler or an error-controlled adaptive integrator, and report how they ended —
 //! reached, stalled at the leaf point nearest the target, or diverged ([`connect_batch`]);
 //! stalled paths can be steered through training images ([`connect_steered`]). Walks from
-//! training images toward an image project it onto the data leaf ([`project_onto_leaf`]).
+//! training images toward an image project it onto the data leaf ([`project_onto_leaf`]);
+//! random walks on the leaf that keep the prediction generate images of a class
+//! ([`generate_on_leaf`]).
 //!
 //! Walks live, as in Grementieri & Fioresi's code, in the model's *normalised* coordinates
 //! (x − μ)/σ: the state is an f32 image in those coordinates, each step adds a unit
@@ -21,11 +23,13 @@
 use leafwalk_models::Classifier;
 use nalgebra::DVector;
 
+mod generate;
 mod path;
 mod project;
 mod route;
 mod step;
 
+pub use generate::{generate_on_leaf, random_direction, Generated};
 pub use path::{
     connect, connect_batch, prediction, Ending, Integrator, PathOptions, PathOutcome, PathRecord, MAX_BATCH,
 };

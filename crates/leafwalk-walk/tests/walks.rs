@@ -10,8 +10,8 @@ use leafwalk_data::dataset_info;
 use leafwalk_geometry::{batch_geometry_in, Coordinates};
 use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
 use leafwalk_walk::{
-    connect, connect_batch, connect_steered, data_leaf_step, leaf_direction, project_onto_leaf, Ending, PathOptions,
-    PathOutcome, State,
+    connect, connect_batch, connect_steered, data_leaf_step, generate_on_leaf, leaf_direction, prediction,
+    project_onto_leaf, Ending, PathOptions, PathOutcome, State,
 };
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
@@ -198,4 +198,20 @@ fn projection_onto_the_leaf_starts_at_the_nearest_anchors_and_only_gets_closer()
     let alone = project_onto_leaf(&model, &points[2..3], anchors, 2, &options).unwrap();
     assert_eq!(alone[0].point, projections[2].point);
     assert!(project_onto_leaf(&model, points, &[], 2, &options).is_err());
+}
+
+/// Every generated image keeps the start's label, the walks move, and a seed fixes them.
+#[test]
+fn generated_images_keep_the_label_and_follow_their_seed() {
+    let (model, digits) = (model(), digits());
+    let generated = generate_on_leaf(&model, &digits[4], 3, 20, 0.2, 7).unwrap();
+    assert_eq!(generated.label, prediction(&model, &digits[4]).unwrap().0);
+    for image in &generated.images {
+        assert_eq!(prediction(&model, image).unwrap().0, generated.label);
+        assert!(image.distance(&digits[4]) > 0.0);
+    }
+    assert_eq!(generated.proposed, 60);
+    assert!(generated.preservation_rate() > 0.0 && generated.mean_pairwise_distance() > 0.0);
+    assert_eq!(generate_on_leaf(&model, &digits[4], 3, 20, 0.2, 7).unwrap().images, generated.images);
+    assert!(generate_on_leaf(&model, &digits[4], 1, 1, 0.0, 7).is_err());
 }
