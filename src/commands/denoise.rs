@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use leafwalk_data::{dataset_info, save_image, write_bytes_atomic, Dataset, ImageSet, Invert, NamedImage, Split};
+use leafwalk_data::{save_image, write_bytes_atomic, Dataset, ImageSet, Invert, NamedImage};
 use leafwalk_denoise::{add_noise, gaussian_blur, leaf_denoise, median3, tune, Pca};
 use leafwalk_metrics::quality::{psnr, ssim};
 use leafwalk_models::Classifier;
@@ -16,7 +16,7 @@ use leafwalk_walk::{PathOptions, State};
 use serde_json::json;
 
 use crate::cli::{DenoiseArgs, EvalDenoiseArgs, ProjectionArgs};
-use crate::commands::load_model;
+use crate::commands::{load_model, model_dataset, training_set};
 
 /// Blur widths (pixels) and PCA component counts tried when tuning.
 const BLUR_WIDTHS: [f64; 6] = [0.5, 0.7, 1.0, 1.4, 2.0, 2.8];
@@ -35,7 +35,7 @@ fn anchors(
     if args.anchors == 0 || args.max_steps == 0 {
         bail!("--anchors and --max-steps must be at least 1");
     }
-    let train = Dataset::load(dataset_info(&model.meta().dataset)?, Split::Train, data_root)?;
+    let train = training_set(model, data_root)?;
     let anchors =
         (0..train.len()).map(|k| Ok(State::from_pixels(model, &train.pixels(k)?))).collect::<anyhow::Result<_>>()?;
     Ok((train, anchors, PathOptions { max_steps: args.max_steps, ..PathOptions::adaptive() }))
@@ -50,7 +50,7 @@ pub fn denoise(args: DenoiseArgs, data_root: &Path) -> anyhow::Result<ExitCode> 
     }
     let model = load_model(&args.model)?;
     let shape = model.input_shape();
-    let info = dataset_info(&model.meta().dataset)?;
+    let info = model_dataset(&model)?;
     let mut images: Vec<NamedImage> = Vec::new();
     for text in &args.inputs {
         images.extend(ImageSet::parse(text)?.load(info, data_root, args.limit, Invert::Off)?);

@@ -51,6 +51,17 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Classifier> {
     Ok(Classifier::load(&args.model, options, &Device::Cpu)?)
 }
 
+/// The dataset a model was trained on (its metadata names it), for commands that read images
+/// in the model's shape.
+pub fn model_dataset(model: &Classifier) -> anyhow::Result<&'static leafwalk_data::DatasetInfo> {
+    Ok(dataset_info(&model.meta().dataset)?)
+}
+
+/// The model's training split under `data_root`: anchors of the data leaf, reference statistics.
+pub fn training_set(model: &Classifier, data_root: &Path) -> anyhow::Result<leafwalk_data::Dataset> {
+    Ok(leafwalk_data::Dataset::load(model_dataset(model)?, leafwalk_data::Split::Train, data_root)?)
+}
+
 /// Loads images or dataset entries into one `[B, C, H, W]` batch shaped for `model`.
 pub fn input_batch(
     sources: &[ImageSource],

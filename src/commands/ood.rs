@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use leafwalk_data::{dataset_info, write_bytes_atomic, Dataset, ImageSet, Invert, NamedImage, Split};
+use leafwalk_data::{write_bytes_atomic, ImageSet, Invert, NamedImage};
 use leafwalk_metrics::detection::{evaluate as detection, Detection};
 use leafwalk_models::Classifier;
 use leafwalk_ood::{score_images, OodSet, Reference, ReferenceOptions, Score, ScoreOptions, ScoreTable};
@@ -16,23 +16,18 @@ use leafwalk_walk::PathOptions;
 use serde_json::json;
 
 use crate::cli::{EvalOodArgs, OodScoreArgs, OodScoringArgs};
-use crate::commands::load_model;
+use crate::commands::{load_model, model_dataset, training_set};
 
 /// The training-set reference of `model` (cached under `<data root>/cache/`) and score options.
 fn scoring(model: &Classifier, args: &OodScoringArgs, data_root: &Path) -> anyhow::Result<(Reference, ScoreOptions)> {
     if args.anchors == 0 || args.max_steps == 0 {
         bail!("--anchors and --max-steps must be at least 1");
     }
-    let info = dataset_info(&model.meta().dataset)?;
-    let train = Dataset::load(info, Split::Train, data_root)?;
+    let train = training_set(model, data_root)?;
     let options = ReferenceOptions { cache_dir: Some(data_root.join("cache")) };
     let reference = Reference::build(model, &train, &options)?;
     let path = PathOptions { max_steps: args.max_steps, ..ScoreOptions::default().path };
     Ok((reference, ScoreOptions { anchors_per_point: args.anchors, path, ..ScoreOptions::default() }))
-}
-
-fn model_info(model: &Classifier) -> anyhow::Result<&'static leafwalk_data::DatasetInfo> {
-    Ok(dataset_info(&model.meta().dataset)?)
 }
 
 pub fn score(args: OodScoreArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
@@ -46,7 +41,7 @@ pub fn score(args: OodScoreArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let model = load_model(&args.model)?;
-    let info = model_info(&model)?;
+    let info = model_dataset(&model)?;
     let mut images: Vec<NamedImage> = Vec::new();
     for text in &args.inputs {
         let set = ImageSet::parse(text)?;
@@ -107,7 +102,7 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
         bail!("{}: already holds an eval-ood.json; choose another --out", args.out.display());
     }
     let model = load_model(&args.model)?;
-    let info = model_info(&model)?;
+    let info = model_dataset(&model)?;
     let id_images = ImageSet::parse(&args.in_set)?.load(info, data_root, Some(args.limit), Invert::Off)?;
     let (reference, options) = scoring(&model, &args.scoring, data_root)?;
 

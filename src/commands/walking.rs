@@ -31,8 +31,7 @@ pub struct Walked {
 
 /// The images `--via auto` steers through: the model's training split, normalised.
 pub fn training_waypoints(model: &Classifier, data_root: &std::path::Path) -> anyhow::Result<Vec<State>> {
-    let info = leafwalk_data::dataset_info(&model.meta().dataset)?;
-    let train = leafwalk_data::Dataset::load(info, leafwalk_data::Split::Train, data_root)?;
+    let train = crate::commands::training_set(model, data_root)?;
     (0..train.len()).map(|i| Ok(State::from_pixels(model, &train.pixels(i)?))).collect()
 }
 
