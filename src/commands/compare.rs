@@ -19,8 +19,8 @@ use crate::commands::load_model;
 /// Images per Jacobian batch.
 const BATCH: usize = 64;
 
-/// log₁₀ of the C−1 nonzero eigenvalues of G (pixel units, floored at 1e-30) at each of the
-/// first `limit` images of `split`: `[image][index]`, largest first.
+/// [`PointGeometry::log10_eigenvalues`](leafwalk_geometry::PointGeometry::log10_eigenvalues)
+/// at each of the first `limit` images of `split`: `[image][index]`, largest first.
 fn log_spectra(
     model: &Classifier,
     split: &DatasetRef,
@@ -38,11 +38,7 @@ fn log_spectra(
     let mut spectra = Vec::with_capacity(indices.len());
     for chunk in indices.chunks(BATCH) {
         let (pixels, _): (Tensor, Tensor) = set.batch(chunk, model.device())?;
-        for point in batch_geometry(model, &pixels.to_dtype(model.dtype())?)? {
-            let eigenvalues = point.spectrum().eigenvalues;
-            let kept = eigenvalues.len().saturating_sub(1).max(1);
-            spectra.push(eigenvalues.iter().take(kept).map(|&l| l.max(1e-30).log10()).collect());
-        }
+        spectra.extend(batch_geometry(model, &pixels.to_dtype(model.dtype())?)?.iter().map(|p| p.log10_eigenvalues()));
     }
     Ok(spectra)
 }

@@ -100,6 +100,15 @@ impl PointGeometry {
         Spectrum { eigenvalues, m_eigenvectors }
     }
 
+    /// log₁₀ of G's C−1 largest eigenvalues (the rest is 0 up to rounding), each floored at
+    /// 1e-30: confident predictions have eigenvalues many decades small, and comparisons of data
+    /// sets or OOD inputs happen in decades.
+    pub fn log10_eigenvalues(&self) -> Vec<f64> {
+        let eigenvalues = self.spectrum().eigenvalues;
+        let kept = eigenvalues.len().saturating_sub(1).max(1);
+        eigenvalues.iter().take(kept).map(|&l| l.max(1e-30).log10()).collect()
+    }
+
     /// Unit eigenvectors of G (n × k) for its `k` largest eigenvalues: the leaf basis ordered by
     /// how strongly the model perceives each direction. `k` is capped at the numerical rank.
     ///

@@ -272,3 +272,17 @@ fn mnist_cnn_fast_path_matches_autograd_for_seven_classes() {
     assert!(diff <= 1e-5 * max_abs(&slow.jacobian), "max |fast − autograd| = {diff}");
     assert!(max_abs(&(&fast.log_probs - &slow.log_probs).unwrap()) <= 1e-5);
 }
+
+/// log₁₀ eigenvalues: the C−1 nonzero ones, descending, each the log of the spectrum's.
+#[test]
+fn log10_eigenvalues_are_the_nonzero_spectrum_in_decades() {
+    let model = model(Arch::MnistCnn, DType::F32);
+    for point in batch_geometry(&model, &random_pixels(&model, 3, 11)).unwrap() {
+        let (logs, eigenvalues) = (point.log10_eigenvalues(), point.spectrum().eigenvalues);
+        assert_eq!(logs.len(), model.classes() - 1);
+        assert!(logs.windows(2).all(|w| w[0] >= w[1]));
+        for (log, value) in logs.iter().zip(&eigenvalues) {
+            assert!((log - value.max(1e-30).log10()).abs() < 1e-12);
+        }
+    }
+}

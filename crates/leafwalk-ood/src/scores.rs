@@ -180,11 +180,11 @@ pub fn score_images(
             match score {
                 Score::LeafDistance => column.extend(&leaf_distances),
                 Score::ScaledLeafDistance => {
-                    let scale = |g: &PointGeometry| 10f64.powf(0.5 * log_spectrum(g).mean());
+                    let scale = |g: &PointGeometry| 10f64.powf(0.5 * mean_log10_eigenvalue(g));
                     column.extend(leaf_distances.iter().zip(&geometry).map(|(d, g)| d * scale(g)))
                 }
                 Score::Trace => column.extend(geometry.iter().map(|g| g.trace())),
-                Score::Spectrum => column.extend(geometry.iter().map(|g| log_spectrum(g).mean())),
+                Score::Spectrum => column.extend(geometry.iter().map(mean_log10_eigenvalue)),
                 Score::Msp => column.extend(log_probs.iter().map(|l| -l.max().exp())),
                 Score::Energy => column.extend(logits.iter().map(|l| -log_sum_exp(l))),
                 Score::Odin => column.extend(odin(model, &pixels, options)?),
@@ -239,10 +239,8 @@ fn odin(model: &Classifier, pixels: &Tensor, options: &ScoreOptions) -> Result<V
     Ok(logits.iter().map(|l| -log_softmax(l).max().exp()).collect())
 }
 
-/// log₁₀ of G's C−1 largest eigenvalues (pixel units), floored at 1e-30: confident predictions
-/// have eigenvalues many decades small, and the decades are what separates data sets.
-fn log_spectrum(point: &PointGeometry) -> DVector<f64> {
-    let eigenvalues = point.spectrum().eigenvalues;
-    let kept = eigenvalues.len().saturating_sub(1).max(1);
-    DVector::from_iterator(kept, eigenvalues.iter().take(kept).map(|&l| l.max(1e-30).log10()))
+/// The spectrum score: the mean of log₁₀ of G's nonzero eigenvalues.
+fn mean_log10_eigenvalue(point: &PointGeometry) -> f64 {
+    let logs = point.log10_eigenvalues();
+    logs.iter().sum::<f64>() / logs.len() as f64
 }
