@@ -110,7 +110,7 @@ pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitC
     let train_images: Vec<Vec<f32>> = (0..train.len()).map(|k| train.pixels(k)).collect::<Result<_, _>>()?;
     let started = Instant::now();
     let pca = Pca::fit(&train_images[..train_images.len().min(PCA_IMAGES)], *PCA_COMPONENTS.last().unwrap_or(&1))?;
-    eprintln!(
+    tracing::info!(
         "principal components of {} training images: {:.1} s",
         train_images.len().min(PCA_IMAGES),
         started.elapsed().as_secs_f64()
@@ -126,9 +126,13 @@ pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitC
         let blur_width = tune(tune_clean, &tune_noisy, &BLUR_WIDTHS, |x, w| gaussian_blur(x, shape, w))?;
         let components = tune(tune_clean, &tune_noisy, &PCA_COMPONENTS, |x, k| pca.project(x, k))?;
         let noisy = add_noise(&clean, sigma, args.seed)?;
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar.set_message(format!("σ = {sigma}: projecting {} images onto the data leaf", noisy.len()));
         let started = Instant::now();
         let leaf = leaf_denoise(&model, &noisy, &anchors, args.projection.anchors, &options)?;
         let leaf_seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
         let methods: Vec<(String, Vec<Vec<f32>>)> = vec![
             ("noisy input".into(), noisy.clone()),
             (

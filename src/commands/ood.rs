@@ -106,11 +106,16 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
     let id_images = ImageSet::parse(&args.in_set)?.load(info, data_root, Some(args.limit), Invert::Off)?;
     let (reference, options) = scoring(&model, &args.scoring, data_root)?;
 
+    // The leaf distances walk for every image: minutes per set, so say which set is running.
     let score_set = |name: &str, images: &[NamedImage]| -> anyhow::Result<ScoreTable> {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar.set_message(format!("scoring {name} ({} images)", images.len()));
         let started = Instant::now();
         let pixels: Vec<Vec<f32>> = images.iter().map(|i| i.pixels.clone()).collect();
         let table = score_images(&model, &reference, &pixels, &which, &options)?;
-        eprintln!("{name}: {} images scored in {:.1} s", images.len(), started.elapsed().as_secs_f64());
+        bar.finish_and_clear();
+        tracing::info!("{name}: {} images scored in {:.1} s", images.len(), started.elapsed().as_secs_f64());
         Ok(table)
     };
     let id_scores = score_set(&args.in_set, &id_images)?;
@@ -151,7 +156,7 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
         })).collect::<Vec<_>>(),
     });
     write_bytes_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    eprintln!("wrote {}", args.out.display());
+    tracing::info!("wrote {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
 
