@@ -56,8 +56,10 @@ fn pca_with_every_component_is_the_identity_and_tuning_picks_the_best() {
     assert!([1, 5, 15].iter().all(|&other| mean_psnr(k) >= mean_psnr(other)));
 }
 
-/// The walk from a clean digit toward itself is the digit: denoising changes a clean image
-/// that is its own anchor not at all, and a clean digit among other anchors little.
+/// A clean image that is its own anchor comes back unchanged (≥ 30 dB), and noisy digits come
+/// back closer to their clean selves than the noise left them. (A clean digit that is not among
+/// the anchors comes back as an anchor morphed part of the way, ≈ 16 dB on the shipped model:
+/// the walks stall, see the README's denoising results.)
 #[test]
 fn leaf_denoising_keeps_clean_digits() {
     let (model, digits) = golden_digits();
@@ -65,11 +67,10 @@ fn leaf_denoising_keeps_clean_digits() {
     let options = PathOptions { max_steps: 40, ..PathOptions::adaptive() };
     let same = leaf_denoise(&model, &digits[..1], &anchors, 1, &options).unwrap();
     assert!(psnr(&digits[0], &same[0]).unwrap() >= 30.0);
-    let others = leaf_denoise(&model, &digits[12..], &anchors, 2, &options).unwrap();
     let noisy = add_noise(&digits[12..], 0.5, 9).unwrap();
     let from_noise = leaf_denoise(&model, &noisy, &anchors, 2, &options).unwrap();
     for k in 0..4 {
-        assert!(others[k].iter().chain(&from_noise[k]).all(|v| (0.0..=1.0).contains(v)));
+        assert!(from_noise[k].iter().all(|v| (0.0..=1.0).contains(v)));
         assert!(psnr(&digits[12 + k], &from_noise[k]).unwrap() > psnr(&digits[12 + k], &noisy[k]).unwrap());
     }
 }
