@@ -62,7 +62,8 @@ fn mean(samples: &[DVector<f64>]) -> DVector<f64> {
     sum / samples.len() as f64
 }
 
-fn rows_f64(tensor: &Tensor) -> Result<Vec<DVector<f64>>> {
+/// The rows of a 2-D tensor as f64 vectors.
+pub(crate) fn rows(tensor: &Tensor) -> Result<Vec<DVector<f64>>> {
     let rows: Vec<Vec<f64>> = tensor.to_dtype(DType::F64)?.to_vec2()?;
     Ok(rows.into_iter().map(DVector::from_vec).collect())
 }
@@ -100,7 +101,7 @@ impl Reference {
             let indices: Vec<usize> = (start..(start + BATCH).min(train.len())).collect();
             let (pixels, batch_labels) = train.batch(&indices, device)?;
             let (batch_features, _) = model.features_and_logits(&pixels.to_dtype(model.dtype())?)?;
-            features.extend(rows_f64(&batch_features)?);
+            features.extend(rows(&batch_features)?);
             labels.extend(batch_labels.to_dtype(DType::U32)?.to_vec1::<u32>()?.into_iter().map(|l| l as usize));
         }
         // A class without training images has no mean; Mahalanobis takes the nearest of the others.

@@ -3,13 +3,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{Tensor, Var, D};
 use leafwalk_geometry::{argmax, batch_geometry, PointGeometry};
 use leafwalk_models::Classifier;
 use leafwalk_walk::{project_onto_leaf, PathOptions, State};
 use nalgebra::DVector;
 
-use crate::reference::{mahalanobis, Reference};
+use crate::reference::{mahalanobis, rows, Reference};
 use crate::{OodError, Result};
 
 /// Images per forward or Jacobian batch.
@@ -204,11 +204,6 @@ pub fn score_images(
         }
     }
     Ok(ScoreTable { predictions, columns })
-}
-
-fn rows(tensor: &Tensor) -> Result<Vec<DVector<f64>>> {
-    let rows: Vec<Vec<f64>> = tensor.to_dtype(DType::F64)?.to_vec2()?;
-    Ok(rows.into_iter().map(DVector::from_vec).collect())
 }
 
 fn log_sum_exp(values: &DVector<f64>) -> f64 {
