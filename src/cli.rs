@@ -383,17 +383,6 @@ pub struct FetchArgs {
     pub download: String,
 }
 
-/// How the scores are computed (shared by `ood-score` and `eval-ood`).
-#[derive(Args, Debug, Clone)]
-pub struct OodScoringArgs {
-    /// Training images each leaf projection walks from (the nearest in pixels).
-    #[arg(long, default_value_t = 2)]
-    pub anchors: usize,
-    /// Steps each leaf-projection walk takes at most (adaptive integrator).
-    #[arg(long, default_value_t = 200)]
-    pub max_steps: usize,
-}
-
 #[derive(Args, Debug)]
 pub struct OodScoreArgs {
     /// Image sets: image files, folders, IDX files, NAME:SPLIT or NAME:SPLIT:INDEX.
@@ -409,7 +398,7 @@ pub struct OodScoreArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     #[command(flatten)]
-    pub scoring: OodScoringArgs,
+    pub projection: ProjectionArgs,
     /// Write one row per image here (CSV: name, prediction, probability, one column per score).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -443,13 +432,14 @@ pub struct EvalOodArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub scoring: OodScoringArgs,
+    pub projection: ProjectionArgs,
     /// Output folder: eval-ood.json, eval-ood.md and roc-<set>.png per OOD set.
     #[arg(long)]
     pub out: PathBuf,
 }
 
-/// The walks of a projection onto the data leaf (`denoise`, `eval-denoise`).
+/// The walks of a projection onto the data leaf (`ood-score`, `eval-ood`, `denoise`,
+/// `eval-denoise`).
 #[derive(Args, Debug, Clone)]
 pub struct ProjectionArgs {
     /// Training images each projection walks from (the nearest in pixels).

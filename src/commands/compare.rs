@@ -14,7 +14,7 @@ use leafwalk_plot::{line_chart, LineChart, Series};
 use serde_json::json;
 
 use crate::cli::CompareArgs;
-use crate::commands::load_model;
+use crate::commands::{fresh_output, load_model};
 
 /// Images per Jacobian batch.
 const BATCH: usize = 64;
@@ -47,9 +47,7 @@ pub fn run(args: CompareArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     if args.limit == 0 {
         bail!("--limit must be at least 1");
     }
-    if args.out.join("compare.json").exists() {
-        bail!("{}: already holds a compare.json; choose another --out", args.out.display());
-    }
+    fresh_output(&args.out, "compare.json")?;
     let model = load_model(&args.model)?;
     let (a, b) =
         (log_spectra(&model, &args.a, args.limit, data_root)?, log_spectra(&model, &args.b, args.limit, data_root)?);

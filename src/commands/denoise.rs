@@ -16,7 +16,8 @@ use leafwalk_walk::{PathOptions, State};
 use serde_json::json;
 
 use crate::cli::{DenoiseArgs, EvalDenoiseArgs, ProjectionArgs};
-use crate::commands::{load_model, model_dataset, training_set};
+use crate::commands::walking::{dataset_states, projection_options};
+use crate::commands::{fresh_output, load_model, model_dataset, training_set};
 
 /// Blur widths (pixels) and PCA component counts tried when tuning.
 const BLUR_WIDTHS: [f64; 6] = [0.5, 0.7, 1.0, 1.4, 2.0, 2.8];
@@ -26,28 +27,23 @@ const PCA_IMAGES: usize = 4000;
 /// Images per sheet.
 const SHEET_IMAGES: usize = 6;
 
-/// The model's training images (the projection's anchors) and the walk options.
+/// The model's training set, its images as the projection's anchors, and the walk options.
 fn anchors(
     model: &Classifier,
     args: &ProjectionArgs,
     data_root: &Path,
 ) -> anyhow::Result<(Dataset, Vec<State>, PathOptions)> {
-    if args.anchors == 0 || args.max_steps == 0 {
-        bail!("--anchors and --max-steps must be at least 1");
-    }
+    let options = projection_options(args)?;
     let train = training_set(model, data_root)?;
-    let anchors =
-        (0..train.len()).map(|k| Ok(State::from_pixels(model, &train.pixels(k)?))).collect::<anyhow::Result<_>>()?;
-    Ok((train, anchors, PathOptions { max_steps: args.max_steps, ..PathOptions::adaptive() }))
+    let anchors = dataset_states(model, &train)?;
+    Ok((train, anchors, options))
 }
 
 pub fn denoise(args: DenoiseArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
     }
-    if args.out.join("sheet.png").exists() {
-        bail!("{}: already holds a sheet.png; choose another --out", args.out.display());
-    }
+    fresh_output(&args.out, "sheet.png")?;
     let model = load_model(&args.model)?;
     let shape = model.input_shape();
     let info = model_dataset(&model)?;
@@ -95,10 +91,7 @@ pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitC
     if args.limit == 0 || args.tune_images == 0 {
         bail!("--limit and --tune-images must be at least 1");
     }
-    let report_path = args.out.join("eval-denoise.json");
-    if report_path.exists() {
-        bail!("{}: already holds an eval-denoise.json; choose another --out", args.out.display());
-    }
+    let report_path = fresh_output(&args.out, "eval-denoise.json")?;
     let model = load_model(&args.model)?;
     let shape = model.input_shape();
     let test = Dataset::load(args.data.dataset, args.data.split, data_root)?;

@@ -17,8 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
-use crate::commands::load_model;
 use crate::commands::walking::{path_options, training_waypoints, walk_pairs, Walked};
+use crate::commands::{fresh_output, load_model};
 
 /// Intermediate images compared per path (both the leaf path's and the interpolation's).
 const SAMPLES: usize = 9;
@@ -42,10 +42,7 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         bail!("--data {}: needs at least 2 images", args.data);
     }
     std::fs::create_dir_all(&args.out)?;
-    let report_path = args.out.join("eval-paths.json");
-    if report_path.exists() {
-        bail!("{}: already holds an eval-paths.json; choose another --out", args.out.display());
-    }
+    let report_path = fresh_output(&args.out, "eval-paths.json")?;
     let state = |i: usize| -> anyhow::Result<State> { Ok(State::from_pixels(&model, &split.pixels(i)?)) };
     let mut rng = ChaCha8Rng::seed_from_u64(args.walk.seed);
     let mut indices = Vec::with_capacity(args.pairs);

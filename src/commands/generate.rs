@@ -10,7 +10,7 @@ use leafwalk_walk::{generate_on_leaf, prediction, State};
 use serde_json::json;
 
 use crate::cli::GenerateArgs;
-use crate::commands::load_model;
+use crate::commands::{fresh_output, load_model};
 
 pub fn run(args: GenerateArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     if args.count == 0 || args.steps == 0 {
@@ -19,9 +19,7 @@ pub fn run(args: GenerateArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     if !(args.step_size.is_finite() && args.step_size > 0.0) {
         bail!("--step-size must be a positive finite number, got {}", args.step_size);
     }
-    if args.out.join("generate.json").exists() {
-        bail!("{}: already holds a generate.json; choose another --out", args.out.display());
-    }
+    fresh_output(&args.out, "generate.json")?;
     let model = load_model(&args.model)?;
     let shape = model.input_shape();
     let from = State::from_pixels(&model, &args.from.load(shape, args.invert, data_root)?);

@@ -62,6 +62,16 @@ pub fn training_set(model: &Classifier, data_root: &Path) -> anyhow::Result<leaf
     Ok(leafwalk_data::Dataset::load(model_dataset(model)?, leafwalk_data::Split::Train, data_root)?)
 }
 
+/// `out/file`, refused when it exists so that no earlier result is overwritten.
+pub fn fresh_output(out: &Path, file: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = out.join(file);
+    if path.exists() {
+        let article = if file.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        anyhow::bail!("{}: already holds {article} {file}; choose another --out", out.display());
+    }
+    Ok(path)
+}
+
 /// Loads images or dataset entries into one `[B, C, H, W]` batch shaped for `model`.
 pub fn input_batch(
     sources: &[ImageSource],

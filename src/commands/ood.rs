@@ -12,21 +12,18 @@ use leafwalk_metrics::detection::{evaluate as detection, Detection};
 use leafwalk_models::Classifier;
 use leafwalk_ood::{score_images, OodSet, Reference, ReferenceOptions, Score, ScoreOptions, ScoreTable};
 use leafwalk_plot::{line_chart, LineChart, Series};
-use leafwalk_walk::PathOptions;
 use serde_json::json;
 
-use crate::cli::{EvalOodArgs, OodScoreArgs, OodScoringArgs};
-use crate::commands::{load_model, model_dataset, training_set};
+use crate::cli::{EvalOodArgs, OodScoreArgs, ProjectionArgs};
+use crate::commands::walking::projection_options;
+use crate::commands::{fresh_output, load_model, model_dataset, training_set};
 
 /// The training-set reference of `model` (cached under `<data root>/cache/`) and score options.
-fn scoring(model: &Classifier, args: &OodScoringArgs, data_root: &Path) -> anyhow::Result<(Reference, ScoreOptions)> {
-    if args.anchors == 0 || args.max_steps == 0 {
-        bail!("--anchors and --max-steps must be at least 1");
-    }
+fn scoring(model: &Classifier, args: &ProjectionArgs, data_root: &Path) -> anyhow::Result<(Reference, ScoreOptions)> {
+    let path = projection_options(args)?;
     let train = training_set(model, data_root)?;
     let options = ReferenceOptions { cache_dir: Some(data_root.join("cache")) };
     let reference = Reference::build(model, &train, &options)?;
-    let path = PathOptions { max_steps: args.max_steps, ..ScoreOptions::default().path };
     Ok((reference, ScoreOptions { anchors_per_point: args.anchors, path, ..ScoreOptions::default() }))
 }
 
@@ -47,7 +44,7 @@ pub fn score(args: OodScoreArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         let set = ImageSet::parse(text)?;
         images.extend(set.load(info, data_root, args.limit, Invert::Off)?);
     }
-    let (reference, options) = scoring(&model, &args.scoring, data_root)?;
+    let (reference, options) = scoring(&model, &args.projection, data_root)?;
     let pixels: Vec<Vec<f32>> = images.iter().map(|i| i.pixels.clone()).collect();
     let table = score_images(&model, &reference, &pixels, &which, &options)?;
     if let Some(out) = &args.out {
@@ -97,14 +94,11 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
         bail!("--limit must be at least 1");
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let report_path = args.out.join("eval-ood.json");
-    if report_path.exists() {
-        bail!("{}: already holds an eval-ood.json; choose another --out", args.out.display());
-    }
+    let report_path = fresh_output(&args.out, "eval-ood.json")?;
     let model = load_model(&args.model)?;
     let info = model_dataset(&model)?;
     let id_images = ImageSet::parse(&args.in_set)?.load(info, data_root, Some(args.limit), Invert::Off)?;
-    let (reference, options) = scoring(&model, &args.scoring, data_root)?;
+    let (reference, options) = scoring(&model, &args.projection, data_root)?;
 
     // The leaf distances walk for every image: minutes per set, so say which set is running.
     let score_set = |name: &str, images: &[NamedImage]| -> anyhow::Result<ScoreTable> {
@@ -144,8 +138,8 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
         "model": args.model.model,
         "limit": args.limit,
         "seed": args.seed,
-        "anchors": args.scoring.anchors,
-        "max_steps": args.scoring.max_steps,
+        "anchors": args.projection.anchors,
+        "max_steps": args.projection.max_steps,
         "sets": results.iter().map(|(set, count, per_score, file)| json!({
             "set": set,
             "images": count,

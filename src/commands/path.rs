@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::cli::{PathArgs, ViaArg};
 use crate::commands::walking::{integrator_name, path_options, training_waypoints, walk_pairs, Walked};
-use crate::commands::{input_batch, load_model};
+use crate::commands::{fresh_output, input_batch, load_model};
 
 /// Frames in the GIF at most (evenly spaced over the walk) and in the strip.
 const GIF_FRAMES: usize = 60;
@@ -42,8 +42,8 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     } else {
         vec![args.out.clone()]
     };
-    if batch && args.out.join("summary.csv").exists() {
-        bail!("{}: already holds a summary.csv; choose another --out", args.out.display());
+    if batch {
+        fresh_output(&args.out, "summary.csv")?;
     }
     for folder in &folders {
         prepare_out(folder)?;

@@ -10,7 +10,7 @@ use leafwalk_walk::{
     PathRecord, State, Subspace,
 };
 
-use crate::cli::{IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
+use crate::cli::{IntegratorArg, LeafArg, PathWalkArgs, ProjectionArgs, ViaArg};
 
 /// Step of the kernel walk that starts a noise-leaf path (the paper's).
 const NOISE_STEP: f64 = 0.1;
@@ -31,8 +31,20 @@ pub struct Walked {
 
 /// The images `--via auto` steers through: the model's training split, normalised.
 pub fn training_waypoints(model: &Classifier, data_root: &std::path::Path) -> anyhow::Result<Vec<State>> {
-    let train = crate::commands::training_set(model, data_root)?;
-    (0..train.len()).map(|i| Ok(State::from_pixels(model, &train.pixels(i)?))).collect()
+    dataset_states(model, &crate::commands::training_set(model, data_root)?)
+}
+
+/// Every image of `set` in the model's normalised coordinates.
+pub fn dataset_states(model: &Classifier, set: &leafwalk_data::Dataset) -> anyhow::Result<Vec<State>> {
+    (0..set.len()).map(|i| Ok(State::from_pixels(model, &set.pixels(i)?))).collect()
+}
+
+/// The walks of a projection onto the data leaf: the adaptive integrator, at most `--max-steps`.
+pub fn projection_options(args: &ProjectionArgs) -> anyhow::Result<PathOptions> {
+    if args.anchors == 0 || args.max_steps == 0 {
+        bail!("--anchors and --max-steps must be at least 1");
+    }
+    Ok(PathOptions { max_steps: args.max_steps, ..PathOptions::adaptive() })
 }
 
 /// Validated integrator settings from the command line.
