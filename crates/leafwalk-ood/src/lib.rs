@@ -2,11 +2,11 @@
 //!
 //! This crate turns the foliation into a detector: an image the model was trained on data like
 //! lies near the **data leaf** (the leaf through the training images), an image unlike that data
-//! far from it, so the distance from an image to the data leaf ([`Score::LeafDistance`], via
-//! `leafwalk_walk::project_onto_leaf`) is an OOD score, also measured in the model's local
-//! length scale ([`Score::ScaledLeafDistance`]). Two more come from G alone: its trace and the
-//! mean of its log-eigenvalues. Beside them,
-//! computed from the same model, are the standard baselines: maximum softmax probability, energy
+//! far from it, so the distance from an image to the data leaf (via
+//! `leafwalk_walk::project_onto_leaf`), counted in the model's local length scale, is an OOD
+//! score ([`Score::LeafDistance`]; in plain pixels, [`Score::PixelLeafDistance`]). Two more
+//! come from G alone: its trace and the mean of its log-eigenvalues. Beside them, computed from
+//! the same model, are the standard baselines: maximum softmax probability, energy
 //! (T = 1), ODIN (T = 1000, ε = 0.0014), Mahalanobis distance of the penultimate features to the
 //! nearest class mean under the shared covariance, and GradNorm. What the scores need from the
 //! training set ([`Reference`]) is computed once per model and cached on disk. [`OodSet`] names

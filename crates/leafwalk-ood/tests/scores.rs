@@ -45,8 +45,8 @@ fn scores_are_finite_oriented_and_consistent() {
     }
     let column = |s: Score| table.column(s).unwrap();
     // A training image is its own anchor: it lies on the data leaf.
-    assert!(column(Score::LeafDistance)[..3].iter().all(|&d| d == 0.0), "{:?}", column(Score::LeafDistance));
-    for score in [Score::LeafDistance, Score::Trace, Score::Msp] {
+    assert!(column(Score::PixelLeafDistance)[..3].iter().all(|&d| d == 0.0), "{:?}", column(Score::PixelLeafDistance));
+    for score in [Score::PixelLeafDistance, Score::Trace, Score::Msp] {
         let (digit_max, noise_min) = (
             column(score)[..3].iter().copied().fold(f64::MIN, f64::max),
             column(score)[3..].iter().copied().fold(f64::MAX, f64::min),
@@ -61,8 +61,8 @@ fn scores_are_finite_oriented_and_consistent() {
     assert!(column(Score::GradNorm).iter().all(|&g| g <= 0.0));
     // scaled = leaf distance · √(geometric mean eigenvalue), spectrum = mean log₁₀ eigenvalue.
     for k in 0..5 {
-        let expected = column(Score::LeafDistance)[k] * 10f64.powf(0.5 * column(Score::Spectrum)[k]);
-        assert!((column(Score::ScaledLeafDistance)[k] - expected).abs() <= 1e-9 * expected.abs().max(1e-12));
+        let expected = column(Score::PixelLeafDistance)[k] * 10f64.powf(0.5 * column(Score::Spectrum)[k]);
+        assert!((column(Score::LeafDistance)[k] - expected).abs() <= 1e-9 * expected.abs().max(1e-12));
     }
     // One score alone gives the same numbers as with all the others.
     let alone = score_images(&model, &reference, &images, &[Score::Energy], &options).unwrap();
@@ -90,7 +90,7 @@ fn unknown_scores_and_wrong_sizes_are_errors() {
     assert_eq!(Score::parse_list("all").unwrap().len(), Score::ALL.len());
     assert_eq!(Score::parse_list("msp, energy").unwrap(), [Score::Msp, Score::Energy]);
     let error = Score::parse_list("msp,bogus").unwrap_err().to_string();
-    assert!(error.contains("bogus") && error.contains("leaf-distance"), "{error}");
+    assert!(error.contains("bogus") && error.contains("pixel-leaf-distance"), "{error}");
     let (model, train) = setup();
     let reference = Reference::build(&model, &train, &ReferenceOptions::default()).unwrap();
     let error = score_images(&model, &reference, &[vec![0.5; 100]], &[Score::Msp], &ScoreOptions::default())
