@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use leafwalk_data::{DatasetRef, ImageSource, Invert};
-use leafwalk_models::Arch;
+use leafwalk_models::{Arch, DeviceChoice};
 use leafwalk_train::OptimizerKind;
 
 /// See what an image classifier sees: the local data matrix G(x,w) = Σ pᵢ ∇ₓlog pᵢ ∇ₓlog pᵢᵀ,
@@ -115,6 +115,8 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 60)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// sgd (plain, the paper's) or adamw.
     #[arg(long, default_value = "sgd")]
     pub optimizer: OptimizerKind,
@@ -148,12 +150,22 @@ pub struct ModelArgs {
     /// Checkpoint (safetensors).
     #[arg(long, default_value = "models/mnist-cnn.safetensors")]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Architecture, for a plain PyTorch-exported safetensors without leafwalk metadata.
     #[arg(long)]
     pub arch: Option<Arch>,
     /// Dataset the model was trained on, for a plain PyTorch export.
     #[arg(long)]
     pub dataset: Option<String>,
+}
+
+/// Where the model runs; every command that loads or trains a model takes it.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, env = "LEAFWALK_DEVICE", default_value = "cpu")]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -390,7 +402,7 @@ pub struct OodScoreArgs {
     pub inputs: Vec<String>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Scores: all, or a comma-separated list of leaf-distance, scaled-leaf-distance, trace,
+    /// Scores: all, or a comma-separated list of leaf-distance, pixel-leaf-distance, trace,
     /// spectrum, msp, energy, odin, mahalanobis, gradnorm.
     #[arg(long, default_value = "all")]
     pub score: String,

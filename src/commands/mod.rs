@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use leafwalk_data::{dataset_info, ImageSource, Invert};
 use leafwalk_models::{Classifier, LoadOptions};
 
@@ -48,7 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Classifier> {
     let dataset = args.dataset.as_deref().map(dataset_info).transpose()?;
     let options = LoadOptions { arch: args.arch, dataset };
-    Ok(Classifier::load(&args.model, options, &Device::Cpu)?)
+    Ok(Classifier::load(&args.model, options, &args.device.device.open()?)?)
 }
 
 /// The dataset a model was trained on (its metadata names it), for commands that read images

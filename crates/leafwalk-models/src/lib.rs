@@ -11,6 +11,7 @@
 mod arch;
 pub mod checkpoint;
 mod classifier;
+mod device;
 mod error;
 mod layers;
 mod nets;
@@ -19,5 +20,6 @@ mod params;
 pub use arch::Arch;
 pub use checkpoint::{CheckpointMeta, FORMAT_VERSION};
 pub use classifier::{Classifier, LoadOptions};
+pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
 pub use layers::{first_max_mask, max_pool_2x2, pool_windows};

@@ -74,6 +74,8 @@ pub struct TrainConfig {
     /// The recommendation rule's accuracy floor: the recommended checkpoint is the epoch with
     /// the highest mean trace of G among those reaching this test accuracy.
     pub min_accuracy: f64,
+    /// Where the model trains (the data stays on the host and is sent batch by batch).
+    pub device: Device,
 }
 
 impl TrainConfig {
@@ -166,7 +168,7 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
     let train_set = Dataset::load(config.dataset, Split::Train, &config.data_root)?;
     let test_set = Dataset::load(config.dataset, Split::Test, &config.data_root)?;
     prepare_out(config)?;
-    let device = Device::Cpu;
+    let device = config.device.clone();
     let batches_per_epoch = train_set.len().div_ceil(config.batch_size);
     let total_steps = config.epochs * batches_per_epoch;
     let log_every = batches_per_epoch.div_ceil(10);

@@ -41,6 +41,7 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
         progress: false,
         reference_size: 12,
         min_accuracy: 0.5,
+        device: candle_core::Device::Cpu,
     }
 }
 
