@@ -57,6 +57,13 @@ pub fn input_jacobian(model: &Classifier, pixels: &Tensor) -> Result<Jacobians> 
 /// [`input_jacobian`] for inputs given (and differentiated) in `coordinates`.
 pub fn input_jacobian_in(model: &Classifier, input: &Tensor, coordinates: Coordinates) -> Result<Jacobians> {
     check_finite(input)?;
+    input_jacobian_of_finite(model, input, coordinates)
+}
+
+/// [`input_jacobian_in`] without the check for NaN/Inf inputs, which reads the batch back to
+/// the host: for loops that keep their states on a GPU and finite by construction (a walk's
+/// clamped points).
+pub fn input_jacobian_of_finite(model: &Classifier, input: &Tensor, coordinates: Coordinates) -> Result<Jacobians> {
     match model.arch() {
         Arch::MnistCnn => mnist_cnn_jacobian(model, input, coordinates),
         Arch::Mlp | Arch::CifarVgg11 => autograd_jacobian(model, input, coordinates),

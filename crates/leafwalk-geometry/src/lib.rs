@@ -17,7 +17,10 @@ mod mnist_cnn;
 
 pub use error::{GeometryError, Result};
 pub use fisher::{dataset_fisher, fisher_factors, FisherFactor, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS};
-pub use jacobian::{check_finite, input_jacobian, input_jacobian_autograd, input_jacobian_in, Coordinates, Jacobians};
+pub use jacobian::{
+    check_finite, input_jacobian, input_jacobian_autograd, input_jacobian_in, input_jacobian_of_finite, Coordinates,
+    Jacobians,
+};
 pub use local::{LeafProjector, PointGeometry, Spectrum, RANK_RTOL};
 
 use candle_core::{DType, Tensor};

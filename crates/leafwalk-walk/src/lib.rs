@@ -7,7 +7,9 @@
 //! order. Paths chain data-leaf steps, many paths per batched Jacobian pass, with the paper's
 //! fixed-step Euler or an error-controlled adaptive integrator, and report how they ended —
 //! reached, stalled at the leaf point nearest the target, or diverged ([`connect_batch`]);
-//! stalled paths can be steered through training images ([`connect_steered`]). Walks from
+//! stalled paths can be steered through training images ([`connect_steered`]); thousands of
+//! Euler paths run with every step on the GPU ([`euler_on_device`], one fused kernel per
+//! step). Walks from
 //! training images toward an image project it onto the data leaf ([`project_onto_leaf`]);
 //! random walks on the leaf that keep the prediction generate images of a class
 //! ([`generate_on_leaf`]).
@@ -24,12 +26,14 @@ use leafwalk_models::Classifier;
 use nalgebra::DVector;
 
 mod generate;
+mod on_device;
 mod path;
 mod project;
 mod route;
 mod step;
 
 pub use generate::{generate_on_leaf, random_direction, Generated};
+pub use on_device::{euler_on_device, DeviceWalk, FusedStep, LeafStep};
 pub use path::{
     connect, connect_batch, prediction, Ending, Integrator, PathOptions, PathOutcome, PathRecord, MAX_BATCH,
 };
