@@ -2,14 +2,13 @@
 //! images: 2,000 for the scores from one forward or Jacobian pass, 200 for the two that walk
 //! to the data leaf (each image walks from 2 anchors, ≤ 200 adaptive steps); JSON on stdout.
 //! The training-set reference is built first (its time reported apart) and cached in the data
-//! root. Run: `cargo bench -p leafwalk-ood --bench ood` or `scripts/bench.sh ood`.
+//! root. `$LEAFWALK_DEVICE` picks the device (default cpu). Run: `cargo bench -p leafwalk-ood --bench ood` or `scripts/bench.sh ood`.
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::Device;
 use leafwalk_data::{data_root, dataset_info, Dataset, Split};
-use leafwalk_models::{Classifier, LoadOptions};
+use leafwalk_models::{Classifier, DeviceChoice, LoadOptions};
 use leafwalk_ood::{score_images, Reference, ReferenceOptions, Score, ScoreOptions};
 
 const FAST_IMAGES: usize = 2000;
@@ -17,7 +16,8 @@ const WALKING_IMAGES: usize = 200;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-cnn.safetensors");
-    let model = Classifier::load(&model_path, LoadOptions::default(), &Device::Cpu)?;
+    let device = DeviceChoice::from_env()?.open()?;
+    let model = Classifier::load(&model_path, LoadOptions::default(), &device)?;
     let root = data_root(None);
     let mnist = dataset_info("mnist")?;
     let (train, test) = (Dataset::load(mnist, Split::Train, &root)?, Dataset::load(mnist, Split::Test, &root)?);
@@ -28,11 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let images: Vec<Vec<f32>> = (0..FAST_IMAGES.min(test.len())).map(|k| test.pixels(k)).collect::<Result<_, _>>()?;
     let mut results = serde_json::Map::new();
     for score in Score::ALL {
-        let count = if matches!(score, Score::LeafDistance | Score::ScaledLeafDistance) {
-            WALKING_IMAGES
-        } else {
-            images.len()
-        };
+        let count =
+            if matches!(score, Score::PixelLeafDistance | Score::LeafDistance) { WALKING_IMAGES } else { images.len() };
         let started = Instant::now();
         score_images(&model, &reference, &images[..count], &[score], &ScoreOptions::default())?;
         let seconds = started.elapsed().as_secs_f64();
@@ -41,9 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     let json = serde_json::json!({
-        "bench": "ood", "model": "models/mnist-cnn.safetensors", "threads": threads,
+        "bench": "ood", "device": format!("{device:?}"), "model": "models/mnist-cnn.safetensors", "threads": threads,
         "reference_build_or_load_s": reference_seconds, "results": results,
     });
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    println!("{json}");
     Ok(())
 }

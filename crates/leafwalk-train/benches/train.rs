@@ -2,21 +2,22 @@
 //!
 //! Mirrors `ref.py bench`'s `d_train_batch60_images_per_s`: 20 batches per run, median of 5 runs
 //! after 1 warm-up. Uses real MNIST under `$LEAFWALK_DATA` (default `data/`) when present,
-//! random pixels otherwise (the cost does not depend on the values).
+//! random pixels otherwise (the cost does not depend on the values). `$LEAFWALK_DEVICE` picks
+//! the device (default cpu).
 //! Run: `cargo bench -p leafwalk-train --bench train` or `scripts/bench.sh train`.
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use leafwalk_data::{data_root, dataset_info, Dataset, Split};
-use leafwalk_models::{Arch, Classifier};
+use leafwalk_models::{Arch, Classifier, DeviceChoice};
 use leafwalk_train::{epoch_order, train_step, Optimizer, OptimizerKind};
 
 const BATCH: usize = 60;
 const BATCHES_PER_RUN: usize = 20;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let device = Device::Cpu;
+    let device = DeviceChoice::from_env()?.open()?;
     let mnist = dataset_info("mnist")?;
     let root = data_root(None);
     let (batches, data): (Vec<(Tensor, Tensor)>, &str) = match Dataset::load(mnist, Split::Train, &root) {
@@ -53,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let median = times[times.len() / 2];
     let json = serde_json::json!({
         "bench": "train",
+        "device": format!("{device:?}"),
         "arch": "mnist-cnn",
         "batch": BATCH,
         "data": data,

@@ -1,16 +1,18 @@
 //! Data-leaf path speed on the golden epoch-1 weights (the reference's checkpoint): wall time
 //! and Jacobian evaluations to connect test 0 → test 1 with each integrator (both stall, as the
 //! reference does), the time each first gets within `REFERENCE_END` of the target (where the
-//! reference's 10,000-step run ends, to 0.01), and Euler steps/s for 1 and 32 paths at once; JSON on
-//! stdout. Run: `cargo bench -p leafwalk-walk --bench path` or `scripts/bench.sh path`.
+//! reference's 10,000-step run ends, to 0.01), Euler steps/s for 1 and 32 paths at once on the
+//! host integrator, and path-steps/s of the device integrator (`euler_on_device`, one fused step
+//! kernel per step) for 1 to 1,024 paths; JSON on stdout. `$LEAFWALK_DEVICE` picks the device
+//! (default cpu). Run: `cargo bench -p leafwalk-walk --bench path` or `scripts/bench.sh path`.
 
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
 use leafwalk_data::dataset_info;
-use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
-use leafwalk_walk::{connect, connect_batch, PathOptions, State};
+use leafwalk_models::{checkpoint, Arch, Classifier, DeviceChoice, LoadOptions};
+use leafwalk_walk::{connect, connect_batch, euler_on_device, PathOptions, State};
 use serde_json::json;
 
 /// Distance (normalised) at which PyTorch's paper-style walk 0 → 1 ends — it circles between
@@ -23,7 +25,8 @@ const STEPS: usize = 200;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(dataset_info("mnist")?) };
-    let model = Classifier::load(&fixtures.join("mnist-cnn-epoch01.safetensors"), options, &Device::Cpu)?;
+    let device = DeviceChoice::from_env()?.open()?;
+    let model = Classifier::load(&fixtures.join("mnist-cnn-epoch01.safetensors"), options, &device)?;
     let (golden, _) = checkpoint::read(&fixtures.join("golden-epoch01.safetensors"), &Device::Cpu)?;
     let inputs = &golden["test_inputs"];
     let digits: Vec<State> =
@@ -60,7 +63,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let seconds = start.elapsed().as_secs_f64();
         results.insert(format!("euler_steps_per_s_{paths}_paths"), json!((paths * STEPS) as f64 / seconds));
     }
+    // The device integrator: about 10,000 path-steps per measurement (the batch is checked
+    // for finished paths every 10 steps, as a user would run it).
+    for paths in [1usize, 32, 256, 1024] {
+        let pairs: Vec<(State, State)> =
+            (0..paths).map(|k| (digits[k % 16].clone(), digits[(k + 5) % 16].clone())).collect();
+        let steps = (10_000 / paths).clamp(10, STEPS);
+        let options = PathOptions { max_steps: steps, stall_window: usize::MAX, ..euler };
+        euler_on_device(&model, &pairs[..1], &PathOptions { max_steps: 2, ..options }, 10)?;
+        let start = Instant::now();
+        euler_on_device(&model, &pairs, &options, 10)?;
+        let seconds = start.elapsed().as_secs_f64();
+        results.insert(format!("device_euler_path_steps_per_s_{paths}_paths"), json!((paths * steps) as f64 / seconds));
+    }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    println!("{}", serde_json::to_string_pretty(&json!({ "threads": threads, "results": results }))?);
+    println!("{}", json!({ "bench": "path", "device": format!("{device:?}"), "threads": threads, "results": results }));
     Ok(())
 }
