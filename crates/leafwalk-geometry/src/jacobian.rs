@@ -114,28 +114,30 @@ fn cpu_mnist_cnn_jacobian(model: &Classifier, x: &Tensor, coordinates: Coordinat
     }
     let c = model.classes();
     let inputs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    // The weights are read in place: copying fc1's 4.7 MB every call cost a millisecond.
-    let names = [
-        "conv1.weight",
-        "conv1.bias",
-        "conv2.weight",
-        "conv2.bias",
-        "fc1.weight",
-        "fc1.bias",
-        "fc2.weight",
-        "fc2.bias",
-    ];
-    let tensors = names.map(|name| weight(model, name)).into_iter().collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let slices = guards.iter().map(|(storage, layout)| cpu_f32(storage, layout)).collect::<Result<Vec<_>>>()?;
-    let weights = crate::mnist_cnn::Weights::new(&slices, c)?;
-    let (log_probs, jacobian) = crate::mnist_cnn::log_probs_and_jacobian(&weights, &inputs);
+    let (log_probs, jacobian) =
+        with_mnist_cnn_weights(model, |weights| crate::mnist_cnn::log_probs_and_jacobian(weights, &inputs))?;
     let device = model.device();
     let jacobian = Tensor::from_vec(jacobian, (b, c, crate::mnist_cnn::INPUT), device)?;
     Ok(Jacobians {
         log_probs: Tensor::from_vec(log_probs, (b, c), device)?,
         jacobian: in_coordinates(model, jacobian, coordinates)?,
     })
+}
+
+/// mnist-cnn's parameter names in [`crate::mnist_cnn::Weights::new`]'s order.
+pub(crate) const MNIST_CNN_PARAMETERS: [&str; 8] =
+    ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"];
+
+/// Runs `pass` on mnist-cnn's parameters borrowed in place from the model's CPU f32 tensors
+/// (copying fc1's 4.7 MB every call cost a millisecond).
+pub(crate) fn with_mnist_cnn_weights<T>(
+    model: &Classifier,
+    pass: impl FnOnce(&crate::mnist_cnn::Weights) -> T,
+) -> Result<T> {
+    let tensors = MNIST_CNN_PARAMETERS.map(|name| weight(model, name)).into_iter().collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards.iter().map(|(storage, layout)| cpu_f32(storage, layout)).collect::<Result<Vec<_>>>()?;
+    Ok(pass(&crate::mnist_cnn::Weights::new(&slices, model.classes())?))
 }
 
 /// A contiguous f32 CPU tensor's values, borrowed.

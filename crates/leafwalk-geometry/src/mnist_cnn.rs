@@ -244,8 +244,22 @@ fn part_len(items: usize, parts: usize, granule: usize) -> usize {
     items.div_ceil(parts).div_ceil(granule) * granule
 }
 
-/// The forward pass of one point, its heavy layers split into `parts` run in parallel.
-fn forward(weights: &Weights, kernels: &Kernels, x: &[f32], parts: usize) -> Forward {
+/// The convolutional half of one point's forward pass, kept for the reverse passes.
+struct Features {
+    /// `[26·26][32]`: conv1's output after its ReLU.
+    a1: Vec<[f32; CONV1]>,
+    /// `[26·26][32]`: 1.0 where conv1's output passed its ReLU.
+    conv1_active: Vec<[f32; CONV1]>,
+    /// The pooled layer, fc1's input (`o·144 + py·12 + px`).
+    pooled: Vec<f32>,
+    /// The active conv2 outputs, by position `y·24 + x`: those at position k are
+    /// `active_units[unit_starts[k]..unit_starts[k + 1]]`.
+    active_units: Vec<ActiveUnit>,
+    unit_starts: Vec<usize>,
+}
+
+/// conv1, conv2 and the pool of one point, conv2 split into `parts` run in parallel.
+fn features(weights: &Weights, kernels: &Kernels, x: &[f32], parts: usize) -> Features {
     let mut a1 = vec![[0f32; CONV1]; CONV1_PLANE];
     let mut conv1_active = vec![[0f32; CONV1]; CONV1_PLANE];
     conv1_fast(weights, kernels, x, &mut a1, &mut conv1_active);
@@ -255,20 +269,61 @@ fn forward(weights: &Weights, kernels: &Kernels, x: &[f32], parts: usize) -> For
         .enumerate()
         .for_each(|(part, z2)| conv2_fast(weights, kernels, &a1, part * rows, z2));
     let (pooled, active_units, unit_starts) = pool(&z2);
+    Features { a1, conv1_active, pooled, active_units, unit_starts }
+}
+
+/// [`features`] with conv2 as one matrix product: the 576 patches of 288 conv1 values (im2col)
+/// times the `[288][64]` kernel, by `gemm`'s FMA kernels — for a training batch, where
+/// throughput matters and J's bit-for-bit agreement with the per-position loop does not.
+fn features_by_matmul(weights: &Weights, kernels: &Kernels, x: &[f32]) -> Features {
+    let mut a1 = vec![[0f32; CONV1]; CONV1_PLANE];
+    let mut conv1_active = vec![[0f32; CONV1]; CONV1_PLANE];
+    conv1_fast(weights, kernels, x, &mut a1, &mut conv1_active);
+    const PATCH: usize = TAPS * CONV1;
+    let mut patches = vec![0f32; CONV2_SIDE * CONV2_SIDE * PATCH];
+    for (position, patch) in patches.chunks_mut(PATCH).enumerate() {
+        let corner = position / CONV2_SIDE * CONV1_SIDE + position % CONV2_SIDE;
+        for (ky, row) in patch.chunks_mut(3 * CONV1).enumerate() {
+            row.copy_from_slice(a1[corner + ky * CONV1_SIDE..][..3].as_flattened());
+        }
+    }
+    let mut z2 = vec![*weights.conv2_b; CONV2_SIDE * CONV2_SIDE];
+    let kernel = kernels.conv2_forward.as_flattened();
+    matmul_with(
+        (CONV2_SIDE * CONV2_SIDE, CONV2, PATCH),
+        z2.as_flattened_mut(),
+        (&patches, PATCH, 1),
+        (kernel, CONV2, 1),
+        true,
+        gemm::Parallelism::None,
+    );
+    let (pooled, active_units, unit_starts) = pool(&z2);
+    Features { a1, conv1_active, pooled, active_units, unit_starts }
+}
+
+/// log p from fc1's pre-activations (fc1's ReLU, fc2, log-softmax).
+fn head(weights: &Weights, fc1_out: &[f32]) -> Vec<f32> {
+    let hidden: Vec<f32> = fc1_out.iter().map(|h| h.max(0.0)).collect();
+    let logits: Vec<f32> =
+        (0..weights.classes).map(|j| weights.fc2_b[j] + dot(&weights.fc2_w[j * HIDDEN..][..HIDDEN], &hidden)).collect();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    logits.iter().map(|l| l - log_sum).collect()
+}
+
+/// The forward pass of one point, its heavy layers split into `parts` run in parallel.
+fn forward(weights: &Weights, kernels: &Kernels, x: &[f32], parts: usize) -> Forward {
+    let features = features(weights, kernels, x, parts);
     let mut hidden = [0f32; HIDDEN];
     let units = part_len(HIDDEN, parts, 1);
     hidden
         .par_chunks_mut(units)
         .enumerate()
-        .for_each(|(part, hidden)| fc1_fast(weights, &pooled, part * units, hidden));
+        .for_each(|(part, hidden)| fc1_fast(weights, &features.pooled, part * units, hidden));
     let fc1_active: Vec<bool> = hidden.iter().map(|&h| h > 0.0).collect();
-    let hidden = hidden.map(|h| h.max(0.0));
-    let logits: Vec<f32> =
-        (0..weights.classes).map(|j| weights.fc2_b[j] + dot(&weights.fc2_w[j * HIDDEN..][..HIDDEN], &hidden)).collect();
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
-    let log_probs: Vec<f32> = logits.iter().map(|l| l - log_sum).collect();
+    let log_probs = head(weights, &hidden);
     let probs = log_probs.iter().map(|l| l.exp()).collect();
+    let Features { conv1_active, active_units, unit_starts, .. } = features;
     Forward { log_probs, probs, conv1_active, active_units, unit_starts, fc1_active }
 }
 
@@ -316,21 +371,24 @@ fn pool(z2: &[[f32; CONV2]]) -> (Vec<f32>, Vec<ActiveUnit>, Vec<usize>) {
     let mut winners = Vec::with_capacity(FLAT);
     for py in 0..POOLED {
         for px in 0..POOLED {
-            // Per channel: (conv2 position of the window's first maximum, the maximum).
-            let mut best = [(0, f32::NEG_INFINITY); CONV2];
-            for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                let position = (2 * py + dy) * CONV2_SIDE + 2 * px + dx;
-                for (best, &v) in best.iter_mut().zip(&z2[position]) {
-                    if v.max(0.0) > best.1 {
-                        *best = (position, v.max(0.0));
+            let positions = [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| (2 * py + dy) * CONV2_SIDE + 2 * px + dx);
+            // Per channel, the window's first maximum after the ReLU and which position holds
+            // it, as whole-array selects that vectorise.
+            let mut best = z2[positions[0]].map(|v| v.max(0.0));
+            let mut which = [0u8; CONV2];
+            for (k, &position) in positions.iter().enumerate().skip(1) {
+                for ((best, which), &v) in best.iter_mut().zip(&mut which).zip(&z2[position]) {
+                    let v = v.max(0.0);
+                    if v > *best {
+                        (*best, *which) = (v, k as u8);
                     }
                 }
             }
-            for (o, &(position, value)) in best.iter().enumerate() {
+            for (o, (&value, &k)) in best.iter().zip(&which).enumerate() {
                 let index = (o * POOLED + py) * POOLED + px;
                 pooled[index] = value;
                 if value > 0.0 {
-                    winners.push((position, ActiveUnit { pooled: index as u32, channel: o as u16 }));
+                    winners.push((positions[k as usize], ActiveUnit { pooled: index as u32, channel: o as u16 }));
                 }
             }
         }
@@ -498,6 +556,278 @@ fn convolutions_reverse<const K: usize>(
                     row[(qy + tap / 3) * INPUT_SIDE + qx + tap % 3] += value;
                 }
             }
+        }
+    }
+}
+
+/// The mean negative log-likelihood of a batch and its gradient with respect to every
+/// parameter, in PyTorch's layouts (the order of [`Weights::new`]).
+pub(crate) struct NllGradients {
+    pub(crate) loss: f32,
+    /// Points whose most probable class is their label.
+    pub(crate) correct: usize,
+    /// conv1, conv2, fc1, fc2 as (weight, bias).
+    pub(crate) gradients: [Vec<f32>; 8],
+}
+
+/// `c = a·b` (or `c += a·b`), c an m×n row-major matrix, a m×k and b k×n given with their
+/// row and column strides, by the `gemm` crate (candle's own CPU matmul, without its tensor
+/// allocation and dispatch), on all threads.
+fn matmul(
+    shape: (usize, usize, usize),
+    c: &mut [f32],
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    accumulate: bool,
+) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    matmul_with(shape, c, a, b, accumulate, parallelism);
+}
+
+/// [`matmul`] with the given parallelism (`None` inside an already parallel loop).
+fn matmul_with(
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    (a, a_row, a_col): (&[f32], usize, usize),
+    (b, b_row, b_col): (&[f32], usize, usize),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let last = |rows: usize, cols: usize, row: usize, col: usize| (rows - 1) * row + (cols - 1) * col;
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        c.len() == m * n && last(m, k, a_row, a_col) < a.len() && last(k, n, b_row, b_col) < b.len(),
+        "matmul operands do not hold an {m}×{k} by {k}×{n} product"
+    );
+    // SAFETY: the assert above keeps every element the strides address inside its slice, and
+    // `c` (borrowed mutably) cannot overlap `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_col as isize,
+            a_row as isize,
+            b.as_ptr(),
+            b_col as isize,
+            b_row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// One training step's loss and gradients for `inputs` (b normalised 28×28 images) with
+/// `labels`. The convolutions run per point in parallel; fc1, whose 4.7 MB of weights one point
+/// at a time would stream from memory per point, runs as three batched products. The reverse
+/// pass visits only what carries gradient, as the Jacobian's does: fc1's active units, and the
+/// conv2 outputs that won their pool window and passed the ReLU — for each, its 288 kernel
+/// taps' gradient is its gradient times the conv1 patch under it, and the patch's gradient
+/// its gradient times the taps.
+pub(crate) fn nll_gradients(weights: &Weights, inputs: &[f32], labels: &[usize]) -> NllGradients {
+    let kernels = Kernels::new(weights);
+    let b = labels.len();
+    let classes = weights.classes;
+    let forwards: Vec<Features> = inputs.par_chunks(INPUT).map(|x| features_by_matmul(weights, &kernels, x)).collect();
+    let pooled: Vec<f32> = forwards.iter().flat_map(|f| f.pooled.iter().copied()).collect();
+
+    // fc1 for the batch: [b, 9216] · fc1ᵀ, then the head per point.
+    let mut fc1_out: Vec<f32> = (0..b).flat_map(|_| weights.fc1_b.iter().copied()).collect();
+    matmul((b, HIDDEN, FLAT), &mut fc1_out, (&pooled, FLAT, 1), (weights.fc1_w, 1, FLAT), true);
+    let (mut loss, mut correct) = (0.0, 0);
+    // ∂ mean NLL / ∂ logits = (p − e_label) / b.
+    let mut d_logits = vec![0f32; b * classes];
+    for (point, (&label, out)) in labels.iter().zip(fc1_out.chunks(HIDDEN)).enumerate() {
+        let log_probs = head(weights, out);
+        loss -= log_probs[label];
+        let best = (0..classes).fold(0, |best, j| if log_probs[j] > log_probs[best] { j } else { best });
+        correct += usize::from(best == label);
+        for (j, d) in d_logits[point * classes..][..classes].iter_mut().enumerate() {
+            *d = (log_probs[j].exp() - f32::from(u8::from(j == label))) / b as f32;
+        }
+    }
+    let hidden: Vec<f32> = fc1_out.iter().map(|h| h.max(0.0)).collect();
+
+    // fc2 and fc1's ReLU.
+    let mut fc2_w = vec![0f32; classes * HIDDEN];
+    matmul((classes, HIDDEN, b), &mut fc2_w, (&d_logits, 1, classes), (&hidden, HIDDEN, 1), false);
+    let fc2_b: Vec<f32> = (0..classes).map(|j| (0..b).map(|p| d_logits[p * classes + j]).sum()).collect();
+    let mut d_hidden = vec![0f32; b * HIDDEN];
+    matmul((b, HIDDEN, classes), &mut d_hidden, (&d_logits, classes, 1), (weights.fc2_w, HIDDEN, 1), false);
+    for (d, &h) in d_hidden.iter_mut().zip(&fc1_out) {
+        if h <= 0.0 {
+            *d = 0.0;
+        }
+    }
+    // fc1: its weights' gradient and the pooled layer's.
+    let mut fc1_w = vec![0f32; HIDDEN * FLAT];
+    matmul((HIDDEN, FLAT, b), &mut fc1_w, (&d_hidden, 1, HIDDEN), (&pooled, FLAT, 1), false);
+    let fc1_b: Vec<f32> = (0..HIDDEN).map(|k| (0..b).map(|p| d_hidden[p * HIDDEN + k]).sum()).collect();
+    let mut d_pooled = vec![0f32; b * FLAT];
+    matmul((b, FLAT, HIDDEN), &mut d_pooled, (&d_hidden, HIDDEN, 1), (weights.fc1_w, FLAT, 1), false);
+
+    // The convolutions, per point, summed over GRID_PARTS fixed runs of points in parallel and
+    // then in order: the same rounding at every thread count, so a seeded run repeats exactly.
+    let run = b.div_ceil(GRID_PARTS).max(1);
+    let conv = forwards
+        .par_chunks(run)
+        .zip(d_pooled.par_chunks(run * FLAT))
+        .zip(inputs.par_chunks(run * INPUT))
+        .map(|((passes, d_pooled), x)| {
+            let mut sums = ConvGradients::zero();
+            for ((pass, d_pooled), x) in passes.iter().zip(d_pooled.chunks(FLAT)).zip(x.chunks(INPUT)) {
+                convolutions_gradients_fast(&kernels, pass, d_pooled, x, &mut sums);
+            }
+            sums
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(ConvGradients::zero(), ConvGradients::sum);
+    NllGradients { loss: loss / b as f32, correct, gradients: conv.into_layouts(fc1_w, fc1_b, fc2_w, fc2_b) }
+}
+
+/// The convolutions' parameter gradients in the reverse pass's layouts.
+struct ConvGradients {
+    /// `[out][tap]`.
+    conv1_w: Vec<[f32; TAPS]>,
+    conv1_b: [f32; CONV1],
+    /// `[out][tap][in]`, as `Kernels::conv2_reverse`.
+    conv2_w: Vec<[f32; CONV1]>,
+    conv2_b: [f32; CONV2],
+}
+
+impl ConvGradients {
+    fn zero() -> Self {
+        ConvGradients {
+            conv1_w: vec![[0.0; TAPS]; CONV1],
+            conv1_b: [0.0; CONV1],
+            conv2_w: vec![[0.0; CONV1]; CONV2 * TAPS],
+            conv2_b: [0.0; CONV2],
+        }
+    }
+
+    fn sum(mut self, other: Self) -> Self {
+        let pairs = self.conv1_w.as_flattened_mut().iter_mut().zip(other.conv1_w.as_flattened());
+        let pairs = pairs.chain(self.conv1_b.iter_mut().zip(&other.conv1_b));
+        let pairs = pairs.chain(self.conv2_w.as_flattened_mut().iter_mut().zip(other.conv2_w.as_flattened()));
+        for (a, b) in pairs.chain(self.conv2_b.iter_mut().zip(&other.conv2_b)) {
+            *a += b;
+        }
+        self
+    }
+
+    /// All eight gradients in PyTorch's layouts.
+    fn into_layouts(self, fc1_w: Vec<f32>, fc1_b: Vec<f32>, fc2_w: Vec<f32>, fc2_b: Vec<f32>) -> [Vec<f32>; 8] {
+        let mut conv2_w = vec![0f32; CONV2 * CONV1 * TAPS];
+        for o in 0..CONV2 {
+            for tap in 0..TAPS {
+                for i in 0..CONV1 {
+                    conv2_w[(o * CONV1 + i) * TAPS + tap] = self.conv2_w[o * TAPS + tap][i];
+                }
+            }
+        }
+        [
+            self.conv1_w.into_flattened(),
+            self.conv1_b.to_vec(),
+            conv2_w,
+            self.conv2_b.to_vec(),
+            fc1_w,
+            fc1_b,
+            fc2_w,
+            fc2_b,
+        ]
+    }
+}
+
+with_wide_vectors!(convolutions_gradients_fast => convolutions_gradients(
+    kernels: &Kernels, pass: &Features, d_pooled: &[f32], x: &[f32], sums: &mut ConvGradients
+) -> ());
+
+/// Adds one point's convolution gradients to `sums`. conv2's active outputs are taken channel
+/// by channel, so that one channel's 288 kernel-tap sums stay in registers while its outputs'
+/// patches stream past (each output's gradient times the 3×96 conv1 patch under it), and,
+/// in a second sweep, its 288 taps stay in registers while they are scattered onto the patches'
+/// gradients; then conv1's gradients through its ReLU.
+#[inline(always)]
+fn convolutions_gradients(kernels: &Kernels, pass: &Features, d_pooled: &[f32], x: &[f32], sums: &mut ConvGradients) {
+    // The active outputs with gradient, grouped by channel: (conv1-grid index of the patch's
+    // top-left corner, gradient).
+    let mut starts = [0usize; CONV2 + 1];
+    for unit in &pass.active_units {
+        starts[unit.channel as usize + 1] += 1;
+    }
+    for o in 0..CONV2 {
+        starts[o + 1] += starts[o];
+    }
+    let mut next = starts;
+    let mut by_channel = vec![(0usize, 0f32); pass.active_units.len()];
+    for position in 0..CONV2_SIDE * CONV2_SIDE {
+        let corner = position / CONV2_SIDE * CONV1_SIDE + position % CONV2_SIDE;
+        for unit in &pass.active_units[pass.unit_starts[position]..pass.unit_starts[position + 1]] {
+            let o = unit.channel as usize;
+            by_channel[next[o]] = (corner, d_pooled[unit.pooled as usize]);
+            next[o] += 1;
+        }
+    }
+    let mut d_a1 = vec![[0f32; CONV1]; CONV1_PLANE];
+    for o in 0..CONV2 {
+        let units = &by_channel[starts[o]..starts[o + 1]];
+        let mut taps = [[0f32; 3 * CONV1]; 3];
+        let mut bias = 0.0;
+        for &(corner, gradient) in units {
+            bias += gradient;
+            for (ky, row) in taps.iter_mut().enumerate() {
+                let patch: &[f32; 3 * CONV1] =
+                    pass.a1[corner + ky * CONV1_SIDE..][..3].as_flattened().try_into().unwrap();
+                for (t, &v) in row.iter_mut().zip(patch) {
+                    *t += gradient * v;
+                }
+            }
+        }
+        sums.conv2_b[o] += bias;
+        for (sum, tap) in sums.conv2_w[o * TAPS..][..TAPS].as_flattened_mut().iter_mut().zip(taps.as_flattened()) {
+            *sum += tap;
+        }
+        let kernel: &[[f32; 3 * CONV1]] = kernels.conv2_reverse[o * TAPS..][..TAPS].as_flattened().as_chunks().0;
+        let kernel: [[f32; 3 * CONV1]; 3] = [kernel[0], kernel[1], kernel[2]];
+        for &(corner, gradient) in units {
+            for (ky, w) in kernel.iter().enumerate() {
+                let patch: &mut [f32; 3 * CONV1] =
+                    d_a1[corner + ky * CONV1_SIDE..][..3].as_flattened_mut().try_into().unwrap();
+                for (d, &w) in patch.iter_mut().zip(w) {
+                    *d += gradient * w;
+                }
+            }
+        }
+    }
+    // conv1: each tap's 32 channel sums in registers, the input under the tap broadcast.
+    let mut taps = [[0f32; CONV1]; TAPS];
+    for (at, (d, on)) in d_a1.iter().zip(&pass.conv1_active).enumerate() {
+        let (qy, qx) = (at / CONV1_SIDE, at % CONV1_SIDE);
+        let mut d_z1 = *d;
+        for (d, &on) in d_z1.iter_mut().zip(on) {
+            *d *= on;
+        }
+        add_scaled(&mut sums.conv1_b, 1.0, &d_z1);
+        for (tap, sum) in taps.iter_mut().enumerate() {
+            add_scaled(sum, x[(qy + tap / 3) * INPUT_SIDE + qx + tap % 3], &d_z1);
+        }
+    }
+    for (o, w) in sums.conv1_w.iter_mut().enumerate() {
+        for (tap, w) in w.iter_mut().enumerate() {
+            *w += taps[tap][o];
         }
     }
 }

@@ -1,0 +1,56 @@
+//! mnist-cnn's training gradients on the CPU, by the hand-written passes of `mnist_cnn.rs`.
+//!
+//! candle's CPU convolutions and their autograd run mnist-cnn's training step ≈ 13× slower
+//! than PyTorch on the same cores; the same loops that give the input Jacobian give the
+//! parameter gradients of the mean NLL for a fraction of that. Any other architecture, device
+//! or dtype gets `None`, and the caller keeps candle's autograd (which also serves as this
+//! pass's test oracle).
+
+use candle_core::{DType, Tensor};
+use leafwalk_models::{Arch, Classifier};
+
+use crate::jacobian::{with_mnist_cnn_weights, MNIST_CNN_PARAMETERS};
+use crate::{GeometryError, Result};
+
+/// The mean NLL of a batch, how many points it predicts right, and the gradient for each
+/// parameter by name.
+#[derive(Debug)]
+pub struct NllGradients {
+    pub loss: f64,
+    pub correct: usize,
+    pub gradients: Vec<(&'static str, Tensor)>,
+}
+
+/// The hand-written gradients of the mean NLL of `pixels` (`[B, 1, 28, 28]` in [0, 1]) with
+/// `labels` (`[B]`, u32), for mnist-cnn in f32 on the CPU; `None` for any other model.
+pub fn mnist_cnn_nll_gradients(model: &Classifier, pixels: &Tensor, labels: &Tensor) -> Result<Option<NllGradients>> {
+    if model.arch() != Arch::MnistCnn || !model.device().is_cpu() || model.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (b, channels, height, width) = pixels.dims4()?;
+    if channels * height * width != crate::mnist_cnn::INPUT {
+        return Err(GeometryError::Invalid(format!("mnist-cnn takes 1×28×28 images, not {channels}×{height}×{width}")));
+    }
+    let labels: Vec<usize> = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?.into_iter().map(|l| l as usize).collect();
+    if labels.len() != b || labels.iter().any(|&l| l >= model.classes()) {
+        return Err(GeometryError::Invalid(format!(
+            "{} labels for {b} images, or a label ≥ {}",
+            labels.len(),
+            model.classes()
+        )));
+    }
+    let inputs: Vec<f32> = model.normalise(&pixels.to_dtype(DType::F32)?)?.flatten_all()?.to_vec1()?;
+    let pass = with_mnist_cnn_weights(model, |weights| crate::mnist_cnn::nll_gradients(weights, &inputs, &labels))?;
+    let gradients = MNIST_CNN_PARAMETERS
+        .iter()
+        .zip(pass.gradients)
+        .map(|(&name, values)| {
+            let shape = model
+                .tensor(name)
+                .map(|t| t.shape().clone())
+                .ok_or_else(|| GeometryError::Invalid(format!("mnist-cnn without tensor {name}")))?;
+            Ok((name, Tensor::from_vec(values, shape, model.device())?))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Some(NllGradients { loss: pass.loss as f64, correct: pass.correct, gradients }))
+}
