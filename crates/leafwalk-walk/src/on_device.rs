@@ -257,10 +257,15 @@ impl CustomOp3 for LeafStep {
 
         let (b, classes, n) = self.dims(x_layout, jacobian_layout, target_layout)?;
         let device = x.device.clone();
-        let slice = |s: &candle_core::CudaStorage, l: &Layout| match l.contiguous_offsets() {
-            Some((start, end)) => Ok(s.as_cuda_slice::<f32>()?.slice(start..end)),
-            None => candle_core::bail!("leaf-step: inputs must be contiguous"),
-        };
+        fn slice<'a>(
+            storage: &'a candle_core::CudaStorage,
+            layout: &Layout,
+        ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
+            match layout.contiguous_offsets() {
+                Some((start, end)) => Ok(storage.as_cuda_slice::<f32>()?.slice(start..end)),
+                None => candle_core::bail!("leaf-step: inputs must be contiguous"),
+            }
+        }
         let (xs, js, ts) = (slice(x, x_layout)?, slice(jacobian, jacobian_layout)?, slice(target, target_layout)?);
         // SAFETY: every element is written by the kernel (each block writes its row's n + 2).
         let out = unsafe { device.alloc::<f32>(b * (n + 2))? };
