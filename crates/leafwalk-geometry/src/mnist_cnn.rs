@@ -268,7 +268,7 @@ fn features(weights: &Weights, kernels: &Kernels, x: &[f32], parts: usize) -> Fe
     z2.par_chunks_mut(rows * CONV2_SIDE)
         .enumerate()
         .for_each(|(part, z2)| conv2_fast(weights, kernels, &a1, part * rows, z2));
-    let (pooled, active_units, unit_starts) = pool(&z2);
+    let (pooled, active_units, unit_starts) = pool_fast(&z2);
     Features { a1, conv1_active, pooled, active_units, unit_starts }
 }
 
@@ -297,7 +297,7 @@ fn features_by_matmul(weights: &Weights, kernels: &Kernels, x: &[f32]) -> Featur
         true,
         gemm::Parallelism::None,
     );
-    let (pooled, active_units, unit_starts) = pool(&z2);
+    let (pooled, active_units, unit_starts) = pool_fast(&z2);
     Features { a1, conv1_active, pooled, active_units, unit_starts }
 }
 
@@ -363,15 +363,19 @@ fn conv2(weights: &Weights, kernels: &Kernels, a1: &[[f32; CONV1]], first_row: u
     }
 }
 
+with_wide_vectors!(pool_fast => pool(z2: &[[f32; CONV2]]) -> (Vec<f32>, Vec<ActiveUnit>, Vec<usize>));
+
 /// ReLU and 2×2 max-pool: the pooled layer (fc1's input, `o·144 + py·12 + px`) and the conv2
 /// outputs that carry gradient — each window's first maximum, if it is > 0 — grouped by
 /// position for the reverse pass's gather.
+#[inline(always)]
 fn pool(z2: &[[f32; CONV2]]) -> (Vec<f32>, Vec<ActiveUnit>, Vec<usize>) {
     let mut pooled = vec![0f32; FLAT];
     let mut winners = Vec::with_capacity(FLAT);
     for py in 0..POOLED {
         for px in 0..POOLED {
-            let positions = [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| (2 * py + dy) * CONV2_SIDE + 2 * px + dx);
+            let corner = 2 * py * CONV2_SIDE + 2 * px;
+            let positions = [corner, corner + 1, corner + CONV2_SIDE, corner + CONV2_SIDE + 1];
             // Per channel, the window's first maximum after the ReLU and which position holds
             // it, as whole-array selects that vectorise.
             let mut best = z2[positions[0]].map(|v| v.max(0.0));
