@@ -258,45 +258,44 @@ struct Features {
     unit_starts: Vec<usize>,
 }
 
-/// conv1, conv2 and the pool of one point, conv2 split into `parts` run in parallel.
-fn features(weights: &Weights, kernels: &Kernels, x: &[f32], parts: usize) -> Features {
-    let mut a1 = vec![[0f32; CONV1]; CONV1_PLANE];
-    let mut conv1_active = vec![[0f32; CONV1]; CONV1_PLANE];
-    conv1_fast(weights, kernels, x, &mut a1, &mut conv1_active);
-    let mut z2 = vec![[0f32; CONV2]; CONV2_SIDE * CONV2_SIDE];
-    let rows = part_len(CONV2_SIDE, parts, 1);
-    z2.par_chunks_mut(rows * CONV2_SIDE)
-        .enumerate()
-        .for_each(|(part, z2)| conv2_fast(weights, kernels, &a1, part * rows, z2));
-    let (pooled, active_units, unit_starts) = pool_fast(&z2);
-    Features { a1, conv1_active, pooled, active_units, unit_starts }
+/// How [`features`] computes conv2.
+#[derive(Clone, Copy)]
+enum Conv2By {
+    /// The per-position loop, split into this many parts run in parallel: J's path, whose
+    /// rounding the golden tests pin down, and the fastest for one point on several cores.
+    Loop { parts: usize },
+    /// One matrix product, the 576 patches of 288 conv1 values (im2col) times the `[288][64]`
+    /// kernel, by `gemm`'s FMA kernels: a training batch's path, where throughput counts.
+    Matmul,
 }
 
-/// [`features`] with conv2 as one matrix product: the 576 patches of 288 conv1 values (im2col)
-/// times the `[288][64]` kernel, by `gemm`'s FMA kernels — for a training batch, where
-/// throughput matters and J's bit-for-bit agreement with the per-position loop does not.
-fn features_by_matmul(weights: &Weights, kernels: &Kernels, x: &[f32]) -> Features {
+/// conv1, conv2 and the pool of one point.
+fn features(weights: &Weights, kernels: &Kernels, x: &[f32], conv2_by: Conv2By) -> Features {
     let mut a1 = vec![[0f32; CONV1]; CONV1_PLANE];
     let mut conv1_active = vec![[0f32; CONV1]; CONV1_PLANE];
     conv1_fast(weights, kernels, x, &mut a1, &mut conv1_active);
-    const PATCH: usize = TAPS * CONV1;
-    let mut patches = vec![0f32; CONV2_SIDE * CONV2_SIDE * PATCH];
-    for (position, patch) in patches.chunks_mut(PATCH).enumerate() {
-        let corner = position / CONV2_SIDE * CONV1_SIDE + position % CONV2_SIDE;
-        for (ky, row) in patch.chunks_mut(3 * CONV1).enumerate() {
-            row.copy_from_slice(a1[corner + ky * CONV1_SIDE..][..3].as_flattened());
+    let mut z2 = vec![*weights.conv2_b; CONV2_SIDE * CONV2_SIDE];
+    match conv2_by {
+        Conv2By::Loop { parts } => {
+            let rows = part_len(CONV2_SIDE, parts, 1);
+            z2.par_chunks_mut(rows * CONV2_SIDE)
+                .enumerate()
+                .for_each(|(part, z2)| conv2_fast(weights, kernels, &a1, part * rows, z2));
+        }
+        Conv2By::Matmul => {
+            const PATCH: usize = TAPS * CONV1;
+            let mut patches = vec![0f32; CONV2_SIDE * CONV2_SIDE * PATCH];
+            for (position, patch) in patches.chunks_mut(PATCH).enumerate() {
+                let corner = position / CONV2_SIDE * CONV1_SIDE + position % CONV2_SIDE;
+                for (ky, row) in patch.chunks_mut(3 * CONV1).enumerate() {
+                    row.copy_from_slice(a1[corner + ky * CONV1_SIDE..][..3].as_flattened());
+                }
+            }
+            let shape = (CONV2_SIDE * CONV2_SIDE, CONV2, PATCH);
+            let kernel = (kernels.conv2_forward.as_flattened(), CONV2, 1);
+            matmul_with(shape, z2.as_flattened_mut(), (&patches, PATCH, 1), kernel, true, gemm::Parallelism::None);
         }
     }
-    let mut z2 = vec![*weights.conv2_b; CONV2_SIDE * CONV2_SIDE];
-    let kernel = kernels.conv2_forward.as_flattened();
-    matmul_with(
-        (CONV2_SIDE * CONV2_SIDE, CONV2, PATCH),
-        z2.as_flattened_mut(),
-        (&patches, PATCH, 1),
-        (kernel, CONV2, 1),
-        true,
-        gemm::Parallelism::None,
-    );
     let (pooled, active_units, unit_starts) = pool_fast(&z2);
     Features { a1, conv1_active, pooled, active_units, unit_starts }
 }
@@ -313,7 +312,7 @@ fn head(weights: &Weights, fc1_out: &[f32]) -> Vec<f32> {
 
 /// The forward pass of one point, its heavy layers split into `parts` run in parallel.
 fn forward(weights: &Weights, kernels: &Kernels, x: &[f32], parts: usize) -> Forward {
-    let features = features(weights, kernels, x, parts);
+    let features = features(weights, kernels, x, Conv2By::Loop { parts });
     let mut hidden = [0f32; HIDDEN];
     let units = part_len(HIDDEN, parts, 1);
     hidden
@@ -644,7 +643,8 @@ pub(crate) fn nll_gradients(weights: &Weights, inputs: &[f32], labels: &[usize])
     let kernels = Kernels::new(weights);
     let b = labels.len();
     let classes = weights.classes;
-    let forwards: Vec<Features> = inputs.par_chunks(INPUT).map(|x| features_by_matmul(weights, &kernels, x)).collect();
+    let forwards: Vec<Features> =
+        inputs.par_chunks(INPUT).map(|x| features(weights, &kernels, x, Conv2By::Matmul)).collect();
     let pooled: Vec<f32> = forwards.iter().flat_map(|f| f.pooled.iter().copied()).collect();
 
     // fc1 for the batch: [b, 9216] · fc1ᵀ, then the head per point.
