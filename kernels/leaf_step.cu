@@ -10,7 +10,8 @@
 //   4. u = P d (leaf) or d − P d (kernel), x' = clamp(x + step·u/‖u‖) rounded to float, per-
 //      channel bounds; a non-finite ‖u‖ leaves x as it is and writes distance NaN (diverged);
 //   5. out[b] = [x' (n values), ‖x' − t‖, moved].
-// leafwalk-walk's `LeafStep::cpu_fwd` is the same algorithm in the same order on the CPU.
+// leafwalk-walk's `LeafStep::cpu_fwd` is the same algorithm on the CPU (its f64 sums run in
+// another order, so the two agree to f64 rounding before the step is rounded to float).
 
 #include <stdint.h>
 

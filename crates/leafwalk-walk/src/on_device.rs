@@ -6,8 +6,9 @@
 //! nalgebra: the right tool on the CPU and for per-step logs, but on a GPU each step would cost
 //! a dozen small launches and a round trip. Here a step is one batched Jacobian pass and one
 //! launch of `kernels/leaf_step.cu`; the host reads only the distances, every `check_every`
-//! steps, to retire finished paths. The op's CPU implementation runs the same algorithm in the
-//! same order (tested against the host integrator and, where a GPU is present, the kernel).
+//! steps, to retire finished paths. The op's CPU implementation runs the same algorithm (only
+//! the order of its f64 sums differs from the kernel's), tested against the host integrator
+//! and, where a GPU is present, against the kernel.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use leafwalk_geometry::{check_finite, input_jacobian_of_finite, Coordinates};
@@ -19,7 +20,7 @@ use crate::step::Subspace;
 use crate::{clamp_bounds, Result, State, WalkError};
 
 /// Largest class count the kernel's shared-memory Cholesky holds.
-pub const MAX_CLASSES: usize = 32;
+const MAX_CLASSES: usize = 32;
 /// Largest channel count (clamp bounds are passed per channel as kernel arguments).
 const MAX_CHANNELS: usize = 3;
 /// Pivots of J Jᵀ below this times its largest diagonal entry are dropped (the one Σ pᵢ Jᵢ = 0
