@@ -18,7 +18,7 @@ mod mnist_cnn;
 
 pub use error::{GeometryError, Result};
 pub use fisher::{dataset_fisher, fisher_factors, FisherFactor, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS};
-pub use gradients::{mnist_cnn_nll_gradients, NllGradients};
+pub use gradients::{mnist_cnn_log_probs, mnist_cnn_nll_gradients, NllGradients};
 pub use jacobian::{
     check_finite, input_jacobian, input_jacobian_autograd, input_jacobian_in, input_jacobian_of_finite, Coordinates,
     Jacobians,

@@ -632,9 +632,35 @@ fn matmul_with(
     }
 }
 
+/// A batch's forward pass up to fc1, for training and evaluation.
+struct BatchForward {
+    features: Vec<Features>,
+    /// `[b][9216]`.
+    pooled: Vec<f32>,
+    /// `[b][128]`, fc1's pre-activations.
+    fc1_out: Vec<f32>,
+}
+
+/// The convolutions per point in parallel (conv2 by matmul), then fc1 as one product for the
+/// batch: fc1's 4.7 MB of weights one point at a time would stream from memory per point.
+fn batch_forward(weights: &Weights, kernels: &Kernels, inputs: &[f32]) -> BatchForward {
+    let b = inputs.len() / INPUT;
+    let features: Vec<Features> =
+        inputs.par_chunks(INPUT).map(|x| self::features(weights, kernels, x, Conv2By::Matmul)).collect();
+    let pooled: Vec<f32> = features.iter().flat_map(|f| f.pooled.iter().copied()).collect();
+    let mut fc1_out: Vec<f32> = (0..b).flat_map(|_| weights.fc1_b.iter().copied()).collect();
+    matmul((b, HIDDEN, FLAT), &mut fc1_out, (&pooled, FLAT, 1), (weights.fc1_w, 1, FLAT), true);
+    BatchForward { features, pooled, fc1_out }
+}
+
+/// log p `[b, C]` of `inputs` (b normalised 28×28 images) by the training pass's forward.
+pub(crate) fn batch_log_probs(weights: &Weights, inputs: &[f32]) -> Vec<f32> {
+    let forward = batch_forward(weights, &Kernels::new(weights), inputs);
+    forward.fc1_out.chunks(HIDDEN).flat_map(|out| head(weights, out)).collect()
+}
+
 /// One training step's loss and gradients for `inputs` (b normalised 28×28 images) with
-/// `labels`. The convolutions run per point in parallel; fc1, whose 4.7 MB of weights one point
-/// at a time would stream from memory per point, runs as three batched products. The reverse
+/// `labels`, from [`batch_forward`]; fc1's and fc2's gradients are batched products. The reverse
 /// pass visits only what carries gradient, as the Jacobian's does: fc1's active units, and the
 /// conv2 outputs that won their pool window and passed the ReLU — for each, its 288 kernel
 /// taps' gradient is its gradient times the conv1 patch under it, and the patch's gradient
@@ -643,13 +669,7 @@ pub(crate) fn nll_gradients(weights: &Weights, inputs: &[f32], labels: &[usize])
     let kernels = Kernels::new(weights);
     let b = labels.len();
     let classes = weights.classes;
-    let forwards: Vec<Features> =
-        inputs.par_chunks(INPUT).map(|x| features(weights, &kernels, x, Conv2By::Matmul)).collect();
-    let pooled: Vec<f32> = forwards.iter().flat_map(|f| f.pooled.iter().copied()).collect();
-
-    // fc1 for the batch: [b, 9216] · fc1ᵀ, then the head per point.
-    let mut fc1_out: Vec<f32> = (0..b).flat_map(|_| weights.fc1_b.iter().copied()).collect();
-    matmul((b, HIDDEN, FLAT), &mut fc1_out, (&pooled, FLAT, 1), (weights.fc1_w, 1, FLAT), true);
+    let BatchForward { features: forwards, pooled, fc1_out } = batch_forward(weights, &kernels, inputs);
     let (mut loss, mut correct) = (0.0, 0);
     // ∂ mean NLL / ∂ logits = (p − e_label) / b.
     let mut d_logits = vec![0f32; b * classes];

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use leafwalk_data::dataset_info;
-use leafwalk_geometry::mnist_cnn_nll_gradients;
+use leafwalk_geometry::{mnist_cnn_log_probs, mnist_cnn_nll_gradients};
 use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -24,6 +24,10 @@ fn digits() -> (Tensor, Tensor) {
 }
 
 fn compare(model: &Classifier, pixels: &Tensor, labels: &Tensor) {
+    let fast = mnist_cnn_log_probs(model, pixels).unwrap().expect("mnist-cnn on the CPU");
+    let candle = model.log_probs_t(pixels, false).unwrap();
+    let diff = (fast - &candle).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff <= 1e-4, "log p differs from candle's forward by {diff}");
     let fast = mnist_cnn_nll_gradients(model, pixels, labels).unwrap().expect("mnist-cnn on the CPU");
     let log_probs = model.log_probs_t(pixels, true).unwrap();
     let loss = candle_nn::loss::nll(&log_probs, labels).unwrap();
@@ -67,6 +71,7 @@ fn other_models_fall_back_and_bad_labels_are_errors() {
     let (pixels, labels) = digits();
     let mlp = Classifier::new(Arch::Mlp, dataset_info("mnist").unwrap(), 3, &Device::Cpu, DType::F32).unwrap();
     assert!(mnist_cnn_nll_gradients(&mlp, &pixels, &labels).unwrap().is_none());
+    assert!(mnist_cnn_log_probs(&mlp, &pixels).unwrap().is_none());
     let cnn = Classifier::new(Arch::MnistCnn, dataset_info("mnist").unwrap(), 3, &Device::Cpu, DType::F32).unwrap();
     let wrong = Tensor::new(&[10u32], &Device::Cpu).unwrap();
     assert!(mnist_cnn_nll_gradients(&cnn, &pixels.narrow(0, 0, 1).unwrap(), &wrong).is_err());

@@ -380,7 +380,10 @@ pub fn evaluate(model: &Classifier, dataset: &Dataset, batch_size: usize) -> Res
     let indices: Vec<usize> = (0..dataset.len()).collect();
     for batch in indices.chunks(batch_size.max(1)) {
         let (images, labels) = dataset.batch(batch, model.device())?;
-        let log_probs = model.log_probs_t(&images, false)?.detach();
+        let log_probs = match leafwalk_geometry::mnist_cnn_log_probs(model, &images)? {
+            Some(log_probs) => log_probs,
+            None => model.log_probs_t(&images, false)?.detach(),
+        };
         let loss = candle_nn::loss::nll(&log_probs, &labels)?.to_scalar::<f32>()? as f64;
         tally.add(loss, count_correct(&log_probs, &labels)?, batch.len());
     }
