@@ -47,8 +47,9 @@ pub fn score(args: OodScoreArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let (reference, options) = scoring(&model, &args.projection, data_root)?;
     let pixels: Vec<Vec<f32>> = images.iter().map(|i| i.pixels.clone()).collect();
     let table = score_images(&model, &reference, &pixels, &which, &options)?;
+    let csv = scores_csv(&images, &table, &model);
     if let Some(out) = &args.out {
-        write_bytes_atomic(out, scores_csv(&images, &table, &model).as_bytes())?;
+        write_bytes_atomic(out, csv.as_bytes())?;
     }
     if args.json {
         let rows: Vec<serde_json::Value> = images
@@ -65,7 +66,7 @@ pub fn score(args: OodScoreArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print!("{}", scores_csv(&images, &table, &model).replace(',', "\t"));
+        print!("{}", csv.replace(',', "\t"));
     }
     Ok(ExitCode::SUCCESS)
 }
