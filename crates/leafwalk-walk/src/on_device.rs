@@ -15,7 +15,7 @@ use leafwalk_geometry::{check_finite, input_jacobian_of_finite, Coordinates};
 use leafwalk_models::Classifier;
 use rayon::prelude::*;
 
-use crate::path::{Ending, PathOptions};
+use crate::path::{Ending, PathOptions, Progress};
 use crate::step::Subspace;
 use crate::{clamp_bounds, Result, State, WalkError};
 
@@ -325,9 +325,9 @@ pub fn euler_on_device(
     check_finite(&x)?;
     check_finite(&target)?;
     let mut steps = Tensor::zeros(pairs.len(), DType::F32, device)?;
-    // Row k of the batch is path live[k]; best distance and the step it was reached at.
+    // Row k of the batch is path live[k].
     let mut live: Vec<usize> = (0..pairs.len()).collect();
-    let mut best: Vec<(f64, usize)> = pairs.iter().map(|(from, to)| (from.distance(to), 0)).collect();
+    let mut progress: Vec<Progress> = pairs.iter().map(|(from, to)| Progress::new(from.distance(to))).collect();
     let mut done: Vec<Option<DeviceWalk>> = vec![None; pairs.len()];
     let check_every = check_every.max(1);
     for iteration in 1..=options.max_steps {
@@ -348,20 +348,11 @@ pub fn euler_on_device(
         let mut keep = Vec::with_capacity(live.len());
         for (row, &path) in live.iter().enumerate() {
             let (distance, steps_taken) = (distances[row] as f64, taken[row] as usize);
-            let (best_distance, best_at) = &mut best[path];
-            if distance < *best_distance - options.stall_progress {
-                (*best_distance, *best_at) = (distance, iteration);
-            }
+            // A live path moves every step, so its Jacobians, steps and iterations agree.
             let ending = if distance.is_nan() {
                 Some(Ending::Diverged { step: steps_taken })
-            } else if distance <= options.threshold {
-                Some(Ending::Reached)
-            } else if iteration - *best_at >= options.stall_window {
-                Some(Ending::Stalled { step: steps_taken })
-            } else if iteration == options.max_steps {
-                Some(Ending::StepLimit)
             } else {
-                None
+                progress[path].ending(options, distance, iteration, steps_taken)
             };
             match ending {
                 Some(ending) => {

@@ -99,6 +99,44 @@ impl Default for PathOptions {
     }
 }
 
+/// A walk's best distance to its target so far and the Jacobian count it was reached at: the
+/// stop rule both integrators (host and device) share.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Progress {
+    best: f64,
+    best_at: usize,
+}
+
+impl Progress {
+    pub(crate) fn new(distance: f64) -> Self {
+        Progress { best: distance, best_at: 0 }
+    }
+
+    /// Records a point `distance` from the target after `evals` Jacobians and `steps` steps,
+    /// and says whether the walk ends there: within the threshold, stalled (no
+    /// `stall_progress` gained in `stall_window` evaluations) or at the step limit.
+    pub(crate) fn ending(
+        &mut self,
+        options: &PathOptions,
+        distance: f64,
+        evals: usize,
+        steps: usize,
+    ) -> Option<Ending> {
+        if distance < self.best - options.stall_progress {
+            (self.best, self.best_at) = (distance, evals);
+        }
+        if distance <= options.threshold {
+            Some(Ending::Reached)
+        } else if evals - self.best_at >= options.stall_window {
+            Some(Ending::Stalled { step: steps })
+        } else if steps >= options.max_steps {
+            Some(Ending::StepLimit)
+        } else {
+            None
+        }
+    }
+}
+
 /// One logged point of a path.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathRecord {
@@ -236,8 +274,7 @@ struct Walker<'a> {
     /// Adaptive: the point being tried and the step length that produced it.
     trial: Option<(State, f64)>,
     step: f64,
-    best: f64,
-    best_at: usize,
+    progress: Progress,
     evals: usize,
     points: Vec<State>,
     records: Vec<PathRecord>,
@@ -257,8 +294,7 @@ impl<'a> Walker<'a> {
             here: None,
             trial: None,
             step: options.step,
-            best: distance,
-            best_at: 0,
+            progress: Progress::new(distance),
             evals: 0,
             points: vec![from.clone()],
             records: Vec::new(),
@@ -348,18 +384,10 @@ impl<'a> Walker<'a> {
     }
 
     fn check_stop(&mut self, model: &Classifier) -> Result<()> {
-        if self.distance < self.best - self.options.stall_progress {
-            (self.best, self.best_at) = (self.distance, self.evals);
-        }
         let steps = self.points.len() - 1;
-        if self.distance <= self.options.threshold {
-            self.finish(model, Ending::Reached)
-        } else if self.evals - self.best_at >= self.options.stall_window {
-            self.finish(model, Ending::Stalled { step: steps })
-        } else if steps >= self.options.max_steps {
-            self.finish(model, Ending::StepLimit)
-        } else {
-            Ok(())
+        match self.progress.ending(self.options, self.distance, self.evals, steps) {
+            Some(ending) => self.finish(model, ending),
+            None => Ok(()),
         }
     }
 
