@@ -10,7 +10,7 @@
 use candle_core::{DType, Tensor};
 use leafwalk_models::{Arch, Classifier};
 
-use crate::jacobian::{with_mnist_cnn_weights, MNIST_CNN_PARAMETERS};
+use crate::jacobian::{mnist_cnn_batch_size, with_mnist_cnn_weights, MNIST_CNN_PARAMETERS};
 use crate::{GeometryError, Result};
 
 /// The mean NLL of a batch, how many points it predicts right, and the gradient for each
@@ -28,10 +28,7 @@ fn mnist_cnn_inputs(model: &Classifier, pixels: &Tensor) -> Result<Option<Vec<f3
     if model.arch() != Arch::MnistCnn || !model.device().is_cpu() || model.dtype() != DType::F32 {
         return Ok(None);
     }
-    let (_, channels, height, width) = pixels.dims4()?;
-    if channels * height * width != crate::mnist_cnn::INPUT {
-        return Err(GeometryError::Invalid(format!("mnist-cnn takes 1×28×28 images, not {channels}×{height}×{width}")));
-    }
+    mnist_cnn_batch_size(pixels)?;
     Ok(Some(model.normalise(&pixels.to_dtype(DType::F32)?)?.flatten_all()?.to_vec1()?))
 }
 

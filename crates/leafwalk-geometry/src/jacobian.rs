@@ -108,10 +108,7 @@ fn backward_kernel(weight: &Tensor) -> Result<Tensor> {
 
 /// The forward and reverse pass in [`crate::mnist_cnn`]'s loops, on `x` in normalised units.
 fn cpu_mnist_cnn_jacobian(model: &Classifier, x: &Tensor, coordinates: Coordinates) -> Result<Jacobians> {
-    let (b, channels, height, width) = x.dims4()?;
-    if channels * height * width != crate::mnist_cnn::INPUT {
-        return Err(GeometryError::Invalid(format!("mnist-cnn takes 1×28×28 images, not {channels}×{height}×{width}")));
-    }
+    let b = mnist_cnn_batch_size(x)?;
     let c = model.classes();
     let inputs: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let (log_probs, jacobian) =
@@ -122,6 +119,16 @@ fn cpu_mnist_cnn_jacobian(model: &Classifier, x: &Tensor, coordinates: Coordinat
         log_probs: Tensor::from_vec(log_probs, (b, c), device)?,
         jacobian: in_coordinates(model, jacobian, coordinates)?,
     })
+}
+
+/// The batch size of `[B, 1, 28, 28]` images for mnist-cnn's hand-written passes; another
+/// image size is an error.
+pub(crate) fn mnist_cnn_batch_size(x: &Tensor) -> Result<usize> {
+    let (b, channels, height, width) = x.dims4()?;
+    if channels * height * width != crate::mnist_cnn::INPUT {
+        return Err(GeometryError::Invalid(format!("mnist-cnn takes 1×28×28 images, not {channels}×{height}×{width}")));
+    }
+    Ok(b)
 }
 
 /// mnist-cnn's parameter names in [`crate::mnist_cnn::Weights::new`]'s order.
