@@ -106,9 +106,12 @@ pub struct TrainArgs {
     /// Dataset to train on: mnist, fashion-mnist or cifar10.
     #[arg(long, default_value = "mnist")]
     pub dataset: String,
-    /// Architecture: mnist-cnn, mlp or cifar-vgg11.
+    /// Architecture: mnist-cnn, mlp, cifar-vgg11, lenet5, vgg-bn-small, resnet-mini, resnet20
+    /// or resnet18.
     #[arg(long, default_value = "mnist-cnn")]
     pub arch: Arch,
+    #[command(flatten)]
+    pub normalisation: NormalisationArgs,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     #[arg(long, default_value_t = 0.01)]
@@ -152,12 +155,36 @@ pub struct ModelArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Architecture, for a plain PyTorch-exported safetensors without leafwalk metadata.
+    /// Architecture, for a plain PyTorch `state_dict` without leafwalk metadata.
     #[arg(long)]
     pub arch: Option<Arch>,
-    /// Dataset the model was trained on, for a plain PyTorch export.
+    /// Dataset the model was trained on, for a plain PyTorch export (default: the
+    /// architecture's usual one).
     #[arg(long)]
     pub dataset: Option<String>,
+    #[command(flatten)]
+    pub normalisation: NormalisationArgs,
+}
+
+/// The input normalisation of a model whose metadata does not carry it.
+#[derive(Args, Debug, Clone)]
+pub struct NormalisationArgs {
+    /// Per-channel mean subtracted from pixels in [0, 1], comma-separated (one value serves
+    /// every channel); default: the dataset's. `--mean 0 --std 1`: the network takes pixels.
+    #[arg(long, value_delimiter = ',', requires = "std", allow_negative_numbers = true)]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation the centred pixels are divided by (see --mean).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub std: Option<Vec<f32>>,
+}
+
+impl NormalisationArgs {
+    pub fn normalisation(&self) -> Option<leafwalk_models::Normalisation> {
+        match (&self.mean, &self.std) {
+            (Some(mean), Some(std)) => Some(leafwalk_models::Normalisation { mean: mean.clone(), std: std.clone() }),
+            _ => None,
+        }
+    }
 }
 
 /// Where the model runs; every command that loads or trains a model takes it.

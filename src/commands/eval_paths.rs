@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
 use crate::commands::walking::{path_options, training_waypoints, walk_pairs, Walked};
-use crate::commands::{fresh_output, load_model};
+use crate::commands::{fresh_output, load_model, model_dataset};
 
 /// Intermediate images compared per path (both the leaf path's and the interpolation's).
 const SAMPLES: usize = 9;
@@ -88,7 +88,7 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         json!({
             "data": args.data.to_string(), "pairs": args.pairs, "seed": args.walk.seed, "model": args.model.model,
             "threshold": args.walk.threshold, "pair_indices": indices,
-            "samples_per_path": SAMPLES, "nearest_training_images_of": format!("{}:train ({} images)", model.meta().dataset, train_states.len()),
+            "samples_per_path": SAMPLES, "nearest_training_images_of": format!("{}:train ({} images)", model_dataset(&model)?.name, train_states.len()),
             "units": "distances in the model's normalised units",
         }),
     );

@@ -140,7 +140,10 @@ fn draw_basis(path: &Path, model: &Classifier, pixels: &Tensor, points: &[PointG
             tiles.push(Tile::new(&[], shape, String::new(), TileKind::Image));
         }
     }
-    let title = format!("leaf basis: eigenvectors of G (red +, blue −) — {}", model.meta().dataset);
+    let title = format!(
+        "leaf basis: eigenvectors of G (red +, blue −) — {}",
+        model.meta().dataset.as_deref().unwrap_or("no dataset")
+    );
     leafwalk_plot::tile_grid(path, Some(&title), &tiles, columns, 3)?;
     Ok(())
 }

@@ -47,14 +47,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The model every command but `train` works on (errors name the checkpoint file).
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Classifier> {
     let dataset = args.dataset.as_deref().map(dataset_info).transpose()?;
-    let options = LoadOptions { arch: args.arch, dataset };
+    let options = LoadOptions { arch: args.arch, dataset, normalisation: args.normalisation.normalisation() };
     Ok(Classifier::load(&args.model, options, &args.device.device.open()?)?)
 }
 
 /// The dataset a model was trained on (its metadata names it), for commands that read images
 /// in the model's shape.
 pub fn model_dataset(model: &Classifier) -> anyhow::Result<&'static leafwalk_data::DatasetInfo> {
-    Ok(dataset_info(&model.meta().dataset)?)
+    match &model.meta().dataset {
+        Some(name) => Ok(dataset_info(name)?),
+        None => anyhow::bail!(
+            "the model names no training dataset; this command needs one (a model trained by leafwalk, or --dataset)"
+        ),
+    }
 }
 
 /// The model's training split under `data_root`: anchors of the data leaf, reference statistics.

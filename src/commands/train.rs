@@ -12,6 +12,7 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let config = TrainConfig {
         dataset: dataset_info(&args.dataset)?,
         arch: args.arch,
+        normalisation: args.normalisation.normalisation(),
         epochs: args.epochs,
         lr: args.lr,
         batch_size: args.batch_size,

@@ -12,7 +12,7 @@ use leafwalk_walk::{PathOptions, State};
 fn golden_digits() -> (Classifier, Vec<Vec<f32>>) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let mnist = dataset_info("mnist").unwrap();
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
+    let options = LoadOptions::new(Arch::MnistCnn, mnist);
     let model = Classifier::load(&fixtures.join("mnist-cnn-epoch01.safetensors"), options, &Device::Cpu).unwrap();
     let (golden, _) = checkpoint::read(&fixtures.join("golden-epoch01.safetensors"), &Device::Cpu).unwrap();
     let bytes: Vec<u8> = golden["test_u8"].flatten_all().unwrap().to_vec1().unwrap();

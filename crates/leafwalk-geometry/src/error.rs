@@ -7,6 +7,8 @@ pub enum GeometryError {
     Invalid(String),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Engine(#[from] leafwalk_engine::EngineError),
 }
 
 pub type Result<T> = std::result::Result<T, GeometryError>;

@@ -1,8 +1,8 @@
 //! The local data matrix G(x,w) of a classifier, and the leaf it is tangent to.
 //!
 //! This crate owns the geometry of Grementieri & Fioresi's *model-centric data manifold*: the
-//! batched input Jacobian of the log-probabilities ([`input_jacobian`], a hand-written reverse
-//! pass for the paper's mnist-cnn, autograd for any other model), and from J and p alone the
+//! batched input Jacobian of the log-probabilities ([`input_jacobian`], by `leafwalk-engine` for
+//! any model description, with candle's autograd as its oracle), and from J and p alone the
 //! trace, spectrum, numerical rank and eigenvectors of G = Jᵀ diag(p) J, and the orthogonal
 //! projections onto ker G⊥ (the data leaf's tangent space) and ker G ([`PointGeometry`]); and
 //! the parameter-space Fisher matrix F(x,w) through its C×P factor ([`fisher_factors`]). The
@@ -11,14 +11,11 @@
 
 mod error;
 mod fisher;
-mod gradients;
 mod jacobian;
 mod local;
-mod mnist_cnn;
 
 pub use error::{GeometryError, Result};
 pub use fisher::{dataset_fisher, fisher_factors, FisherFactor, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS};
-pub use gradients::{mnist_cnn_log_probs, mnist_cnn_nll_gradients, NllGradients};
 pub use jacobian::{
     check_finite, input_jacobian, input_jacobian_autograd, input_jacobian_in, input_jacobian_of_finite, Coordinates,
     Jacobians,

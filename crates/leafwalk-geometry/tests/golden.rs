@@ -23,7 +23,7 @@ struct Golden {
 
 fn golden(epoch: u32) -> Golden {
     let mnist = dataset_info("mnist").unwrap();
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
+    let options = LoadOptions::new(Arch::MnistCnn, mnist);
     let model =
         Classifier::load(&fixture(&format!("mnist-cnn-epoch{epoch:02}.safetensors")), options, &Device::Cpu).unwrap();
     let (tensors, _) =

@@ -1,27 +1,32 @@
 //! Safetensors files with leafwalk metadata.
 //!
 //! A checkpoint is a plain safetensors file (never a pickle) whose metadata carries everything
-//! needed to rebuild the classifier without side information: `leafwalk.arch`, `.dataset`,
+//! needed to rebuild the classifier without side information: `leafwalk.arch`, `.input`
+//! (`[channels, height, width]`), `.dataset` (absent for a model of no registered dataset),
 //! `.classes`, `.mean`, `.std` (JSON arrays), `.epoch`, `.step`, `.test_accuracy` and
-//! `.format_version`. Other `leafwalk.*` keys (seed, optimizer, mean trace of G, …) are kept as
-//! they are. Files are written atomically: a temporary file in the target folder, flushed, then
-//! renamed over the target, so a crash leaves either the old file or the new one.
+//! `.format_version`. Version 1 files have no `.input`: their dataset's image shape is it.
+//! Other `leafwalk.*` keys (seed, optimizer, mean trace of G, …) are kept as they are. Files are
+//! written atomically: a temporary file in the target folder, flushed, then renamed over the
+//! target, so a crash leaves either the old file or the new one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::{Arch, ModelError, Result};
+use crate::{Arch, Dims, ModelError, Result};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const PREFIX: &str = "leafwalk.";
 
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointMeta {
     pub arch: Arch,
-    pub dataset: String,
+    /// The image shape the network takes.
+    pub input: Dims,
+    /// The registered dataset the model was trained on, if any.
+    pub dataset: Option<String>,
     pub classes: Vec<String>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -35,12 +40,31 @@ pub struct CheckpointMeta {
 impl CheckpointMeta {
     /// Metadata for a fresh model of `arch` on a registered dataset.
     pub fn new(arch: Arch, dataset: &leafwalk_data::DatasetInfo) -> Self {
+        let shape = dataset.shape;
         CheckpointMeta {
             arch,
-            dataset: dataset.name.to_string(),
+            input: Dims::new(shape.channels, shape.height, shape.width),
+            dataset: Some(dataset.name.to_string()),
             classes: dataset.classes.iter().map(|c| c.to_string()).collect(),
             mean: dataset.mean.to_vec(),
             std: dataset.std.to_vec(),
+            epoch: 0,
+            step: 0,
+            test_accuracy: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Metadata for a fresh model of `arch` tied to no dataset: `input` images, classes named
+    /// 0…C−1, no normalisation (mean 0, std 1).
+    pub fn without_dataset(arch: Arch, input: Dims, classes: usize) -> Self {
+        CheckpointMeta {
+            arch,
+            input,
+            dataset: None,
+            classes: (0..classes).map(|c| c.to_string()).collect(),
+            mean: vec![0.0; input.channels],
+            std: vec![1.0; input.channels],
             epoch: 0,
             step: 0,
             test_accuracy: None,
@@ -53,7 +77,10 @@ impl CheckpointMeta {
             self.extra.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())).collect();
         m.insert(format!("{PREFIX}format_version"), FORMAT_VERSION.to_string());
         m.insert(format!("{PREFIX}arch"), self.arch.name().to_string());
-        m.insert(format!("{PREFIX}dataset"), self.dataset.clone());
+        m.insert(format!("{PREFIX}input"), json(&[self.input.channels, self.input.height, self.input.width]));
+        if let Some(dataset) = &self.dataset {
+            m.insert(format!("{PREFIX}dataset"), dataset.clone());
+        }
         m.insert(format!("{PREFIX}classes"), json(&self.classes));
         m.insert(format!("{PREFIX}mean"), json(&self.mean));
         m.insert(format!("{PREFIX}std"), json(&self.std));
@@ -91,12 +118,31 @@ impl CheckpointMeta {
             return Err(bad("std", "must be positive and as long as the mean".into()));
         }
         let int = |key: &str| -> Result<usize> { get(key)?.parse().map_err(|e| bad(key, format!("{e}"))) };
+        let dataset = metadata.get(&format!("{PREFIX}dataset")).cloned();
+        let input = match metadata.get(&format!("{PREFIX}input")) {
+            Some(text) => {
+                let dims: [usize; 3] = serde_json::from_str(text)
+                    .map_err(|e| bad("input", format!("not [channels, height, width]: {e}")))?;
+                if dims.contains(&0) {
+                    return Err(bad("input", format!("{dims:?} has an empty dimension")));
+                }
+                Dims::new(dims[0], dims[1], dims[2])
+            }
+            None => {
+                let name = dataset.as_deref().ok_or_else(|| bad("input", "missing, and no dataset names it".into()))?;
+                let shape = leafwalk_data::dataset_info(name).map_err(|e| bad("dataset", e.to_string()))?.shape;
+                Dims::new(shape.channels, shape.height, shape.width)
+            }
+        };
+        if mean.len() != input.channels {
+            return Err(bad("mean", format!("has {} values for {} channels", mean.len(), input.channels)));
+        }
         let test_accuracy = match metadata.get(&format!("{PREFIX}test_accuracy")) {
             Some(v) => Some(v.parse().map_err(|e| bad("test_accuracy", format!("{e}")))?),
             None => None,
         };
-        const KNOWN: [&str; 9] =
-            ["format_version", "arch", "dataset", "classes", "mean", "std", "epoch", "step", "test_accuracy"];
+        const KNOWN: [&str; 10] =
+            ["format_version", "arch", "input", "dataset", "classes", "mean", "std", "epoch", "step", "test_accuracy"];
         let extra = metadata
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|k| (k, v)))
@@ -105,7 +151,8 @@ impl CheckpointMeta {
             .collect();
         Ok(Some(CheckpointMeta {
             arch,
-            dataset: get("dataset")?.clone(),
+            input,
+            dataset,
             classes,
             mean,
             std,

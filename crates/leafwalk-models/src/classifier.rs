@@ -1,62 +1,67 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor, Var, D};
-use candle_nn::{Linear, VarBuilder, VarMap};
-use leafwalk_data::{dataset_info, DatasetInfo, ImageShape};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use leafwalk_data::{DatasetInfo, ImageShape};
 
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::nets::{CifarVgg11, Mlp, MnistCnn};
+use crate::description::{Description, ParamRole};
+use crate::network::GraphNet;
 use crate::params::ParamSource;
 use crate::{Arch, ModelError, Result};
 
-enum Net {
-    MnistCnn(MnistCnn),
-    Mlp(Mlp),
-    CifarVgg11(CifarVgg11),
+/// Per-channel input normalisation `(pixel − mean) / std`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Normalisation {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
-impl Net {
-    /// Penultimate features of normalised inputs.
-    fn features_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        match self {
-            Net::MnistCnn(n) => n.features(x),
-            Net::Mlp(n) => n.features(x),
-            Net::CifarVgg11(n) => n.features_t(x, train),
+impl Normalisation {
+    /// Values for `channels` channels: one value applies to every channel.
+    pub fn for_channels(&self, channels: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let expand = |what: &str, v: &[f32]| -> Result<Vec<f32>> {
+            match v.len() {
+                1 => Ok(vec![v[0]; channels]),
+                n if n == channels => Ok(v.to_vec()),
+                n => Err(ModelError::Invalid(format!("--{what} has {n} values, the model has {channels} channels"))),
+            }
+        };
+        let (mean, std) = (expand("mean", &self.mean)?, expand("std", &self.std)?);
+        if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(ModelError::Invalid(format!("--std must be positive and finite, got {s}")));
         }
-    }
-
-    /// The last linear layer, features → logits.
-    fn head(&self) -> &Linear {
-        match self {
-            Net::MnistCnn(n) => n.head(),
-            Net::Mlp(n) => n.head(),
-            Net::CifarVgg11(n) => n.head(),
+        if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+            return Err(ModelError::Invalid(format!("--mean must be finite, got {m}")));
         }
-    }
-}
-
-impl ModuleT for Net {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.head().forward(&self.features_t(x, train)?)
+        Ok((mean, std))
     }
 }
 
 /// What `Classifier::load` should assume when a file lacks leafwalk metadata (a plain PyTorch
-/// export), or insist on when it has it.
-#[derive(Clone, Copy, Debug, Default)]
+/// `state_dict`), or insist on when it has it.
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pub arch: Option<Arch>,
     pub dataset: Option<&'static DatasetInfo>,
+    /// Overrides the dataset's normalisation for a file without leafwalk metadata.
+    pub normalisation: Option<Normalisation>,
+}
+
+impl LoadOptions {
+    /// A built-in architecture on a registered dataset, the dataset's normalisation.
+    pub fn new(arch: Arch, dataset: &'static DatasetInfo) -> Self {
+        LoadOptions { arch: Some(arch), dataset: Some(dataset), normalisation: None }
+    }
 }
 
 /// A network plus its input normalisation: maps pixels in `[0, 1]`, shape `[B, C, H, W]`, to
 /// log-probabilities `[B, classes]`. `Module::forward` is evaluation mode (batch norm uses its
 /// running statistics), the mode every piece of geometry uses.
 pub struct Classifier {
-    net: Net,
+    net: GraphNet,
     meta: CheckpointMeta,
-    shape: ImageShape,
     mean: Tensor,
     std: Tensor,
     varmap: VarMap,
@@ -66,14 +71,20 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A fresh model with PyTorch-default initialisation drawn from a ChaCha8 stream seeded
-    /// with `seed`: the same seed gives the same weights everywhere.
+    /// A fresh model of `arch` for `dataset`, initialised as PyTorch does from a ChaCha8 stream
+    /// seeded with `seed`: the same seed gives the same weights everywhere.
     pub fn new(arch: Arch, dataset: &'static DatasetInfo, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(CheckpointMeta::new(arch, dataset), ParamSource::seeded(seed), device, dtype)
+        Self::fresh(CheckpointMeta::new(arch, dataset), seed, device, dtype)
+    }
+
+    /// A fresh model described by `meta` (see [`Classifier::new`]).
+    pub fn fresh(meta: CheckpointMeta, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+        Self::build(meta, ParamSource::seeded(seed), device, dtype)
     }
 
     /// Loads a checkpoint. leafwalk metadata is used when present (and must agree with
-    /// `options`); otherwise `options.arch` and `options.dataset` are required.
+    /// `options`); otherwise `options.arch` is required and the dataset is `options.dataset` or
+    /// the architecture's usual one.
     pub fn load(path: &Path, options: LoadOptions, device: &Device) -> Result<Self> {
         let (tensors, metadata) = checkpoint::read(path, device)?;
         let meta = match CheckpointMeta::from_metadata(path, &metadata)? {
@@ -81,25 +92,49 @@ impl Classifier {
                 if let Some(arch) = options.arch.filter(|a| *a != meta.arch) {
                     return Err(ModelError::checkpoint(path, format!("is a {} checkpoint, not {arch}", meta.arch)));
                 }
-                if let Some(ds) = options.dataset.filter(|d| d.name != meta.dataset) {
+                if let Some(ds) = options.dataset.filter(|d| Some(d.name) != meta.dataset.as_deref()) {
+                    let trained = meta.dataset.as_deref().unwrap_or("no registered dataset");
+                    return Err(ModelError::checkpoint(path, format!("was trained on {trained}, not {}", ds.name)));
+                }
+                if options.normalisation.is_some() {
                     return Err(ModelError::checkpoint(
                         path,
-                        format!("was trained on {}, not {}", meta.dataset, ds.name),
+                        format!(
+                            "carries its normalisation (mean {:?}, std {:?}); drop --mean/--std",
+                            meta.mean, meta.std
+                        ),
                     ));
                 }
                 meta
             }
-            None => match (options.arch, options.dataset) {
-                (Some(arch), Some(dataset)) => CheckpointMeta::new(arch, dataset),
-                _ => {
-                    return Err(ModelError::checkpoint(
-                        path,
-                        "has no leafwalk metadata (a plain PyTorch export?): pass --arch and --dataset",
-                    ))
-                }
-            },
+            None => Self::assumed_meta(path, &options)?,
         };
         Self::from_tensors(path, meta, tensors, device)
+    }
+
+    /// Metadata for a file without leafwalk's, from the command line's options.
+    fn assumed_meta(path: &Path, options: &LoadOptions) -> Result<CheckpointMeta> {
+        let Some(arch) = options.arch else {
+            return Err(ModelError::checkpoint(
+                path,
+                "has no leafwalk metadata (a plain PyTorch state_dict?): pass --arch (and --dataset or --mean/--std)",
+            ));
+        };
+        let dataset = match options.dataset {
+            Some(d) => Some(d),
+            None => arch.default_dataset().map(leafwalk_data::dataset_info).transpose()?,
+        };
+        let mut meta = match dataset {
+            Some(d) => CheckpointMeta::new(arch, d),
+            None => {
+                let (input, classes) = arch.default_input_and_classes();
+                CheckpointMeta::without_dataset(arch, input, classes)
+            }
+        };
+        if let Some(normalisation) = &options.normalisation {
+            (meta.mean, meta.std) = normalisation.for_channels(meta.input.channels)?;
+        }
+        Ok(meta)
     }
 
     /// Builds the architecture named in `meta` from named tensors (e.g. a checkpoint's, minus
@@ -119,33 +154,21 @@ impl Classifier {
     }
 
     fn build(meta: CheckpointMeta, source: ParamSource, device: &Device, dtype: DType) -> Result<Self> {
-        let dataset = dataset_info(&meta.dataset)?;
-        let shape = dataset.shape;
-        let classes = meta.classes.len();
-        let need = |expected: &str| ModelError::InputShape {
-            arch: meta.arch.name(),
-            dataset: dataset.name,
-            expected: expected.to_string(),
-            found: format!("{}×{}×{}", shape.channels, shape.height, shape.width),
-        };
-        if meta.mean.len() != shape.channels || meta.std.len() != shape.channels {
+        let channels = meta.input.channels;
+        if meta.mean.len() != channels || meta.std.len() != channels {
             return Err(ModelError::Invalid(format!(
-                "normalisation has {} values, the {} images have {} channels",
+                "normalisation has {} values, the {} input has {channels} channels",
                 meta.mean.len(),
-                dataset.name,
-                shape.channels
+                meta.input
             )));
         }
+        let description = meta
+            .arch
+            .description(meta.input, meta.classes.len())
+            .map_err(|e| ModelError::Invalid(format!("{} on {} images: {e}", meta.arch, meta.input)))?;
         let vb = VarBuilder::from_backend(Box::new(source.clone()), dtype, device.clone());
-        let net = match meta.arch {
-            Arch::MnistCnn if (shape.channels, shape.height, shape.width) != (1, 28, 28) => {
-                return Err(need("1×28×28"))
-            }
-            Arch::MnistCnn => Net::MnistCnn(MnistCnn::new(classes, vb)?),
-            Arch::Mlp => Net::Mlp(Mlp::new(shape.len(), classes, vb)?),
-            Arch::CifarVgg11 if (shape.height, shape.width) != (32, 32) => return Err(need("C×32×32")),
-            Arch::CifarVgg11 => Net::CifarVgg11(CifarVgg11::new(shape.channels, classes, vb)?),
-        };
+        let varmap = source.varmap();
+        let net = GraphNet::new(description, vb, &varmap)?;
         if let Some(first) = source.unused().first() {
             return Err(ModelError::Invalid(format!("unexpected tensor '{first}' for architecture {}", meta.arch)));
         }
@@ -155,8 +178,7 @@ impl Classifier {
             mean: channel_tensor(&meta.mean)?,
             std: channel_tensor(&meta.std)?,
             meta,
-            shape,
-            varmap: source.varmap(),
+            varmap,
             param_names: source.used(),
             device: device.clone(),
             dtype,
@@ -165,9 +187,22 @@ impl Classifier {
 
     /// The same model with parameters converted to `dtype` (e.g. f64 for finite differences).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        self.converted(&self.device, dtype)
+    }
+
+    /// The same model on `device` (e.g. to compare a GPU with the CPU).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.converted(device, self.dtype)
+    }
+
+    fn converted(&self, device: &Device, dtype: DType) -> Result<Self> {
         let tensors = self.named_tensors().into_iter().collect();
-        let source = ParamSource::loaded(tensors);
-        Self::build(self.meta.clone(), source, &self.device, dtype)
+        Self::build(self.meta.clone(), ParamSource::loaded(tensors), device, dtype)
+    }
+
+    /// The graph of layers this model computes.
+    pub fn description(&self) -> &Description {
+        self.net.description()
     }
 
     /// The network's input for pixels in `[0, 1]`: `(pixels − mean) / std` per channel, with a
@@ -179,15 +214,22 @@ impl Classifier {
     /// Logits `[B, classes]` of pixels in `[0, 1]`; `train` switches batch norm to batch
     /// statistics (and updates its running averages).
     pub fn logits_t(&self, pixels: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.net.forward_t(&self.normalise(pixels)?, train)
+        Ok(self.net.run(&self.normalise(pixels)?, train, None)?.0)
     }
 
-    /// Penultimate features `[B, F]` (the input of the last linear layer) and logits `[B, classes]`
-    /// of pixels in `[0, 1]`, in evaluation mode: what feature-space OOD baselines need.
+    /// Penultimate features `[B, F]` (the input of the last layer when it is linear, else the
+    /// logits themselves) and logits `[B, classes]` of pixels in `[0, 1]`, in evaluation mode:
+    /// what feature-space OOD baselines need.
     pub fn features_and_logits(&self, pixels: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let features = self.net.features_t(&self.normalise(pixels)?, false)?;
-        let logits = self.net.head().forward(&features)?;
-        Ok((features, logits))
+        let keep = self.description().feature_value();
+        let (logits, features) = self.net.run(&self.normalise(pixels)?, false, keep)?;
+        Ok((features.unwrap_or_else(|| logits.clone()), logits))
+    }
+
+    /// Every value of an evaluation-mode pass over normalised inputs (`[0]` is the input, value
+    /// `i + 1` node `i`'s output, up to the logits), as `[B, C, H, W]` tensors.
+    pub fn node_values(&self, normalised: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        self.net.values(normalised)
     }
 
     pub fn log_probs_t(&self, pixels: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -197,7 +239,7 @@ impl Classifier {
     /// Log-probabilities of inputs already in normalised coordinates `(x − mean) / std` (the
     /// paper's), in evaluation mode.
     pub fn log_probs_normalised(&self, normalised: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::log_softmax(&self.net.forward_t(normalised, false)?, D::Minus1)
+        candle_nn::ops::log_softmax(&self.net.run(normalised, false, None)?.0, D::Minus1)
     }
 
     pub fn arch(&self) -> Arch {
@@ -213,7 +255,8 @@ impl Classifier {
     }
 
     pub fn input_shape(&self) -> ImageShape {
-        self.shape
+        let d = self.meta.input;
+        ImageShape { channels: d.channels, height: d.height, width: d.width }
     }
 
     pub fn classes(&self) -> usize {
@@ -231,13 +274,18 @@ impl Classifier {
     /// Variables an optimizer should update, in construction order (batch-norm running
     /// statistics are state, not parameters).
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
-        self.vars()
+        let running: Vec<String> = self
+            .description()
+            .parameters()
             .into_iter()
-            .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
-            .collect()
+            .filter(|p| p.role == ParamRole::RunningStatistic)
+            .map(|p| p.name)
+            .collect();
+        self.vars().into_iter().filter(|(name, _)| !running.contains(name)).collect()
     }
 
-    fn vars(&self) -> Vec<(String, Var)> {
+    /// Every variable (parameters and running statistics) in construction order.
+    pub fn vars(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data();
         // The lock is only poisoned if a panic happened mid-construction, which aborts the build.
         let data = data.lock().unwrap_or_else(|p| p.into_inner());

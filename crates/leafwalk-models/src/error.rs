@@ -5,10 +5,8 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("{}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
-    #[error("unknown architecture '{0}' (known: mnist-cnn, mlp, cifar-vgg11)")]
+    #[error("unknown architecture '{0}' (known: {known})", known = crate::Arch::ALL.map(|a| a.name()).join(", "))]
     UnknownArch(String),
-    #[error("architecture {arch} needs {expected} input, dataset {dataset} has {found}")]
-    InputShape { arch: &'static str, dataset: &'static str, expected: String, found: String },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use leafwalk_data::dataset_info;
-use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
+use leafwalk_models::description::{Op, Pool};
+use leafwalk_models::{checkpoint, network, Arch, Classifier, LoadOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -208,7 +209,7 @@ fn pytorch_export_matches_golden_log_probs() {
     let e = load_err(&weights, LoadOptions::default());
     assert!(e.contains("no leafwalk metadata") && e.contains("--arch"), "{e}");
     let mnist = dataset_info("mnist").unwrap();
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
+    let options = LoadOptions::new(Arch::MnistCnn, mnist);
     let model = Classifier::load(&weights, options, &Device::Cpu).unwrap();
     let (golden, _) = checkpoint::read(&fixture("golden-epoch01.safetensors"), &Device::Cpu).unwrap();
     // Pixels exactly as PyTorch made them: u8 / 255 in f32.
@@ -220,7 +221,7 @@ fn pytorch_export_matches_golden_log_probs() {
     for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
         assert!((a - b).abs() <= 1e-5, "log-prob {a} vs golden {b}");
     }
-    let wrong = LoadOptions { arch: Some(Arch::Mlp), dataset: Some(mnist) };
+    let wrong = LoadOptions::new(Arch::Mlp, mnist);
     let e = load_err(&weights, wrong);
     assert!(e.contains("missing tensor") || e.contains("has shape"), "{e}");
 }
@@ -230,16 +231,18 @@ fn pytorch_export_matches_golden_log_probs() {
 /// four, a 4× error of the opposite sign to candle's max_pool2d bug).
 #[test]
 fn max_pool_gradient_goes_to_the_first_of_tied_maxima() {
+    let pool = Op::MaxPool2d(Pool::new(2));
+    let max_pool_2x2 = |x: &Tensor| network::apply_parameter_free(&pool, x);
     let x = Tensor::new(&[[[[1f32, 1.], [1., 1.]]]], &Device::Cpu).unwrap();
     let var = Var::from_tensor(&x).unwrap();
-    let pooled = leafwalk_models::max_pool_2x2(var.as_tensor()).unwrap();
+    let pooled = max_pool_2x2(var.as_tensor()).unwrap();
     assert_eq!(pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [1.0]);
     let grads = pooled.sum_all().unwrap().backward().unwrap();
     let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g, [1.0, 0.0, 0.0, 0.0]);
     let x = Tensor::new(&[[[[0f32, 2.], [3., 3.]]]], &Device::Cpu).unwrap();
     let var = Var::from_tensor(&x).unwrap();
-    let grads = leafwalk_models::max_pool_2x2(var.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = max_pool_2x2(var.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
     let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g, [0.0, 0.0, 1.0, 0.0]);
 }

@@ -16,7 +16,7 @@ fn fixtures() -> std::path::PathBuf {
 
 fn setup() -> (Classifier, Dataset) {
     let mnist = dataset_info("mnist").unwrap();
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
+    let options = LoadOptions::new(Arch::MnistCnn, mnist);
     let model = Classifier::load(&fixtures().join("mnist-cnn-epoch01.safetensors"), options, &Device::Cpu).unwrap();
     let (golden, _) = checkpoint::read(&fixtures().join("golden-epoch01.safetensors"), &Device::Cpu).unwrap();
     let images: Vec<u8> = golden["test_u8"].flatten_all().unwrap().to_vec1().unwrap();

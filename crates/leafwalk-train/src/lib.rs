@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, D};
 use leafwalk_data::{Dataset, DatasetInfo, Split};
-use leafwalk_models::{Arch, CheckpointMeta, Classifier, ModelError};
+use leafwalk_models::{Arch, CheckpointMeta, Classifier, ModelError, Normalisation};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -43,6 +43,8 @@ pub enum TrainError {
     #[error(transparent)]
     Geometry(#[from] leafwalk_geometry::GeometryError),
     #[error(transparent)]
+    Engine(#[from] leafwalk_engine::EngineError),
+    #[error(transparent)]
     Plot(#[from] leafwalk_plot::PlotError),
 }
 
@@ -56,6 +58,8 @@ fn run_error(path: &Path, msg: impl Into<String>) -> TrainError {
 pub struct TrainConfig {
     pub dataset: &'static DatasetInfo,
     pub arch: Arch,
+    /// The input normalisation, when not the dataset's (`None`: the dataset's).
+    pub normalisation: Option<Normalisation>,
     pub epochs: usize,
     pub lr: f64,
     pub batch_size: usize,
@@ -179,7 +183,11 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         log::truncate(&log_path, Some(state.step)).map_err(|e| run_error(&log_path, e.to_string()))?;
         (model, optimizer, state)
     } else {
-        let model = Classifier::new(config.arch, config.dataset, config.seed, &device, DType::F32)?;
+        let mut meta = CheckpointMeta::new(config.arch, config.dataset);
+        if let Some(normalisation) = &config.normalisation {
+            (meta.mean, meta.std) = normalisation.for_channels(meta.input.channels)?;
+        }
+        let model = Classifier::fresh(meta, config.seed, &device, DType::F32)?;
         let optimizer = Optimizer::new(config.optimizer, config.lr, model.trainable_vars())?;
         log::truncate(&log_path, None).map_err(|e| run_error(&log_path, e.to_string()))?;
         (
@@ -334,17 +342,24 @@ pub fn train_step(
     labels: &Tensor,
     before_update: impl FnOnce(&Classifier) -> Result<()>,
 ) -> Result<(f64, usize)> {
-    // mnist-cnn on the CPU: the hand-written pass (≈ 10× candle's autograd, same gradients).
-    if let Some(pass) = leafwalk_geometry::mnist_cnn_nll_gradients(model, images, labels)? {
+    // The CPU engine where it runs the model (f32 on the CPU); candle's autograd elsewhere.
+    if let Some(pass) = leafwalk_engine::nll_gradients(model, images, labels)? {
         let mut grads = GradStore::default();
         let by_name: std::collections::HashMap<_, _> = pass.gradients.into_iter().collect();
         for (name, var) in model.trainable_vars() {
-            if let Some(gradient) = by_name.get(name.as_str()) {
+            if let Some(gradient) = by_name.get(&name) {
                 grads.insert(var.as_tensor(), gradient.clone());
             }
         }
         before_update(model)?;
         optimizer.step(&grads)?;
+        // Batch norm's running averages follow the batch statistics, as in PyTorch's training mode.
+        let vars: std::collections::HashMap<_, _> = model.vars().into_iter().collect();
+        for (name, value) in pass.running_statistics {
+            if let Some(var) = vars.get(&name) {
+                var.set(&value)?;
+            }
+        }
         return Ok((pass.loss, pass.correct));
     }
     let log_probs = model.log_probs_t(images, true)?;
@@ -380,10 +395,7 @@ pub fn evaluate(model: &Classifier, dataset: &Dataset, batch_size: usize) -> Res
     let indices: Vec<usize> = (0..dataset.len()).collect();
     for batch in indices.chunks(batch_size.max(1)) {
         let (images, labels) = dataset.batch(batch, model.device())?;
-        let log_probs = match leafwalk_geometry::mnist_cnn_log_probs(model, &images)? {
-            Some(log_probs) => log_probs,
-            None => model.log_probs_t(&images, false)?.detach(),
-        };
+        let log_probs = leafwalk_engine::log_probs(model, &images)?;
         let loss = candle_nn::loss::nll(&log_probs, &labels)?.to_scalar::<f32>()? as f64;
         tally.add(loss, count_correct(&log_probs, &labels)?, batch.len());
     }
@@ -452,7 +464,7 @@ fn load_resume(config: &TrainConfig, device: &Device) -> Result<(Classifier, Opt
     ]) {
         let found = match key.as_str() {
             "arch" => meta.arch.to_string(),
-            "dataset" => meta.dataset.clone(),
+            "dataset" => meta.dataset.clone().unwrap_or_default(),
             _ => meta.extra.get(&key).cloned().unwrap_or_default(),
         };
         if found != wanted {

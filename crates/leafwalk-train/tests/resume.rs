@@ -29,6 +29,7 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
     TrainConfig {
         dataset: dataset_info("mnist").unwrap(),
         arch: Arch::Mlp,
+        normalisation: None,
         epochs: 3,
         lr: if optimizer == OptimizerKind::Sgd { 0.05 } else { 0.002 },
         batch_size: 16,

@@ -24,7 +24,7 @@ const STEPS: usize = 200;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(dataset_info("mnist")?) };
+    let options = LoadOptions::new(Arch::MnistCnn, dataset_info("mnist")?);
     let device = DeviceChoice::from_env()?.open()?;
     let model = Classifier::load(&fixtures.join("mnist-cnn-epoch01.safetensors"), options, &device)?;
     let (golden, _) = checkpoint::read(&fixtures.join("golden-epoch01.safetensors"), &Device::Cpu)?;

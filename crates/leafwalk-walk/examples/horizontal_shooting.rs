@@ -80,7 +80,7 @@ fn main() -> Result<(), Error> {
     let (segments, iterations, from, to) = (arg(0, 1000), arg(1, 10), arg(2, 0), arg(3, 1));
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let mnist = dataset_info("mnist")?;
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(mnist) };
+    let options = LoadOptions::new(Arch::MnistCnn, mnist);
     let model = Classifier::load(&fixtures.join("mnist-cnn-epoch01.safetensors"), options, &Device::Cpu)?;
     let (golden, _) = checkpoint::read(&fixtures.join("golden-epoch01.safetensors"), &Device::Cpu)?;
     let image = |k: usize| -> Result<DVector<f64>, Error> {

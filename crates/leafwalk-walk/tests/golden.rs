@@ -24,7 +24,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn load(epoch: u32) -> (Classifier, HashMap<String, Tensor>) {
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(dataset_info("mnist").unwrap()) };
+    let options = LoadOptions::new(Arch::MnistCnn, dataset_info("mnist").unwrap());
     let model =
         Classifier::load(&fixture(&format!("mnist-cnn-epoch{epoch:02}.safetensors")), options, &Device::Cpu).unwrap();
     let (golden, _) = checkpoint::read(&fixture(&format!("golden-epoch{epoch:02}.safetensors")), &Device::Cpu).unwrap();

@@ -18,7 +18,7 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 fn model_on(device: &Device) -> Classifier {
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(dataset_info("mnist").unwrap()) };
+    let options = LoadOptions::new(Arch::MnistCnn, dataset_info("mnist").unwrap());
     Classifier::load(&fixture("mnist-cnn-epoch01.safetensors"), options, device).unwrap()
 }
 

@@ -20,7 +20,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn model() -> Classifier {
-    let options = LoadOptions { arch: Some(Arch::MnistCnn), dataset: Some(dataset_info("mnist").unwrap()) };
+    let options = LoadOptions::new(Arch::MnistCnn, dataset_info("mnist").unwrap());
     Classifier::load(&fixture("mnist-cnn-epoch01.safetensors"), options, &Device::Cpu).unwrap()
 }
 

@@ -1,0 +1,537 @@
+//! The forward pass of a batch of points through a [`Plan`], step by step, keeping what the
+//! reverse passes need: each activation's derivative, each max-pool's winners, the operands of
+//! products and quotients and, for training, every value and batch norm's statistics.
+//!
+//! Values are `[point][H][W][C]` (channel-last, so that a convolution patch is a few contiguous
+//! runs and an im2col row times the repacked kernel is a product of two plain matrices).
+//! Convolutions are im2col + `gemm` over fixed bands of output positions; a linear layer is a
+//! batch product in training and evaluation, and a per-row dot product for the Jacobian, whose
+//! rounding must not depend on the batch.
+
+use leafwalk_models::description::{Activation, Arith, Dims, GeluForm, Pool};
+use rayon::prelude::*;
+
+use crate::kernels::{bands, dot_rows, im2col, matmul, matmul_parallel};
+use crate::plan::{ConvStep, LinearStep, Plan, StepOp};
+
+/// What a forward pass is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Log-probabilities only.
+    Predict,
+    /// One point whose Jacobian follows: keep the derivatives; rows of a linear layer are
+    /// computed one by one so that the point rounds the same in any batch.
+    Jacobian,
+    /// Training: batch statistics in batch norm, every value kept for the parameter gradients.
+    Train,
+}
+
+/// How the work of one pass is spread over threads. The arithmetic is the same in every case
+/// (the bands are fixed by the shapes), only its scheduling differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// Everything on the calling thread (a point of a batch already spread over threads).
+    Caller,
+    /// A lone point's bands in parallel.
+    Bands,
+    /// The points of the batch in parallel.
+    Points,
+}
+
+/// What one step keeps for the reverse pass.
+pub(crate) enum Saved {
+    None,
+    /// f'(z) per element, and whether it is zero somewhere (a gate the reverse pass can skip).
+    Derivative {
+        values: Vec<f32>,
+        gates: bool,
+    },
+    /// Per output element, the index (within its point) of the input element that won.
+    Winners(Vec<u32>),
+    /// The inputs of a product or quotient (the second may be empty when constant).
+    Operands(Vec<f32>, Vec<f32>),
+    /// Training batch norm: the normalised values and 1/√(var + ε) per channel.
+    BatchNorm {
+        normalised: Vec<f32>,
+        inv_std: Vec<f32>,
+        mean: Vec<f32>,
+        var: Vec<f32>,
+    },
+}
+
+/// A finished forward pass.
+pub(crate) struct Forward {
+    /// `[point][class]`.
+    pub(crate) log_probs: Vec<f32>,
+    pub(crate) saved: Vec<Saved>,
+    /// Every value, in training (`[point][H][W][C]`); only the logits otherwise.
+    pub(crate) values: Vec<Option<Vec<f32>>>,
+}
+
+/// Channel-first `[C][H][W]` to channel-last `[H][W][C]`, one point.
+pub(crate) fn to_channel_last(x: &[f32], dims: Dims, out: &mut [f32]) {
+    let plane = dims.plane();
+    for c in 0..dims.channels {
+        for p in 0..plane {
+            out[p * dims.channels + c] = x[c * plane + p];
+        }
+    }
+}
+
+/// Channel-last to channel-first, one point.
+pub(crate) fn to_channel_first(x: &[f32], dims: Dims, out: &mut [f32]) {
+    let plane = dims.plane();
+    for p in 0..plane {
+        for c in 0..dims.channels {
+            out[c * plane + p] = x[p * dims.channels + c];
+        }
+    }
+}
+
+/// Runs `plan` on `points` normalised inputs (`[point][C][H][W]`, channel-first as PyTorch).
+pub(crate) fn forward(plan: &Plan, inputs: &[f32], points: usize, purpose: Purpose, threads: Threads) -> Forward {
+    let input = plan.input();
+    let mut first = vec![0f32; inputs.len()];
+    for (x, out) in inputs.chunks_exact(input.len()).zip(first.chunks_exact_mut(input.len())) {
+        to_channel_last(x, input, out);
+    }
+    let mut values: Vec<Option<Vec<f32>>> = vec![None; plan.values.len()];
+    values[0] = Some(first);
+    let mut remaining = plan.readers();
+    remaining[plan.output] += 1;
+    let mut saved = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        let ins: Vec<&[f32]> = step.inputs.iter().map(|&v| values[v].as_deref().unwrap_or(&[])).collect();
+        let dims: Vec<Dims> = step.inputs.iter().map(|&v| plan.values[v]).collect();
+        let out_dims = plan.values[step.output];
+        let context = Context { points, purpose, threads, input: dims[0], output: out_dims };
+        let (output, keep) = run_step(&step.op, &ins, &dims, &context);
+        saved.push(keep);
+        if purpose != Purpose::Train {
+            for &v in &step.inputs {
+                remaining[v] -= 1;
+                if remaining[v] == 0 {
+                    values[v] = None;
+                }
+            }
+        }
+        values[step.output] = Some(output);
+    }
+    let logits = values[plan.output].as_deref().unwrap_or(&[]);
+    let log_probs = logits.chunks_exact(plan.classes).flat_map(log_softmax).collect();
+    Forward { log_probs, saved, values }
+}
+
+/// log-softmax of one row, as PyTorch: x − max − log Σ exp(x − max).
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    logits.iter().map(|l| l - max - log_sum).collect()
+}
+
+pub(crate) struct Context {
+    pub(crate) points: usize,
+    pub(crate) purpose: Purpose,
+    pub(crate) threads: Threads,
+    pub(crate) input: Dims,
+    pub(crate) output: Dims,
+}
+
+impl Context {
+    /// `f(point, input, output)` for every point, in parallel when the points are spread.
+    fn each_point(&self, input: &[f32], out: &mut [f32], f: impl Fn(usize, &[f32], &mut [f32]) + Sync + Send) {
+        let (n_in, n_out) = (self.input.len(), self.output.len());
+        if self.threads == Threads::Points && self.points > 1 {
+            out.par_chunks_mut(n_out).zip(input.par_chunks(n_in)).enumerate().for_each(|(b, (o, x))| f(b, x, o));
+        } else {
+            out.chunks_mut(n_out).zip(input.chunks(n_in)).enumerate().for_each(|(b, (o, x))| f(b, x, o));
+        }
+    }
+}
+
+fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (Vec<f32>, Saved) {
+    let points = context.points;
+    let (x, out_len) = (ins[0], context.output.len() * points);
+    let channels = dims[0].channels;
+    match op {
+        StepOp::Conv(conv) => (conv_forward(conv, x, context), Saved::None),
+        StepOp::Linear(linear) => (linear_forward(linear, x, context), Saved::None),
+        StepOp::Affine { scale, shift } => {
+            let y = x.iter().enumerate().map(|(e, v)| v * scale[e % channels] + shift[e % channels]).collect();
+            (y, Saved::None)
+        }
+        StepOp::BatchNorm(norm) => match context.purpose {
+            Purpose::Train => batch_norm_train(norm, x, dims[0], points),
+            _ => {
+                let (scale, shift) = norm.eval_affine();
+                let y = x.iter().enumerate().map(|(e, v)| v * scale[e % channels] + shift[e % channels]).collect();
+                (y, Saved::None)
+            }
+        },
+        StepOp::Activation(activation) => {
+            let mut y = vec![0f32; x.len()];
+            let mut derivative = match context.purpose {
+                Purpose::Predict => Vec::new(),
+                _ => vec![0f32; x.len()],
+            };
+            activate(*activation, x, &mut y, &mut derivative);
+            match derivative.is_empty() {
+                true => (y, Saved::None),
+                false => (y, Saved::Derivative { values: derivative, gates: activation.gates() }),
+            }
+        }
+        StepOp::MaxPool(pool) => {
+            let mut y = vec![0f32; out_len];
+            let mut winners = vec![0u32; out_len];
+            let (n_out, input) = (context.output.len(), context.input);
+            y.chunks_mut(n_out).zip(winners.chunks_mut(n_out)).zip(x.chunks(input.len())).for_each(|((y, w), x)| {
+                max_pool(pool, x, input, context.output, y, w);
+            });
+            let keep = match context.purpose {
+                Purpose::Predict => Saved::None,
+                _ => Saved::Winners(winners),
+            };
+            (y, keep)
+        }
+        StepOp::AvgPool(pool) => {
+            let mut y = vec![0f32; out_len];
+            let (input, output) = (context.input, context.output);
+            context.each_point(x, &mut y, |_, x, y| avg_pool(pool, x, input, output, y));
+            (y, Saved::None)
+        }
+        StepOp::GlobalAvgPool => {
+            let mut y = vec![0f32; out_len];
+            let plane = context.input.plane();
+            for (y, x) in y.chunks_mut(channels).zip(x.chunks(context.input.len())) {
+                for position in x.chunks(channels) {
+                    for (s, v) in y.iter_mut().zip(position) {
+                        *s += v;
+                    }
+                }
+                for s in y.iter_mut() {
+                    *s /= plane as f32;
+                }
+            }
+            (y, Saved::None)
+        }
+        StepOp::Flatten => {
+            let mut y = vec![0f32; out_len];
+            let input = context.input;
+            for (y, x) in y.chunks_mut(input.len()).zip(x.chunks(input.len())) {
+                to_channel_first(x, input, y);
+            }
+            (y, Saved::None)
+        }
+        StepOp::Reshape => {
+            let mut y = vec![0f32; out_len];
+            let (input, output) = (context.input, context.output);
+            let mut chw = vec![0f32; input.len()];
+            for (y, x) in y.chunks_mut(output.len()).zip(x.chunks(input.len())) {
+                to_channel_first(x, input, &mut chw);
+                to_channel_last(&chw, output, y);
+            }
+            (y, Saved::None)
+        }
+        StepOp::Binary(arith) => {
+            let (a, b) = (x, ins[1]);
+            let per_channel = dims[1] != dims[0];
+            let len = dims[0].len();
+            let y = (0..a.len())
+                .map(|e| {
+                    let other = if per_channel { b[(e / len) * channels + e % channels] } else { b[e] };
+                    arith.apply(a[e], other)
+                })
+                .collect();
+            let keep = match (arith, context.purpose) {
+                (Arith::Mul | Arith::Div, Purpose::Jacobian | Purpose::Train) => {
+                    Saved::Operands(a.to_vec(), b.to_vec())
+                }
+                _ => Saved::None,
+            };
+            (y, keep)
+        }
+        StepOp::Constant { arith, values, constant_first } => {
+            let constant = |e: usize| if values.len() == 1 { values[0] } else { values[e % channels] };
+            let y = x
+                .iter()
+                .enumerate()
+                .map(|(e, &v)| match constant_first {
+                    true => arith.apply(constant(e), v),
+                    false => arith.apply(v, constant(e)),
+                })
+                .collect();
+            let keep = match (arith, constant_first, context.purpose) {
+                (Arith::Div, true, Purpose::Jacobian | Purpose::Train) => Saved::Operands(x.to_vec(), Vec::new()),
+                _ => Saved::None,
+            };
+            (y, keep)
+        }
+        StepOp::Identity => (x.to_vec(), Saved::None),
+    }
+}
+
+/// Output-position bands of a convolution: fixed by its size, never by the thread count.
+pub(crate) fn conv_bands(conv: &ConvStep) -> Vec<std::ops::Range<usize>> {
+    let work = conv.shape.positions() * conv.shape.patch() * conv.conv.out_channels;
+    let parts = match work {
+        w if w >= 4 << 20 => 4,
+        w if w >= 1 << 20 => 2,
+        _ => 1,
+    };
+    bands(conv.shape.positions(), parts, 8)
+}
+
+fn conv_forward(conv: &ConvStep, x: &[f32], context: &Context) -> Vec<f32> {
+    let shape = conv.shape;
+    let (cout, cout_g, groups) = (conv.conv.out_channels, conv.group_out(), conv.conv.groups);
+    let (n_in, n_out) = (context.input.len(), context.output.len());
+    let mut y = vec![0f32; n_out * context.points];
+    let point_bands = conv_bands(conv);
+    let run_band = |x: &[f32], y: &mut [f32], band: &std::ops::Range<usize>| {
+        let rows = band.len();
+        let mut cols = Vec::new();
+        for group in 0..groups {
+            let a: &[f32] = if shape.is_pointwise() {
+                &x[band.start * shape.group_in..][..rows * shape.group_in]
+            } else {
+                cols.resize(rows * shape.patch(), 0.0);
+                im2col(&shape, x, group * shape.group_in, band.clone(), &mut cols);
+                &cols
+            };
+            let kernel = &conv.forward[group * shape.patch() * cout_g..][..shape.patch() * cout_g];
+            let out = &mut y[group * cout_g..];
+            matmul((rows, cout_g, shape.patch()), (out, cout), (a, shape.patch(), 1), (kernel, cout_g, 1), false);
+        }
+        if let Some(bias) = &conv.bias {
+            for position in y.chunks_mut(cout) {
+                for (v, b) in position.iter_mut().zip(bias) {
+                    *v += b;
+                }
+            }
+        }
+    };
+    let per_point = |x: &[f32], y: &mut [f32], parallel: bool| {
+        let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(point_bands.len());
+        let mut rest = y;
+        for band in &point_bands {
+            let (head, tail) = rest.split_at_mut(band.len() * cout);
+            outputs.push(head);
+            rest = tail;
+        }
+        match parallel {
+            true => outputs.into_par_iter().zip(&point_bands).for_each(|(y, band)| run_band(x, y, band)),
+            false => outputs.into_iter().zip(&point_bands).for_each(|(y, band)| run_band(x, y, band)),
+        }
+    };
+    match context.threads {
+        Threads::Points if context.points > 1 => {
+            y.par_chunks_mut(n_out).zip(x.par_chunks(n_in)).for_each(|(y, x)| per_point(x, y, false))
+        }
+        Threads::Bands => y.chunks_mut(n_out).zip(x.chunks(n_in)).for_each(|(y, x)| per_point(x, y, true)),
+        _ => y.chunks_mut(n_out).zip(x.chunks(n_in)).for_each(|(y, x)| per_point(x, y, false)),
+    }
+    y
+}
+
+/// Output-row bands of a linear layer's per-point product.
+pub(crate) fn linear_bands(linear: &LinearStep) -> Vec<std::ops::Range<usize>> {
+    let parts = if linear.inputs * linear.outputs >= 1 << 20 { 4 } else { 1 };
+    bands(linear.outputs, parts, 8)
+}
+
+fn linear_forward(linear: &LinearStep, x: &[f32], context: &Context) -> Vec<f32> {
+    let (n_in, n_out, points) = (linear.inputs, linear.outputs, context.points);
+    let mut y = vec![0f32; n_out * points];
+    if context.purpose != Purpose::Jacobian && points > 1 {
+        if let Some(bias) = &linear.bias {
+            for row in y.chunks_mut(n_out) {
+                row.copy_from_slice(bias);
+            }
+        }
+        let accumulate = linear.bias.is_some();
+        matmul_parallel((points, n_out, n_in), (&mut y, n_out), (x, n_in, 1), (&linear.weight, 1, n_in), accumulate);
+        return y;
+    }
+    let row_bands = linear_bands(linear);
+    for (y, x) in y.chunks_mut(n_out).zip(x.chunks(n_in)) {
+        let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(row_bands.len());
+        let mut rest = y;
+        for band in &row_bands {
+            let (head, tail) = rest.split_at_mut(band.len());
+            outputs.push(head);
+            rest = tail;
+        }
+        let run = |(out, band): (&mut [f32], &std::ops::Range<usize>)| {
+            dot_rows(&linear.weight, x, linear.bias.as_deref(), band.clone(), out)
+        };
+        match context.threads {
+            Threads::Bands => outputs.into_par_iter().zip(&row_bands).for_each(run),
+            _ => outputs.into_iter().zip(&row_bands).for_each(run),
+        }
+    }
+    y
+}
+
+/// y = f(z) and, unless `derivative` is empty, f'(z).
+pub(crate) fn activate(activation: Activation, z: &[f32], y: &mut [f32], derivative: &mut [f32]) {
+    let with_derivative = !derivative.is_empty();
+    let mut put = |e: usize, value: f32, slope: f32| {
+        y[e] = value;
+        if with_derivative {
+            derivative[e] = slope;
+        }
+    };
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+    for (e, &v) in z.iter().enumerate() {
+        match activation {
+            Activation::Relu => put(e, v.max(0.0), if v > 0.0 { 1.0 } else { 0.0 }),
+            Activation::LeakyRelu { negative_slope } => {
+                let s = negative_slope as f32;
+                if v > 0.0 {
+                    put(e, v, 1.0)
+                } else {
+                    put(e, v * s, s)
+                }
+            }
+            Activation::Elu { alpha } => {
+                let a = alpha as f32;
+                if v > 0.0 {
+                    put(e, v, 1.0)
+                } else {
+                    let ex = v.exp();
+                    put(e, a * (ex - 1.0), a * ex)
+                }
+            }
+            Activation::Gelu { form: GeluForm::Erf } => {
+                let cdf = 0.5 * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
+                put(e, v * cdf, cdf + v * FRAC_1_SQRT_2PI * (-0.5 * v * v).exp())
+            }
+            Activation::Gelu { form: GeluForm::Tanh } => {
+                let inner = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
+                let t = inner.tanh();
+                let d_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+                put(e, 0.5 * v * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * d_inner)
+            }
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-v).exp());
+                put(e, v * s, s * (1.0 + v * (1.0 - s)))
+            }
+            Activation::Sigmoid => {
+                let s = 1.0 / (1.0 + (-v).exp());
+                put(e, s, s * (1.0 - s))
+            }
+            Activation::Tanh => {
+                let t = v.tanh();
+                put(e, t, 1.0 - t * t)
+            }
+            Activation::Softplus { beta, threshold } => {
+                let (b, z) = (beta as f32, beta as f32 * v);
+                if z > threshold as f32 {
+                    put(e, v, 1.0)
+                } else {
+                    let s = 1.0 / (1.0 + (-z).exp());
+                    put(e, z.exp().ln_1p() / b, s)
+                }
+            }
+        }
+    }
+}
+
+/// One point's max-pool (channel-last), recording the first maximum of each window.
+fn max_pool(pool: &Pool, x: &[f32], input: Dims, output: Dims, y: &mut [f32], winners: &mut [u32]) {
+    let c = input.channels;
+    for oy in 0..output.height {
+        for ox in 0..output.width {
+            let at = (oy * output.width + ox) * c;
+            let (best, arg) = (&mut y[at..][..c], &mut winners[at..][..c]);
+            best.fill(f32::NEG_INFINITY);
+            let mut first = true;
+            for ky in 0..pool.kernel[0] {
+                let Some(iy) = (oy * pool.stride[0] + ky * pool.dilation[0]).checked_sub(pool.padding[0]) else {
+                    continue;
+                };
+                if iy >= input.height {
+                    continue;
+                }
+                for kx in 0..pool.kernel[1] {
+                    let Some(ix) = (ox * pool.stride[1] + kx * pool.dilation[1]).checked_sub(pool.padding[1]) else {
+                        continue;
+                    };
+                    if ix >= input.width {
+                        continue;
+                    }
+                    let base = (iy * input.width + ix) * c;
+                    let values = &x[base..][..c];
+                    if first {
+                        best.copy_from_slice(values);
+                        arg.iter_mut().enumerate().for_each(|(ch, a)| *a = (base + ch) as u32);
+                        first = false;
+                        continue;
+                    }
+                    for ch in 0..c {
+                        if values[ch] > best[ch] {
+                            best[ch] = values[ch];
+                            arg[ch] = (base + ch) as u32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The input positions (y, x) inside the image that average-pool window (oy, ox) covers.
+pub(crate) fn avg_window(pool: &Pool, (oy, ox): (usize, usize), input: Dims) -> impl Iterator<Item = usize> + '_ {
+    let (y0, _) = pool.window(oy, input.height, 0);
+    let (x0, _) = pool.window(ox, input.width, 1);
+    let rows =
+        (0..pool.kernel[0] as isize).map(move |k| y0 + k).filter(move |&y| y >= 0 && (y as usize) < input.height);
+    rows.flat_map(move |y| {
+        (0..pool.kernel[1] as isize)
+            .map(move |k| x0 + k)
+            .filter(move |&x| x >= 0 && (x as usize) < input.width)
+            .map(move |x| y as usize * input.width + x as usize)
+    })
+}
+
+fn avg_pool(pool: &Pool, x: &[f32], input: Dims, output: Dims, y: &mut [f32]) {
+    let c = input.channels;
+    for oy in 0..output.height {
+        for ox in 0..output.width {
+            let sums = &mut y[(oy * output.width + ox) * c..][..c];
+            for position in avg_window(pool, (oy, ox), input) {
+                for (s, v) in sums.iter_mut().zip(&x[position * c..][..c]) {
+                    *s += v;
+                }
+            }
+            let divisor = pool.divisor((oy, ox), (input.height, input.width)) as f32;
+            for s in sums.iter_mut() {
+                *s /= divisor;
+            }
+        }
+    }
+}
+
+/// Training-mode batch norm over the batch and positions of each channel.
+fn batch_norm_train(norm: &crate::plan::BatchNormStep, x: &[f32], dims: Dims, points: usize) -> (Vec<f32>, Saved) {
+    let c = dims.channels;
+    let count = (x.len() / c) as f64;
+    let mut mean = vec![0f64; c];
+    for (e, v) in x.iter().enumerate() {
+        mean[e % c] += *v as f64;
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![0f64; c];
+    for (e, v) in x.iter().enumerate() {
+        let d = *v as f64 - mean[e % c];
+        var[e % c] += d * d;
+    }
+    var.iter_mut().for_each(|v| *v /= count);
+    let inv_std: Vec<f32> = var.iter().map(|v| (1.0 / (v + norm.norm.eps).sqrt()) as f32).collect();
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let normalised: Vec<f32> = x.iter().enumerate().map(|(e, v)| (v - mean32[e % c]) * inv_std[e % c]).collect();
+    let y = normalised.iter().enumerate().map(|(e, n)| n * norm.weight[e % c] + norm.bias[e % c]).collect();
+    debug_assert_eq!(x.len(), points * dims.len());
+    (y, Saved::BatchNorm { normalised, inv_std, mean: mean32, var: var.iter().map(|&v| v as f32).collect() })
+}
