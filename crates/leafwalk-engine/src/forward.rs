@@ -50,12 +50,14 @@ pub(crate) enum Saved {
     Winners(Vec<u32>),
     /// The inputs of a product or quotient (the second may be empty when constant).
     Operands(Vec<f32>, Vec<f32>),
-    /// Training batch norm: the normalised values and 1/√(var + ε) per channel.
+    /// Training batch norm: the normalised values, 1/√(var + ε), the batch mean and (biased)
+    /// variance per channel, and how many values each channel had.
     BatchNorm {
         normalised: Vec<f32>,
         inv_std: Vec<f32>,
         mean: Vec<f32>,
         var: Vec<f32>,
+        count: usize,
     },
 }
 
@@ -352,21 +354,20 @@ fn linear_forward(linear: &LinearStep, x: &[f32], context: &Context) -> Vec<f32>
         matmul_parallel((points, n_out, n_in), (&mut y, n_out), (x, n_in, 1), (&linear.weight, 1, n_in), accumulate);
         return y;
     }
+    // Row bands, each over all points (its rows of W read once), then put in place.
     let row_bands = linear_bands(linear);
-    for (y, x) in y.chunks_mut(n_out).zip(x.chunks(n_in)) {
-        let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(row_bands.len());
-        let mut rest = y;
-        for band in &row_bands {
-            let (head, tail) = rest.split_at_mut(band.len());
-            outputs.push(head);
-            rest = tail;
-        }
-        let run = |(out, band): (&mut [f32], &std::ops::Range<usize>)| {
-            dot_rows(&linear.weight, x, linear.bias.as_deref(), band.clone(), out)
-        };
-        match context.threads {
-            Threads::Bands => outputs.into_par_iter().zip(&row_bands).for_each(run),
-            _ => outputs.into_iter().zip(&row_bands).for_each(run),
+    let band = |rows: &std::ops::Range<usize>| {
+        let mut out = vec![0f32; points * rows.len()];
+        dot_rows(&linear.weight, n_in, x, linear.bias.as_deref(), rows.clone(), &mut out);
+        out
+    };
+    let parts: Vec<Vec<f32>> = match context.threads {
+        Threads::Caller => row_bands.iter().map(band).collect(),
+        _ => row_bands.par_iter().map(band).collect(),
+    };
+    for (rows, part) in row_bands.iter().zip(&parts) {
+        for (y, part) in y.chunks_mut(n_out).zip(part.chunks(rows.len())) {
+            y[rows.clone()].copy_from_slice(part);
         }
     }
     y
@@ -374,67 +375,68 @@ fn linear_forward(linear: &LinearStep, x: &[f32], context: &Context) -> Vec<f32>
 
 /// y = f(z) and, unless `derivative` is empty, f'(z).
 pub(crate) fn activate(activation: Activation, z: &[f32], y: &mut [f32], derivative: &mut [f32]) {
-    let with_derivative = !derivative.is_empty();
-    let mut put = |e: usize, value: f32, slope: f32| {
-        y[e] = value;
-        if with_derivative {
-            derivative[e] = slope;
-        }
-    };
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
-    for (e, &v) in z.iter().enumerate() {
-        match activation {
-            Activation::Relu => put(e, v.max(0.0), if v > 0.0 { 1.0 } else { 0.0 }),
-            Activation::LeakyRelu { negative_slope } => {
-                let s = negative_slope as f32;
+    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+    match activation {
+        Activation::Relu => apply(z, y, derivative, |v| if v > 0.0 { (v, 1.0) } else { (0.0, 0.0) }),
+        Activation::LeakyRelu { negative_slope } => {
+            let s = negative_slope as f32;
+            apply(z, y, derivative, |v| if v > 0.0 { (v, 1.0) } else { (v * s, s) })
+        }
+        Activation::Elu { alpha } => {
+            let a = alpha as f32;
+            apply(z, y, derivative, |v| {
                 if v > 0.0 {
-                    put(e, v, 1.0)
-                } else {
-                    put(e, v * s, s)
-                }
-            }
-            Activation::Elu { alpha } => {
-                let a = alpha as f32;
-                if v > 0.0 {
-                    put(e, v, 1.0)
+                    (v, 1.0)
                 } else {
                     let ex = v.exp();
-                    put(e, a * (ex - 1.0), a * ex)
+                    (a * (ex - 1.0), a * ex)
                 }
-            }
-            Activation::Gelu { form: GeluForm::Erf } => {
-                let cdf = 0.5 * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
-                put(e, v * cdf, cdf + v * FRAC_1_SQRT_2PI * (-0.5 * v * v).exp())
-            }
-            Activation::Gelu { form: GeluForm::Tanh } => {
-                let inner = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
-                let t = inner.tanh();
-                let d_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
-                put(e, 0.5 * v * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * d_inner)
-            }
-            Activation::Silu => {
-                let s = 1.0 / (1.0 + (-v).exp());
-                put(e, v * s, s * (1.0 + v * (1.0 - s)))
-            }
-            Activation::Sigmoid => {
-                let s = 1.0 / (1.0 + (-v).exp());
-                put(e, s, s * (1.0 - s))
-            }
-            Activation::Tanh => {
-                let t = v.tanh();
-                put(e, t, 1.0 - t * t)
-            }
-            Activation::Softplus { beta, threshold } => {
-                let (b, z) = (beta as f32, beta as f32 * v);
-                if z > threshold as f32 {
-                    put(e, v, 1.0)
-                } else {
-                    let s = 1.0 / (1.0 + (-z).exp());
-                    put(e, z.exp().ln_1p() / b, s)
-                }
-            }
+            })
         }
+        Activation::Gelu { form: GeluForm::Erf } => apply(z, y, derivative, |v| {
+            let cdf = 0.5 * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
+            (v * cdf, cdf + v * FRAC_1_SQRT_2PI * (-0.5 * v * v).exp())
+        }),
+        Activation::Gelu { form: GeluForm::Tanh } => apply(z, y, derivative, |v| {
+            let t = (SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)).tanh();
+            let d_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+            (0.5 * v * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * d_inner)
+        }),
+        Activation::Silu => apply(z, y, derivative, |v| {
+            let s = sigmoid(v);
+            (v * s, s * (1.0 + v * (1.0 - s)))
+        }),
+        Activation::Sigmoid => apply(z, y, derivative, |v| {
+            let s = sigmoid(v);
+            (s, s * (1.0 - s))
+        }),
+        Activation::Tanh => apply(z, y, derivative, |v| {
+            let t = v.tanh();
+            (t, 1.0 - t * t)
+        }),
+        Activation::Softplus { beta, threshold } => {
+            let (b, limit) = (beta as f32, threshold as f32);
+            apply(z, y, derivative, |v| {
+                let z = b * v;
+                if z > limit {
+                    (v, 1.0)
+                } else {
+                    (z.exp().ln_1p() / b, sigmoid(z))
+                }
+            })
+        }
+    }
+}
+
+/// `(y, f'(z)) = f(z)` elementwise, the derivative only when asked for.
+#[inline(always)]
+fn apply(z: &[f32], y: &mut [f32], derivative: &mut [f32], f: impl Fn(f32) -> (f32, f32)) {
+    if derivative.is_empty() {
+        y.iter_mut().zip(z).for_each(|(y, &v)| *y = f(v).0);
+    } else {
+        y.iter_mut().zip(derivative.iter_mut()).zip(z).for_each(|((y, d), &v)| (*y, *d) = f(v));
     }
 }
 
@@ -533,5 +535,6 @@ fn batch_norm_train(norm: &crate::plan::BatchNormStep, x: &[f32], dims: Dims, po
     let normalised: Vec<f32> = x.iter().enumerate().map(|(e, v)| (v - mean32[e % c]) * inv_std[e % c]).collect();
     let y = normalised.iter().enumerate().map(|(e, n)| n * norm.weight[e % c] + norm.bias[e % c]).collect();
     debug_assert_eq!(x.len(), points * dims.len());
-    (y, Saved::BatchNorm { normalised, inv_std, mean: mean32, var: var.iter().map(|&v| v as f32).collect() })
+    let var = var.iter().map(|&v| v as f32).collect();
+    (y, Saved::BatchNorm { normalised, inv_std, mean: mean32, var, count: count as usize })
 }

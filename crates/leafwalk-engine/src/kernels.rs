@@ -8,36 +8,155 @@ use std::ops::Range;
 /// Defines `$name`, which runs `$kernel` compiled for AVX-512 or AVX2 when the CPU has them.
 /// The loops here are written for LLVM to vectorise, but a portable build may only use SSE2 —
 /// 4 lanes where AVX2 has 8. `$kernel` and what it calls are `#[inline(always)]` and free of
-/// closures (a closure is compiled on its own, without the features). Each target gets its
-/// own strip width `S` (`$s512`, `$s256`, `$s128` floats).
+/// closures (a closure is compiled on its own, without the features).
 macro_rules! with_wide_vectors {
-    ($name:ident<$($k:ident),*> => $kernel:ident($($arg:ident: $ty:ty),*) -> $out:ty) => {
+    ($name:ident => $kernel:ident($($arg:ident: $ty:ty),*) -> $out:ty) => {
         #[allow(clippy::too_many_arguments)]
-        pub(crate) fn $name<$(const $k: usize),*>($($arg: $ty),*) -> $out {
+        pub(crate) fn $name($($arg: $ty),*) -> $out {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
                 #[allow(clippy::too_many_arguments)]
-                fn avx512<$(const $k: usize),*>($($arg: $ty),*) -> $out {
-                    $kernel::<$($k,)* 16>($($arg),*)
+                fn avx512($($arg: $ty),*) -> $out {
+                    $kernel($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                fn avx2<$(const $k: usize),*>($($arg: $ty),*) -> $out {
-                    $kernel::<$($k,)* 8>($($arg),*)
+                fn avx2($($arg: $ty),*) -> $out {
+                    $kernel($($arg),*)
                 }
                 if is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512F, checked on the line above.
-                    return unsafe { avx512::<$($k),*>($($arg),*) };
+                    return unsafe { avx512($($arg),*) };
                 }
                 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has AVX2 and FMA, checked on the line above.
-                    return unsafe { avx2::<$($k),*>($($arg),*) };
+                    return unsafe { avx2($($arg),*) };
                 }
             }
-            $kernel::<$($k,)* 8>($($arg),*)
+            $kernel($($arg),*)
         }
     };
+}
+
+/// Lanes of the sparse kernels' strips: one AVX2 register.
+pub(crate) const LANES: usize = 8;
+
+/// K classes' sums over one strip of [`LANES`] columns: `Σ_i g_i[k] · w_i[0..8]` over the
+/// terms i, whose K coefficients start at `coefficients[coefficient_at[i]]` and whose strip at
+/// `weights[base + weight_at[i]]`. The sparse reverse passes spend their time here; the K×8
+/// sums stay in registers.
+type StripSums<const K: usize> = fn(&[f32], &[u32], &[f32], &[u32], usize) -> [[f32; LANES]; K];
+
+/// The fastest [`StripSums`] this CPU runs: fused multiply-adds on AVX2 (Rust never contracts
+/// `a * b + c` by itself, and LLVM vectorises `mul_add` over arrays poorly), portable code
+/// elsewhere.
+fn strip_sums<const K: usize>() -> StripSums<K> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return avx2::strip_sums::<K>;
+    }
+    portable_strip_sums::<K>
+}
+
+fn portable_strip_sums<const K: usize>(
+    coefficients: &[f32],
+    coefficient_at: &[u32],
+    weights: &[f32],
+    weight_at: &[u32],
+    base: usize,
+) -> [[f32; LANES]; K] {
+    let mut acc = [[0f32; LANES]; K];
+    for (&c, &w) in coefficient_at.iter().zip(weight_at) {
+        let g = &coefficients[c as usize..][..K];
+        let w = &weights[base + w as usize..][..LANES];
+        for k in 0..K {
+            for s in 0..LANES {
+                acc[k][s] += g[k] * w[s];
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+
+    use super::LANES;
+
+    /// Up to this many classes the sums run in two interleaved sets.
+    const TWO_CHAINS: usize = 6;
+
+    /// [`super::StripSums`] with AVX2 and FMA. Only [`super::strip_sums`] hands it out, after
+    /// checking that the CPU has both.
+    pub(super) fn strip_sums<const K: usize>(
+        coefficients: &[f32],
+        coefficient_at: &[u32],
+        weights: &[f32],
+        weight_at: &[u32],
+        base: usize,
+    ) -> [[f32; LANES]; K] {
+        // SAFETY: only reachable through `super::strip_sums`, which checked AVX2 and FMA.
+        unsafe { sums(coefficients, coefficient_at, weights, weight_at, base) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn sums<const K: usize>(
+        coefficients: &[f32],
+        coefficient_at: &[u32],
+        weights: &[f32],
+        weight_at: &[u32],
+        base: usize,
+    ) -> [[f32; LANES]; K] {
+        // A macro, not a closure: a closure would be compiled on its own, without AVX2.
+        macro_rules! term {
+            ($i:expr) => {{
+                let g = &coefficients[coefficient_at[$i] as usize..][..K];
+                let w = &weights[base + weight_at[$i] as usize..][..LANES];
+                // SAFETY: `w` holds exactly the 8 values read.
+                (g, unsafe { _mm256_loadu_ps(w.as_ptr()) })
+            }};
+        }
+        let terms = coefficient_at.len().min(weight_at.len());
+        let mut acc = [_mm256_setzero_ps(); K];
+        if K <= TWO_CHAINS {
+            // Few classes: a second set of sums over the odd terms, so that the additions do
+            // not wait on each other (an FMA's latency is 4–5 cycles, its throughput 2 a cycle).
+            let mut odd = [_mm256_setzero_ps(); K];
+            for i in (0..terms - terms % 2).step_by(2) {
+                let ((g0, w0), (g1, w1)) = (term!(i), term!(i + 1));
+                for k in 0..K {
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(g0[k]), w0, acc[k]);
+                    odd[k] = _mm256_fmadd_ps(_mm256_set1_ps(g1[k]), w1, odd[k]);
+                }
+            }
+            if terms % 2 == 1 {
+                let (g, w) = term!(terms - 1);
+                for k in 0..K {
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(g[k]), w, acc[k]);
+                }
+            }
+            for k in 0..K {
+                acc[k] = _mm256_add_ps(acc[k], odd[k]);
+            }
+        } else {
+            for i in 0..terms {
+                let (g, w) = term!(i);
+                for k in 0..K {
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(g[k]), w, acc[k]);
+                }
+            }
+        }
+        let mut out = [[0f32; LANES]; K];
+        for (row, sums) in out.iter_mut().zip(acc) {
+            // SAFETY: `row` holds exactly the 8 values written.
+            unsafe { _mm256_storeu_ps(row.as_mut_ptr(), sums) };
+        }
+        out
+    }
 }
 
 /// Calls `$f::<K>($args)` for a class group size K known only at run time (1 ..= 12).
@@ -61,13 +180,12 @@ macro_rules! dispatch_classes {
 }
 pub(crate) use dispatch_classes;
 
-/// Classes one reverse pass carries together: `MAX_GROUP · S` accumulators must fit the
-/// vector registers (12 of AVX2's 16 at one 8-lane strip).
+/// Classes one reverse pass carries together: their sums over a strip must fit the vector
+/// registers (12 of AVX2's 16).
 pub(crate) const MAX_GROUP: usize = 12;
 
-/// Input channels of the sparse kernel's weights are padded to a multiple of this (the widest
-/// strip, AVX-512's 16 lanes).
-pub(crate) const CHANNEL_PAD: usize = 16;
+/// Input channels of the sparse kernel's weights are padded to a multiple of this (a strip).
+pub(crate) const CHANNEL_PAD: usize = LANES;
 
 /// A row-major matrix operand: values, row stride, column stride.
 pub(crate) type Operand<'a> = (&'a [f32], usize, usize);
@@ -170,26 +288,40 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-fn dot_rows_kernel<const S: usize>(
+/// Rows of W taken together over all points: their few hundred KiB stay in L2 while each point's
+/// input passes, so W comes from memory once per batch rather than once per point.
+const ROW_BLOCK: usize = 4;
+
+fn dot_rows_kernel(weights: &[f32], n: usize, xs: &[f32], bias: Option<&[f32]>, rows: Range<usize>, out: &mut [f32]) {
+    let band = rows.len();
+    for block in (rows.start..rows.end).step_by(ROW_BLOCK) {
+        let block_end = (block + ROW_BLOCK).min(rows.end);
+        for (x, out) in xs.chunks_exact(n).zip(out.chunks_exact_mut(band)) {
+            for row in block..block_end {
+                out[row - rows.start] = bias.map_or(0.0, |b| b[row]) + dot(&weights[row * n..][..n], x);
+            }
+        }
+    }
+}
+
+with_wide_vectors!(dot_rows_wide => dot_rows_kernel(
+    weights: &[f32], n: usize, xs: &[f32], bias: Option<&[f32]>, rows: Range<usize>, out: &mut [f32]
+) -> ());
+
+/// `out[point][r − rows.start] = bias[r] + W[r]·x_point` for the rows `rows` of a row-major W
+/// with `n` columns and the points `xs` (`[point][n]`). Each value is one fixed-order dot
+/// product, the same in any batch.
+pub(crate) fn dot_rows(
     weights: &[f32],
-    x: &[f32],
+    n: usize,
+    xs: &[f32],
     bias: Option<&[f32]>,
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    let n = x.len();
-    for (o, row) in out.iter_mut().zip(rows) {
-        *o = bias.map_or(0.0, |b| b[row]) + dot(&weights[row * n..][..n], x);
+    if n > 0 && !rows.is_empty() {
+        dot_rows_wide(weights, n, xs, bias, rows, out)
     }
-}
-
-with_wide_vectors!(dot_rows_wide<> => dot_rows_kernel(
-    weights: &[f32], x: &[f32], bias: Option<&[f32]>, rows: Range<usize>, out: &mut [f32]
-) -> ());
-
-/// `out[r] = bias[r] + W[r]·x` for the rows `rows` of a row-major W with `x.len()` columns.
-pub(crate) fn dot_rows(weights: &[f32], x: &[f32], bias: Option<&[f32]>, rows: Range<usize>, out: &mut [f32]) {
-    dot_rows_wide(weights, x, bias, rows, out)
 }
 
 /// The geometry of one convolution on channel-last maps, for one group.
@@ -278,32 +410,80 @@ pub(crate) fn im2col(
     }
 }
 
-/// The transpose of [`im2col`]: adds `cols` (for output positions `positions`) back onto the
-/// input map's channels `first_channel ..`.
-pub(crate) fn col2im(
-    shape: &ConvShape,
-    cols: &[f32],
-    first_channel: usize,
-    positions: Range<usize>,
-    input: &mut [f32],
-) {
-    let [_, width, channels] = shape.input;
-    let (cin, kw) = (shape.group_in, shape.kernel[1]);
-    for (p, patch) in positions.zip(cols.chunks_exact(shape.patch())) {
-        let (oy, ox) = (p / shape.output[1], p % shape.output[1]);
-        for (ky, row) in patch.chunks_exact(kw * cin).enumerate() {
-            let Some(iy) = shape.source(oy, ky, 0) else { continue };
-            for (kx, tap) in row.chunks_exact(cin).enumerate() {
-                if let Some(ix) = shape.source(ox, kx, 1) {
-                    let target = &mut input[(iy * width + ix) * channels + first_channel..][..cin];
-                    for (t, v) in target.iter_mut().zip(tap) {
-                        *t += v;
-                    }
+/// For each output position and kernel tap, the input position (`y·W + x`) it reads, or
+/// `u32::MAX` in the padding: the index arithmetic of [`col2im`], done once per layer.
+pub(crate) fn tap_sources(shape: &ConvShape) -> Vec<u32> {
+    let (taps, [_, kw]) = (shape.taps(), shape.kernel);
+    (0..shape.positions() * taps)
+        .map(|i| {
+            let (p, tap) = (i / taps, i % taps);
+            let (oy, ox) = (p / shape.output[1], p % shape.output[1]);
+            match (shape.source(oy, tap / kw, 0), shape.source(ox, tap % kw, 1)) {
+                (Some(iy), Some(ix)) => (iy * shape.input[1] + ix) as u32,
+                _ => u32::MAX,
+            }
+        })
+        .collect()
+}
+
+/// For each input position, the im2col entries (`p·taps + tap`) that read it, ascending:
+/// `entries[starts[q]..starts[q + 1]]` — [`tap_sources`] inverted, so that [`col2im`] sums
+/// into each input once instead of scattering into it tap by tap.
+pub(crate) struct TapReaders {
+    starts: Vec<u32>,
+    entries: Vec<u32>,
+}
+
+impl TapReaders {
+    pub(crate) fn new(shape: &ConvShape, sources: &[u32]) -> Self {
+        let inputs = shape.input[0] * shape.input[1];
+        let mut starts = vec![0u32; inputs + 1];
+        for &q in sources.iter().filter(|&&q| q != u32::MAX) {
+            starts[q as usize + 1] += 1;
+        }
+        for q in 0..inputs {
+            starts[q + 1] += starts[q];
+        }
+        let mut next = starts.clone();
+        let mut entries = vec![0u32; starts[inputs] as usize];
+        for (entry, &q) in sources.iter().enumerate().filter(|&(_, &q)| q != u32::MAX) {
+            entries[next[q as usize] as usize] = entry as u32;
+            next[q as usize] += 1;
+        }
+        TapReaders { starts, entries }
+    }
+}
+
+/// The transpose of [`im2col`]: adds `cols` (`[position][tap][in of group]`) back onto the input
+/// map's channels `first_channel ..`, each input position summing the entries that read it.
+#[inline(always)]
+fn col2im_kernel(shape: &ConvShape, readers: &TapReaders, cols: &[f32], first_channel: usize, input: &mut [f32]) {
+    let (channels, cin) = (shape.input[2], shape.group_in);
+    for (q, bounds) in readers.starts.windows(2).enumerate() {
+        let entries = &readers.entries[bounds[0] as usize..bounds[1] as usize];
+        let target = &mut input[q * channels + first_channel..][..cin];
+        if cin == 1 {
+            // Four partial sums: one chain of dependent additions would wait on each other.
+            let mut lanes = [0f32; 4];
+            let (quads, rest) = entries.as_chunks::<4>();
+            for quad in quads {
+                for (lane, &e) in lanes.iter_mut().zip(quad) {
+                    *lane += cols[e as usize];
                 }
             }
+            let tail: f32 = rest.iter().map(|&e| cols[e as usize]).sum();
+            target[0] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
+            continue;
+        }
+        for &e in entries {
+            target.iter_mut().zip(&cols[e as usize * cin..][..cin]).for_each(|(t, v)| *t += v);
         }
     }
 }
+
+with_wide_vectors!(col2im => col2im_kernel(
+    shape: &ConvShape, readers: &TapReaders, cols: &[f32], first_channel: usize, input: &mut [f32]
+) -> ());
 
 /// The output units of a convolution or linear layer that carry gradient, by position: those at
 /// position p are `channels[starts[p]..starts[p + 1]]`, with their K class gradients in
@@ -340,13 +520,19 @@ impl ActiveUnits {
     }
 }
 
+/// For each input coordinate along one axis and each kernel tap, the output coordinate that
+/// reads it through that tap (`u32::MAX`: none) — divisions done once, not per tap and strip.
+fn readers(shape: &ConvShape, axis: usize) -> Vec<u32> {
+    let (size, taps) = (shape.input[axis], shape.kernel[axis]);
+    (0..size * taps).map(|i| shape.reader(i / taps, i % taps, axis).map_or(u32::MAX, |o| o as u32)).collect()
+}
+
 /// The reverse of a convolution for K classes over the active output units only, as a gather:
-/// each input position sums, over the taps and the active units that read it, the unit's K
-/// gradients times the kernel tap's input-channel strip, with the K×S sums in registers.
+/// each input position lists, once, the (unit, kernel tap) pairs that read it, then each strip
+/// of 8 input channels sums the units' K gradients times the taps' strips ([`StripSums`]).
 /// `weights` is `[out][tap][padded in]`; writes `out[class][(row − rows.start)·W·C + …]` for
 /// the input rows `rows`.
-#[inline(always)]
-fn conv_gather_kernel<const K: usize, const S: usize>(
+pub(crate) fn conv_gather<const K: usize>(
     shape: &ConvShape,
     units: &ActiveUnits,
     weights: &[f32],
@@ -356,32 +542,38 @@ fn conv_gather_kernel<const K: usize, const S: usize>(
 ) {
     let [_, width, channels] = shape.input;
     let band = rows.len() * width * channels;
-    let taps = shape.taps();
+    let (taps, [kh, kw]) = (shape.taps(), shape.kernel);
+    let (readers_y, readers_x) = (readers(shape, 0), readers(shape, 1));
+    let sums = strip_sums::<K>();
+    // The coefficient and weight offsets of every term of the current position.
+    let (mut coefficient_at, mut weight_at) = (Vec::with_capacity(taps * 64), Vec::with_capacity(taps * 64));
     for qy in rows.clone() {
         for qx in 0..width {
-            let base = ((qy - rows.start) * width + qx) * channels;
-            for strip in (0..channels).step_by(S) {
-                let mut acc = [[0f32; S]; K];
-                for ky in 0..shape.kernel[0] {
-                    let Some(oy) = shape.reader(qy, ky, 0) else { continue };
-                    for kx in 0..shape.kernel[1] {
-                        let Some(ox) = shape.reader(qx, kx, 1) else { continue };
-                        let p = oy * shape.output[1] + ox;
-                        let tap = ky * shape.kernel[1] + kx;
-                        let (first, last) = (units.starts[p] as usize, units.starts[p + 1] as usize);
-                        for unit in first..last {
-                            let o = units.channels[unit] as usize;
-                            let w: &[f32; S] = weights[(o * taps + tap) * padded_in + strip..][..S].try_into().unwrap();
-                            let g: &[f32; K] = units.coefficients[unit * K..][..K].try_into().unwrap();
-                            for k in 0..K {
-                                for s in 0..S {
-                                    acc[k][s] += g[k] * w[s];
-                                }
-                            }
-                        }
+            coefficient_at.clear();
+            weight_at.clear();
+            for ky in 0..kh {
+                let oy = readers_y[qy * kh + ky];
+                if oy == u32::MAX {
+                    continue;
+                }
+                for kx in 0..kw {
+                    let ox = readers_x[qx * kw + kx];
+                    if ox == u32::MAX {
+                        continue;
+                    }
+                    let p = oy as usize * shape.output[1] + ox as usize;
+                    let tap = ky * kw + kx;
+                    for unit in units.starts[p] as usize..units.starts[p + 1] as usize {
+                        let o = units.channels[unit] as usize;
+                        coefficient_at.push((unit * K) as u32);
+                        weight_at.push(((o * taps + tap) * padded_in) as u32);
                     }
                 }
-                let width_here = S.min(channels - strip);
+            }
+            let base = ((qy - rows.start) * width + qx) * channels;
+            for strip in (0..channels).step_by(LANES) {
+                let acc = sums(&units.coefficients, &coefficient_at, weights, &weight_at, strip);
+                let width_here = LANES.min(channels - strip);
                 for (k, sums) in acc.iter().enumerate() {
                     out[k * band + base + strip..][..width_here].copy_from_slice(&sums[..width_here]);
                 }
@@ -390,58 +582,131 @@ fn conv_gather_kernel<const K: usize, const S: usize>(
     }
 }
 
-with_wide_vectors!(conv_gather<K> => conv_gather_kernel(
-    shape: &ConvShape, units: &ActiveUnits, weights: &[f32], padded_in: usize, rows: Range<usize>, out: &mut [f32]
+/// The reverse of a convolution for one row (a training loss) over the active output units, as
+/// a scatter: each unit adds its gradient times its kernel's tap strips to the input positions
+/// it read (`sources`, from [`tap_sources`]). With one row a gather would have one chain of
+/// additions to wait on; a unit's taps are independent. `weights` is `[out][tap][padded in]`;
+/// `out` is `[H][W][C]`, zeros on entry.
+#[inline(always)]
+fn conv_scatter_kernel(
+    shape: &ConvShape,
+    units: &ActiveUnits,
+    weights: &[f32],
+    padded_in: usize,
+    sources: &[u32],
+    out: &mut [f32],
+) {
+    let (channels, taps) = (shape.input[2], shape.taps());
+    for p in 0..shape.positions() {
+        let position_sources = &sources[p * taps..][..taps];
+        for unit in units.starts[p] as usize..units.starts[p + 1] as usize {
+            let (o, g) = (units.channels[unit] as usize, units.coefficients[unit]);
+            for (tap, &source) in position_sources.iter().enumerate() {
+                if source == u32::MAX {
+                    continue;
+                }
+                let w = &weights[(o * taps + tap) * padded_in..][..channels];
+                let target = &mut out[source as usize * channels..][..channels];
+                for (t, w) in target.iter_mut().zip(w) {
+                    *t += g * w;
+                }
+            }
+        }
+    }
+}
+
+with_wide_vectors!(conv_scatter => conv_scatter_kernel(
+    shape: &ConvShape, units: &ActiveUnits, weights: &[f32], padded_in: usize, sources: &[u32], out: &mut [f32]
 ) -> ());
 
-/// The reverse of a linear layer for K classes over its active outputs: `out[class][i] =
-/// Σ_unit g[unit][class] · W[row(unit)][i]` for the input strip `columns`, with the K×S sums in
-/// registers. `rows[unit]` is the weight row of each unit of `coefficients` (`[unit][K]`).
+/// A convolution's weight gradient from one point's active output units: `rows[o] += g · patch`
+/// for each unit (o at p), its im2col patch `cols[p]`; `rows` is `[out][patch]`.
 #[inline(always)]
-fn rows_gather_kernel<const K: usize, const S: usize>(
+fn unit_patches_kernel(units: &ActiveUnits, cols: &[f32], patch: usize, rows: &mut [f32]) {
+    for p in 0..units.starts.len() - 1 {
+        let source = &cols[p * patch..][..patch];
+        for unit in units.starts[p] as usize..units.starts[p + 1] as usize {
+            let (o, g) = (units.channels[unit] as usize, units.coefficients[unit]);
+            for (r, v) in rows[o * patch..][..patch].iter_mut().zip(source) {
+                *r += g * v;
+            }
+        }
+    }
+}
+
+with_wide_vectors!(unit_patches => unit_patches_kernel(
+    units: &ActiveUnits, cols: &[f32], patch: usize, rows: &mut [f32]
+) -> ());
+
+/// Columns of a linear layer's weights packed at a time by [`rows_gather`]: the active rows'
+/// block (≤ 64 KiB for 64 rows) stays in L2 while its strips are summed.
+const PACKED_COLUMNS: usize = 256;
+
+/// One point's active outputs of a linear layer for [`rows_gather`]: their positions in the
+/// batch's union of active rows, ascending, and their K class gradients (`[unit][K]`).
+pub(crate) struct PointRows {
+    pub(crate) positions: Vec<u32>,
+    pub(crate) coefficients: Vec<f32>,
+}
+
+/// The reverse of a linear layer for K classes over its active outputs, for several points:
+/// `out[point][class][i − columns.start] = Σ_unit g[unit][class] · W[row(unit)][i]`. Each block
+/// of columns of the batch's active rows (`union`, ascending) is first packed strip by strip
+/// (`[strip][row][8]`), so the sums ([`StripSums`]) read one contiguous stream — read in place,
+/// 64 rows at one offset each are 64 streams no prefetcher follows — and W comes from memory
+/// once per batch. A point sums its own rows in ascending order whatever the batch holds.
+pub(crate) fn rows_gather<const K: usize>(
     weights: &[f32],
     inputs: usize,
-    rows: &[u32],
-    coefficients: &[f32],
+    union: &[u32],
+    points: &[PointRows],
     columns: Range<usize>,
     out: &mut [f32],
 ) {
     let band = columns.len();
-    let mut start = columns.start;
-    while start < columns.end {
-        let width_here = S.min(columns.end - start);
-        let mut acc = [[0f32; S]; K];
-        if width_here == S {
-            for (unit, &row) in rows.iter().enumerate() {
-                let w: &[f32; S] = weights[row as usize * inputs + start..][..S].try_into().unwrap();
-                let g: &[f32; K] = coefficients[unit * K..][..K].try_into().unwrap();
-                for k in 0..K {
-                    for s in 0..S {
-                        acc[k][s] += g[k] * w[s];
-                    }
-                }
+    let sums = strip_sums::<K>();
+    let mut packed = vec![0f32; union.len() * PACKED_COLUMNS];
+    // Per point: where its units' coefficients and strips are.
+    let offsets: Vec<(Vec<u32>, Vec<u32>)> = points
+        .iter()
+        .map(|p| {
+            let coefficient_at = (0..p.positions.len() as u32).map(|i| i * K as u32).collect();
+            (coefficient_at, p.positions.iter().map(|&r| r * LANES as u32).collect())
+        })
+        .collect();
+    let mut block = columns.start;
+    while block < columns.end {
+        let block_len = PACKED_COLUMNS.min(columns.end - block);
+        let strips = block_len.div_ceil(LANES);
+        for (position, &row) in union.iter().enumerate() {
+            let source = &weights[row as usize * inputs + block..][..block_len];
+            let (whole, rest) = source.as_chunks::<LANES>();
+            for (strip, chunk) in whole.iter().enumerate() {
+                let at = (strip * union.len() + position) * LANES;
+                let target: &mut [f32; LANES] = (&mut packed[at..at + LANES]).try_into().unwrap();
+                *target = *chunk;
             }
-        } else {
-            for (unit, &row) in rows.iter().enumerate() {
-                let w = &weights[row as usize * inputs + start..][..width_here];
-                let g = &coefficients[unit * K..][..K];
-                for k in 0..K {
-                    for s in 0..width_here {
-                        acc[k][s] += g[k] * w[s];
-                    }
+            if !rest.is_empty() {
+                let target = &mut packed[(whole.len() * union.len() + position) * LANES..][..LANES];
+                target[..rest.len()].copy_from_slice(rest);
+                target[rest.len()..].fill(0.0);
+            }
+        }
+        for ((point, (coefficient_at, weight_at)), out) in
+            points.iter().zip(&offsets).zip(out.chunks_exact_mut(K * band))
+        {
+            for strip in 0..strips {
+                let acc = sums(&point.coefficients, coefficient_at, &packed, weight_at, strip * union.len() * LANES);
+                let start = block + strip * LANES;
+                let width_here = LANES.min(block + block_len - start);
+                for (k, sums) in acc.iter().enumerate() {
+                    out[k * band + start - columns.start..][..width_here].copy_from_slice(&sums[..width_here]);
                 }
             }
         }
-        for (k, sums) in acc.iter().enumerate() {
-            out[k * band + start - columns.start..][..width_here].copy_from_slice(&sums[..width_here]);
-        }
-        start += width_here;
+        block += block_len;
     }
 }
-
-with_wide_vectors!(rows_gather<K> => rows_gather_kernel(
-    weights: &[f32], inputs: usize, rows: &[u32], coefficients: &[f32], columns: Range<usize>, out: &mut [f32]
-) -> ());
 
 /// `items` split into at most `parts` runs of nearly equal length, each a multiple of
 /// `granule` (the last may be shorter): fixed by the sizes alone, never by the thread count,

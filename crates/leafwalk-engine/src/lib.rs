@@ -17,6 +17,7 @@
 mod forward;
 mod jacobian;
 mod kernels;
+mod layers;
 mod plan;
 mod reverse;
 pub mod tensor;
@@ -72,17 +73,30 @@ pub fn input_jacobian(model: &Classifier, input: &Tensor, coordinates: Coordinat
     if !runs_on_cpu_engine(model) {
         return tensor::input_jacobian(model, input, coordinates);
     }
-    let points = input.dim(0)?;
-    let normalised = normalised_input(model, input, coordinates)?;
-    let (log_probs, jacobian) =
-        with_plan(model, Mode::Eval, |plan| Ok(jacobian::JacobianPass::new(plan).run(&normalised, points)))?;
-    let (c, n) = (model.classes(), model.input_shape().len());
+    let (points, c, n) = (input.dim(0)?, model.classes(), model.input_shape().len());
+    let (log_probs, jacobian) = jacobian_values(model, input, coordinates)?;
     let device = model.device();
-    let jacobian = Tensor::from_vec(jacobian, (points, c, n), device)?;
     Ok(Jacobians {
         log_probs: Tensor::from_vec(log_probs, (points, c), device)?,
-        jacobian: in_coordinates(model, jacobian, coordinates)?,
+        jacobian: Tensor::from_vec(jacobian, (points, c, n), device)?,
     })
+}
+
+/// [`input_jacobian`] as plain values, log p `[B][C]` and J `[B][C][n]`, with no tensor copies
+/// (one point's J of a 1,000-class ImageNet-sized model is 600 MB).
+pub fn jacobian_values(model: &Classifier, input: &Tensor, coordinates: Coordinates) -> Result<(Vec<f32>, Vec<f32>)> {
+    if !runs_on_cpu_engine(model) {
+        let Jacobians { log_probs, jacobian } = tensor::input_jacobian(model, input, coordinates)?;
+        let values = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
+        return Ok((values(log_probs)?, values(jacobian)?));
+    }
+    let points = input.dim(0)?;
+    let normalised = normalised_input(model, input, coordinates)?;
+    let scale = match coordinates {
+        Coordinates::Pixels => model.meta().std.clone(),
+        Coordinates::Normalised => vec![1.0; model.input_shape().channels],
+    };
+    with_plan(model, Mode::Eval, |plan| Ok(jacobian::jacobian(plan, &normalised, points, &scale)))
 }
 
 /// log p `[B, C]` of pixels `[B, C, H, W]` in [0, 1], evaluation mode.

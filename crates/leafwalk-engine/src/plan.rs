@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use leafwalk_models::description::{Activation, Arith, BatchNorm, Conv2d, Description, Dims, Op, Pool};
 
-use crate::kernels::{ConvShape, CHANNEL_PAD};
+use crate::kernels::{tap_sources, ConvShape, TapReaders, CHANNEL_PAD};
 use crate::{EngineError, Result};
 
 /// Evaluation (batch norm from running statistics, folded where it can be) or training (batch
@@ -30,6 +30,10 @@ pub(crate) struct ConvStep {
     /// Per group, `[ky][kx][in of group][out of group]`: im2col rows times this are the outputs.
     pub(crate) forward: Vec<f32>,
     pub(crate) bias: Option<Vec<f32>>,
+    /// The input position each (output position, tap) reads ([`tap_sources`]).
+    pub(crate) sources: Vec<u32>,
+    /// The same, inverted.
+    pub(crate) readers: TapReaders,
     /// Names of the weight and bias tensors, for training.
     pub(crate) weight_name: String,
     pub(crate) bias_name: Option<String>,
@@ -56,6 +60,21 @@ impl ConvStep {
             }
         }
         (weights, padded)
+    }
+
+    /// A gradient by output row, `[out][ky][kx][in]` (one group), in PyTorch's
+    /// `[out][in][ky][kx]`.
+    pub(crate) fn unit_rows_to_pytorch_layout(&self, gradient: &[f32]) -> Vec<f32> {
+        let (cin, taps) = (self.shape.group_in, self.shape.taps());
+        let mut out = vec![0f32; gradient.len()];
+        for o in 0..self.conv.out_channels {
+            for tap in 0..taps {
+                for i in 0..cin {
+                    out[(o * cin + i) * taps + tap] = gradient[(o * taps + tap) * cin + i];
+                }
+            }
+        }
+        out
     }
 
     /// A gradient in the forward layout `[group][ky][kx][in][out]` in PyTorch's
@@ -313,20 +332,16 @@ fn conv_step<'w>(
     }
     let bias_name = conv.bias.then(|| format!("{name}.bias"));
     let bias = bias_name.as_deref().map(|b| fetch(b, conv.out_channels).map(<[f32]>::to_vec)).transpose()?;
-    Ok(ConvStep {
-        conv: *conv,
-        shape: ConvShape {
-            kernel: conv.kernel,
-            stride: conv.stride,
-            padding: conv.padding,
-            dilation: conv.dilation,
-            input: [input.height, input.width, input.channels],
-            output: [output.height, output.width],
-            group_in: cin,
-        },
-        forward,
-        bias,
-        weight_name,
-        bias_name,
-    })
+    let shape = ConvShape {
+        kernel: conv.kernel,
+        stride: conv.stride,
+        padding: conv.padding,
+        dilation: conv.dilation,
+        input: [input.height, input.width, input.channels],
+        output: [output.height, output.width],
+        group_in: cin,
+    };
+    let sources = tap_sources(&shape);
+    let readers = TapReaders::new(&shape, &sources);
+    Ok(ConvStep { conv: *conv, shape, forward, bias, sources, readers, weight_name, bias_name })
 }

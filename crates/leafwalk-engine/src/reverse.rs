@@ -1,52 +1,309 @@
-//! The reverse of the parameter-free steps, shared by the Jacobian's pass (rows = the classes of
-//! one point) and training's (rows = the points of a batch, one loss each). A gradient is
-//! `[row][value]`; what the forward kept is `[point][…]`, and row r belongs to point
-//! `r / rows_per_point`.
+//! The reverse pass, shared by the Jacobian (rows = the K classes of each point, seeds `e_i −
+//! p`) and training (rows = one loss per point, parameter gradients wanted).
+//!
+//! A gradient is `[point][K][value]`, and comes with its *support* where that is known: the
+//! units of each point that can carry gradient at all, the same for every row of the point
+//! (after a ReLU, the units it let through; after a max-pool, the winners). Convolutions and
+//! linear layers ([`crate::layers`]) use it to visit only the active units. Everything a point
+//! computes depends on that point and the layer shapes alone, so its rows round the same in any
+//! batch — except in training, where batch norm couples the points.
+
+use std::sync::OnceLock;
 
 use leafwalk_models::description::{Arith, Dims, Pool};
+use rayon::prelude::*;
 
-use crate::forward::{avg_window, to_channel_first, to_channel_last, Saved};
+use crate::forward::{avg_window, to_channel_first, to_channel_last, Forward, Saved, Threads};
+use crate::layers::{conv_backward, linear_backward, Gradients};
+use crate::plan::{BatchNormStep, Plan, StepOp};
 
-/// Multiplies each row by its point's f'(z).
-pub(crate) fn through_derivative(values: &mut [f32], derivative: &[f32], len: usize, rows_per_point: usize) {
-    for (r, row) in values.chunks_mut(len).enumerate() {
-        let d = &derivative[(r / rows_per_point) * len..][..len];
-        row.iter_mut().zip(d).for_each(|(g, d)| *g *= d);
+/// A gradient for some points and K rows each, and the units it can be nonzero at.
+pub(crate) struct Grad {
+    /// `[point][K][value length]`.
+    pub(crate) values: Vec<f32>,
+    /// `[point][value length]`, the same for all K rows of a point; `None`: every unit may carry
+    /// gradient.
+    pub(crate) support: Option<Vec<bool>>,
+}
+
+impl Grad {
+    pub(crate) fn dense(values: Vec<f32>) -> Self {
+        Grad { values, support: None }
+    }
+
+    /// Adds another contribution to the same value.
+    fn add(&mut self, other: Grad) {
+        for (a, b) in self.values.iter_mut().zip(&other.values) {
+            *a += b;
+        }
+        self.support = match (self.support.take(), other.support) {
+            (Some(mut a), Some(b)) => {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a |= b);
+                Some(a)
+            }
+            _ => None,
+        };
     }
 }
 
-/// Routes each output gradient to the input unit that won its window.
-pub(crate) fn through_max_pool(
-    values: &[f32],
-    winners: &[u32],
-    n_in: usize,
-    n_out: usize,
-    rows_per_point: usize,
-) -> Vec<f32> {
-    let rows = values.len() / n_out;
-    let mut back = vec![0f32; rows * n_in];
-    for (r, (back, g)) in back.chunks_mut(n_in).zip(values.chunks(n_out)).enumerate() {
-        let w = &winners[(r / rows_per_point) * n_out..][..n_out];
-        for (&w, &g) in w.iter().zip(g) {
-            back[w as usize] += g;
+/// Which points a reverse step runs for, how many rows each has, and on what threads.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows {
+    pub(crate) points: usize,
+    pub(crate) k: usize,
+    pub(crate) threads: Threads,
+    /// For a one-point continuation of a batch pass: which point of the forward's `batch`.
+    pub(crate) point: Option<usize>,
+    pub(crate) batch: usize,
+}
+
+impl Rows {
+    pub(crate) fn batch(points: usize, k: usize, threads: Threads) -> Self {
+        Rows { points, k, threads, point: None, batch: points }
+    }
+
+    /// This rows' part of something the forward kept for the whole batch (`[point][…]`).
+    pub(crate) fn own<'v, T>(&self, values: &'v [T]) -> &'v [T] {
+        match self.point {
+            Some(b) => {
+                let len = values.len() / self.batch;
+                &values[b * len..][..len]
+            }
+            None => values,
         }
     }
-    back
+}
+
+/// Largest incoming gradient (values per point, all K rows) a Jacobian's reverse step runs for
+/// the whole batch at once; from the first larger one on, each point continues alone.
+const HEAD_LIMIT: usize = 1 << 14;
+
+/// One reverse pass over a plan and its forward.
+pub(crate) struct Reverse<'r, 'p, 'w> {
+    pub(crate) plan: &'p Plan<'w>,
+    pub(crate) pass: &'r Forward,
+    /// Each convolution's kernel as the sparse gather reads it, built once per call.
+    pub(crate) reverse_weights: &'r [OnceLock<(Vec<f32>, usize)>],
+    /// Training: parameter gradients wanted, batch norm in training mode, the input's own
+    /// gradient not.
+    pub(crate) training: bool,
+}
+
+impl Reverse<'_, '_, '_> {
+    /// Pushes `seeds` (the logits' gradient) back: the input's gradient `[point][K][H][W][C]`
+    /// (empty in training) and the parameter gradients (training only).
+    ///
+    /// For the Jacobian, steps whose incoming gradient is small (the head: linear layers,
+    /// global pooling) run for the whole batch, so each weight is read once, and from the first
+    /// large one on each point continues alone, its gradients staying in cache. Training runs
+    /// every step for the whole batch (batch norm couples the points).
+    pub(crate) fn run(&self, seeds: Grad, rows: Rows) -> (Vec<f32>, Gradients) {
+        let plan = self.plan;
+        let mut grads: Vec<Option<Grad>> = (0..plan.values.len()).map(|_| None).collect();
+        grads[plan.output] = Some(seeds);
+        let mut parameters = Gradients::new();
+        let mut steps = (0..plan.steps.len()).rev().peekable();
+        while let Some(&index) = steps.peek() {
+            let large = rows.k * plan.values[plan.steps[index].output].len() > HEAD_LIMIT;
+            if !self.training && rows.points > 1 && large {
+                break;
+            }
+            steps.next();
+            self.step_into(index, &mut grads, rows, &mut parameters);
+        }
+        let Some(&first_alone) = steps.peek() else {
+            return (self.input_grad(&mut grads, rows), parameters);
+        };
+        let n = plan.input().len();
+        let mut input = vec![0f32; rows.points * rows.k * n];
+        let continue_point = |(b, out): (usize, &mut [f32])| {
+            let mut own: Vec<Option<Grad>> = grads
+                .iter()
+                .zip(&plan.values)
+                .map(|(g, dims)| {
+                    g.as_ref().map(|g| Grad {
+                        values: g.values[b * rows.k * dims.len()..][..rows.k * dims.len()].to_vec(),
+                        support: g.support.as_ref().map(|s| s[b * dims.len()..][..dims.len()].to_vec()),
+                    })
+                })
+                .collect();
+            let single = Rows { points: 1, k: rows.k, threads: Threads::Caller, point: Some(b), batch: rows.batch };
+            let mut unused = Gradients::new();
+            for index in (0..=first_alone).rev() {
+                self.step_into(index, &mut own, single, &mut unused);
+            }
+            out.copy_from_slice(&self.input_grad(&mut own, single));
+        };
+        input.par_chunks_mut(rows.k * n).enumerate().for_each(continue_point);
+        (input, parameters)
+    }
+
+    fn input_grad(&self, grads: &mut [Option<Grad>], rows: Rows) -> Vec<f32> {
+        if self.training {
+            return Vec::new();
+        }
+        grads[0].take().map(|g| g.values).unwrap_or_else(|| vec![0.0; rows.points * rows.k * self.plan.input().len()])
+    }
+
+    /// Runs step `index` backward, adding its contributions to its inputs' gradients.
+    fn step_into(&self, index: usize, grads: &mut [Option<Grad>], rows: Rows, parameters: &mut Gradients) {
+        let step = &self.plan.steps[index];
+        let Some(grad) = grads[step.output].take() else { return };
+        let contributions = self.step(index, grad, rows, parameters);
+        for (&v, contribution) in step.inputs.iter().zip(contributions) {
+            // Training never needs the input's gradient.
+            let (Some(contribution), false) = (contribution, self.training && v == 0) else { continue };
+            match &mut grads[v] {
+                Some(existing) => existing.add(contribution),
+                slot => *slot = Some(contribution),
+            }
+        }
+    }
+
+    /// The gradients of one step's inputs (`None` where not wanted).
+    fn step(&self, index: usize, grad: Grad, rows: Rows, parameters: &mut Gradients) -> Vec<Option<Grad>> {
+        let plan = self.plan;
+        let step = &plan.steps[index];
+        let saved = &self.pass.saved[index];
+        let dims: Vec<Dims> = step.inputs.iter().map(|&v| plan.values[v]).collect();
+        let (input, output) = (dims[0], plan.values[step.output]);
+        let (n_in, n_out, k, channels) = (input.len(), output.len(), rows.k, input.channels);
+        let wants_input = !(self.training && step.inputs[0] == 0);
+        match &step.op {
+            StepOp::Conv(conv) => {
+                let x = self.pass.values.get(step.inputs[0]).and_then(|v| v.as_deref());
+                let weights = &self.reverse_weights[index];
+                vec![conv_backward(conv, weights, grad, x, rows, wants_input, self.training, parameters)]
+            }
+            StepOp::Linear(linear) => {
+                let x = self.pass.values.get(step.inputs[0]).and_then(|v| v.as_deref());
+                vec![linear_backward(linear, grad, x, rows, self.training, parameters)]
+            }
+            StepOp::Affine { scale, .. } => vec![Some(by_channel(grad, scale, channels))],
+            StepOp::BatchNorm(norm) => match (self.training, saved) {
+                (true, Saved::BatchNorm { normalised, inv_std, .. }) => {
+                    vec![Some(batch_norm_backward(norm, normalised, inv_std, grad, channels, parameters))]
+                }
+                _ => vec![Some(by_channel(grad, &norm.eval_affine().0, channels))],
+            },
+            StepOp::Activation(_) => {
+                let Saved::Derivative { values: derivative, gates } = saved else { return vec![Some(grad)] };
+                let derivative = rows.own(derivative);
+                let Grad { mut values, support } = grad;
+                for (r, row) in values.chunks_mut(n_in).enumerate() {
+                    let d = &derivative[(r / k) * n_in..][..n_in];
+                    row.iter_mut().zip(d).for_each(|(g, d)| *g *= d);
+                }
+                let support = match gates {
+                    true => {
+                        let mut s = support.unwrap_or_else(|| vec![true; rows.points * n_in]);
+                        s.iter_mut().zip(derivative).for_each(|(s, d)| *s &= *d != 0.0);
+                        Some(s)
+                    }
+                    false => support,
+                };
+                vec![Some(Grad { values, support })]
+            }
+            StepOp::MaxPool(_) => {
+                let Saved::Winners(winners) = saved else { unreachable!("max-pool keeps its winners") };
+                let winners = rows.own(winners);
+                let mut support = vec![false; rows.points * n_in];
+                let mut values = vec![0f32; grad.values.len() / n_out * n_in];
+                for (r, (back, g)) in values.chunks_mut(n_in).zip(grad.values.chunks(n_out)).enumerate() {
+                    let point = r / k;
+                    for (e, (&w, &g)) in winners[point * n_out..][..n_out].iter().zip(g).enumerate() {
+                        back[w as usize] += g;
+                        if r % k == 0 && grad.support.as_ref().is_none_or(|s| s[point * n_out + e]) {
+                            support[point * n_in + w as usize] = true;
+                        }
+                    }
+                }
+                vec![Some(Grad { values, support: Some(support) })]
+            }
+            StepOp::AvgPool(pool) => vec![Some(Grad::dense(through_avg_pool(&grad.values, pool, input, output)))],
+            StepOp::GlobalAvgPool => vec![Some(Grad::dense(through_global_avg(&grad.values, input)))],
+            StepOp::Flatten | StepOp::Reshape => vec![Some(Grad::dense(through_relayout(&grad.values, input, output)))],
+            StepOp::Binary(arith) => {
+                let (a, b) = match saved {
+                    Saved::Operands(a, b) => (rows.own(a), rows.own(b)),
+                    _ => (&[][..], &[][..]),
+                };
+                let (first, second) = through_binary(*arith, &grad.values, (a, b), &dims, k);
+                // A sum or difference passes the support on; a product or quotient may not.
+                let support = grad.support.filter(|_| matches!(arith, Arith::Add | Arith::Sub));
+                let second_support = support.clone().filter(|_| dims[1] == dims[0]);
+                vec![Some(Grad { values: first, support }), Some(Grad { values: second, support: second_support })]
+            }
+            StepOp::Constant { arith, values: constants, constant_first } => {
+                let x = match saved {
+                    Saved::Operands(x, _) => rows.own(x),
+                    _ => &[][..],
+                };
+                let Grad { mut values, support } = grad;
+                through_constant(*arith, constants, *constant_first, &mut values, x, input, k);
+                vec![Some(Grad { values, support })]
+            }
+            StepOp::Identity => vec![Some(grad)],
+        }
+    }
+}
+
+fn by_channel(grad: Grad, scale: &[f32], channels: usize) -> Grad {
+    let Grad { mut values, support } = grad;
+    values.iter_mut().enumerate().for_each(|(i, g)| *g *= scale[i % channels]);
+    Grad { values, support }
+}
+
+/// Training-mode batch norm: the gradients of its weight and bias and of its input.
+fn batch_norm_backward(
+    norm: &BatchNormStep,
+    normalised: &[f32],
+    inv_std: &[f32],
+    grad: Grad,
+    channels: usize,
+    parameters: &mut Gradients,
+) -> Grad {
+    let c = channels;
+    let values = grad.values;
+    let count = values.len() / c;
+    let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
+    for (e, (g, n)) in values.iter().zip(normalised).enumerate() {
+        sum_g[e % c] += *g as f64;
+        sum_gx[e % c] += (*g * *n) as f64;
+    }
+    let name = |leaf: &str| format!("{}.{leaf}", norm.name);
+    parameters.push((name("weight"), sum_gx.iter().map(|&v| v as f32).collect()));
+    parameters.push((name("bias"), sum_g.iter().map(|&v| v as f32).collect()));
+    let n = count as f32;
+    let back = values
+        .iter()
+        .zip(normalised)
+        .enumerate()
+        .map(|(e, (g, x_hat))| {
+            let ch = e % c;
+            norm.weight[ch] * inv_std[ch] / n * (n * g - sum_g[ch] as f32 - x_hat * sum_gx[ch] as f32)
+        })
+        .collect();
+    Grad::dense(back)
 }
 
 /// Spreads each output gradient evenly over its window.
-pub(crate) fn through_avg_pool(values: &[f32], pool: &Pool, input: Dims, output: Dims) -> Vec<f32> {
+fn through_avg_pool(values: &[f32], pool: &Pool, input: Dims, output: Dims) -> Vec<f32> {
     let (n_in, n_out, c) = (input.len(), output.len(), input.channels);
+    // Each output position's window and 1/divisor, once for all rows.
+    let windows: Vec<(Vec<usize>, f32)> = (0..output.plane())
+        .map(|o| {
+            let at = (o / output.width, o % output.width);
+            (avg_window(pool, at, input).collect(), 1.0 / pool.divisor(at, (input.height, input.width)) as f32)
+        })
+        .collect();
     let mut back = vec![0f32; values.len() / n_out * n_in];
     for (back, g) in back.chunks_mut(n_in).zip(values.chunks(n_out)) {
-        for oy in 0..output.height {
-            for ox in 0..output.width {
-                let divisor = pool.divisor((oy, ox), (input.height, input.width)) as f32;
-                let share = &g[(oy * output.width + ox) * c..][..c];
-                for position in avg_window(pool, (oy, ox), input) {
-                    for (b, s) in back[position * c..][..c].iter_mut().zip(share) {
-                        *b += s / divisor;
-                    }
+        for (o, (window, share)) in windows.iter().enumerate() {
+            let g = &g[o * c..][..c];
+            for &position in window {
+                for (b, g) in back[position * c..][..c].iter_mut().zip(g) {
+                    *b += g * share;
                 }
             }
         }
@@ -55,7 +312,7 @@ pub(crate) fn through_avg_pool(values: &[f32], pool: &Pool, input: Dims, output:
 }
 
 /// Each channel's gradient shared by its positions.
-pub(crate) fn through_global_avg(values: &[f32], input: Dims) -> Vec<f32> {
+fn through_global_avg(values: &[f32], input: Dims) -> Vec<f32> {
     let (c, plane) = (input.channels, input.plane() as f32);
     let mut back = vec![0f32; values.len() / c * input.len()];
     for (back, g) in back.chunks_mut(input.len()).zip(values.chunks(c)) {
@@ -68,38 +325,35 @@ pub(crate) fn through_global_avg(values: &[f32], input: Dims) -> Vec<f32> {
 
 /// The reverse of flatten or reshape: the forward went channel-last → channel-first →
 /// channel-last of `output`.
-pub(crate) fn through_relayout(values: &[f32], input: Dims, output: Dims) -> Vec<f32> {
+fn through_relayout(values: &[f32], input: Dims, output: Dims) -> Vec<f32> {
     let n = input.len();
     let mut back = vec![0f32; values.len()];
-    let mut chw = vec![0f32; n];
+    let mut chw = vec![0f32; if output.is_flat() { 0 } else { n }];
     for (back, g) in back.chunks_mut(n).zip(values.chunks(n)) {
-        to_channel_first(g, output, &mut chw);
-        to_channel_last(&chw, input, back);
+        // A flat value's channel-last order is its channel-first order.
+        let g = if output.is_flat() {
+            g
+        } else {
+            to_channel_first(g, output, &mut chw);
+            &chw
+        };
+        to_channel_last(g, input, back);
     }
     back
 }
 
-/// Multiplies by a per-channel factor.
-pub(crate) fn scaled_by_channel(values: &mut [f32], scale: &[f32], channels: usize) {
-    values.iter_mut().enumerate().for_each(|(i, g)| *g *= scale[i % channels]);
-}
-
-/// The gradients of both inputs of `a ∘ b`; a `[C]` second operand (broadcast over positions)
-/// gets its gradient summed over positions.
-pub(crate) fn through_binary(
+/// The gradients of both inputs of `a ∘ b` (`[point][…]` operands); a `[C]` second operand
+/// (broadcast over positions) gets its gradient summed over positions.
+fn through_binary(
     arith: Arith,
     values: &[f32],
-    saved: &Saved,
+    (a, b): (&[f32], &[f32]),
     dims: &[Dims],
     rows_per_point: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let (n, channels) = (dims[0].len(), dims[0].channels);
     let per_channel = dims[1] != dims[0];
     let n_second = dims[1].len();
-    let (a, b) = match saved {
-        Saved::Operands(a, b) => (a.as_slice(), b.as_slice()),
-        _ => (&[][..], &[][..]),
-    };
     let point = |i: usize| i / n / rows_per_point;
     let first_at = |i: usize| a[point(i) * n + i % n];
     let second_at =
@@ -130,13 +384,14 @@ pub(crate) fn through_binary(
     (first, second)
 }
 
-/// The gradient of `x ∘ c` (or `c ∘ x`) with respect to x.
-pub(crate) fn through_constant(
+/// The gradient of `x ∘ c` (or `c ∘ x`) with respect to x (`x`: the input, `[point][…]`, kept
+/// only for `c / x`).
+fn through_constant(
     arith: Arith,
     constants: &[f32],
     constant_first: bool,
     values: &mut [f32],
-    saved: &Saved,
+    x: &[f32],
     dims: Dims,
     rows_per_point: usize,
 ) {
@@ -150,10 +405,7 @@ pub(crate) fn through_constant(
             (Arith::Mul, _) => *g * constant(e),
             (Arith::Div, false) => *g / constant(e),
             (Arith::Div, true) => {
-                let x = match saved {
-                    Saved::Operands(x, _) => x[(i / n / rows_per_point) * n + e],
-                    _ => f32::NAN,
-                };
+                let x = x[(i / n / rows_per_point) * n + e];
                 -*g * constant(e) / (x * x)
             }
         };

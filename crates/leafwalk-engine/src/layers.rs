@@ -1,0 +1,262 @@
+//! The reverse of convolutions and linear layers: the input's gradient — over the active output
+//! units only where the support is sparse, by the register-blocked gathers of
+//! [`crate::kernels`], else by `gemm` — and, in training, the parameters' gradients.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::forward::Threads;
+use crate::kernels::{
+    bands, col2im, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_parallel, rows_gather,
+    unit_patches, ActiveUnits, PointRows, CHANNEL_PAD,
+};
+use crate::plan::{ConvStep, LinearStep};
+use crate::reverse::{Grad, Rows};
+
+/// Parameter gradients by tensor name, in PyTorch's layouts.
+pub(crate) type Gradients = Vec<(String, Vec<f32>)>;
+
+/// The relative cost of a sparse gather term to a dense `gemm` term: a point's convolution is
+/// reversed over its active units when `active units × padded input channels × this <
+/// positions × outputs × input channels`.
+const GATHER_COST: usize = 2;
+
+/// Runs of points whose convolution weight gradients are summed in parallel, then in order, so
+/// that training rounds the same at a given batch size on any number of threads.
+const GRADIENT_RUNS: usize = 4;
+
+/// A convolution's reverse: its input's gradient (when wanted) and, in training, its weight
+/// and bias gradients (from its input `x`, `[point][H][W][C]`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_backward(
+    conv: &ConvStep,
+    reverse_weights: &OnceLock<(Vec<f32>, usize)>,
+    grad: Grad,
+    x: Option<&[f32]>,
+    rows: Rows,
+    wants_input: bool,
+    training: bool,
+    parameters: &mut Gradients,
+) -> Option<Grad> {
+    let shape = conv.shape;
+    let (positions, cout, k) = (shape.positions(), conv.conv.out_channels, rows.k);
+    let (n_in, n_out) = (shape.input.iter().product::<usize>(), positions * cout);
+    let channels = shape.input[2];
+    let padded = channels.div_ceil(CHANNEL_PAD) * CHANNEL_PAD;
+    let sparse = |b: usize| -> Option<&[bool]> {
+        let support = &grad.support.as_ref()?[b * n_out..][..n_out];
+        let active = support.iter().filter(|&&on| on).count();
+        (conv.conv.groups == 1 && active * padded * GATHER_COST < positions * cout * channels).then_some(support)
+    };
+    if training {
+        if let Some(x) = x {
+            conv_parameters(conv, &grad, x, rows.points, &sparse, parameters);
+        }
+    }
+    if !wants_input {
+        return None;
+    }
+    let mut values = vec![0f32; rows.points * k * n_in];
+    let point = |b: usize, out: &mut [f32], threads: Threads| {
+        let g = &grad.values[b * k * n_out..][..k * n_out];
+        match sparse(b) {
+            Some(support) => {
+                let units = ActiveUnits::gather(g, support, positions, cout, k);
+                let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
+                match k {
+                    1 => conv_scatter(&conv.shape, &units, weights, *padded, &conv.sources, out),
+                    _ => gather_bands(conv, &units, weights, *padded, k, out, threads),
+                }
+            }
+            None => conv_dense(conv, g, k, out, threads),
+        }
+    };
+    match rows.threads {
+        Threads::Points => {
+            values.par_chunks_mut(k * n_in).enumerate().for_each(|(b, out)| point(b, out, Threads::Caller))
+        }
+        threads => values.chunks_mut(k * n_in).enumerate().for_each(|(b, out)| point(b, out, threads)),
+    }
+    Some(Grad::dense(values))
+}
+
+/// The weight and bias gradients of a convolution over a batch (one row per point): per run of
+/// points, each point's active units' gradients times their patches where the support is
+/// sparse, its im2col rows times its gradient by `gemm` where it is not.
+fn conv_parameters<'s>(
+    conv: &ConvStep,
+    grad: &Grad,
+    x: &[f32],
+    points: usize,
+    sparse: &(dyn Fn(usize) -> Option<&'s [bool]> + Sync),
+    parameters: &mut Gradients,
+) {
+    let shape = conv.shape;
+    let (positions, patch, cout, cout_g) = (shape.positions(), shape.patch(), conv.conv.out_channels, conv.group_out());
+    let (n_in, n_out) = (shape.input.iter().product::<usize>(), positions * cout);
+    let run = |run: &std::ops::Range<usize>| {
+        // `dense`: the forward kernel's layout; `by_unit`: `[out][patch]`.
+        let (mut dense, mut by_unit) = (vec![0f32; conv.forward.len()], vec![0f32; conv.forward.len()]);
+        let mut cols = vec![0f32; positions * patch];
+        for b in run.clone() {
+            let (x, g) = (&x[b * n_in..][..n_in], &grad.values[b * n_out..][..n_out]);
+            let support = sparse(b);
+            for group in 0..conv.conv.groups {
+                let a: &[f32] = if shape.is_pointwise() {
+                    x
+                } else {
+                    im2col(&shape, x, group * shape.group_in, 0..positions, &mut cols);
+                    &cols
+                };
+                match support {
+                    Some(support) => {
+                        let units = ActiveUnits::gather(g, support, positions, cout, 1);
+                        unit_patches(&units, a, patch, &mut by_unit);
+                    }
+                    None => {
+                        let dw = &mut dense[group * patch * cout_g..][..patch * cout_g];
+                        let g = (&g[group * cout_g..], cout, 1);
+                        matmul((patch, cout_g, positions), (dw, cout_g), (a, 1, patch), g, true);
+                    }
+                }
+            }
+        }
+        (dense, by_unit)
+    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = bands(points, GRADIENT_RUNS, 1).par_iter().map(run).collect();
+    let (mut dense, mut by_unit) = (vec![0f32; conv.forward.len()], vec![0f32; conv.forward.len()]);
+    for (d, u) in &partials {
+        dense.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+        by_unit.iter_mut().zip(u).for_each(|(a, b)| *a += b);
+    }
+    let mut weight = conv.to_pytorch_layout(&dense);
+    weight.iter_mut().zip(conv.unit_rows_to_pytorch_layout(&by_unit)).for_each(|(a, b)| *a += b);
+    parameters.push((conv.weight_name.clone(), weight));
+    if let Some(name) = &conv.bias_name {
+        let mut bias = vec![0f32; cout];
+        for position in grad.values.chunks(cout) {
+            bias.iter_mut().zip(position).for_each(|(b, g)| *b += g);
+        }
+        parameters.push((name.clone(), bias));
+    }
+}
+
+/// One point's sparse convolution reverse over fixed bands of input rows, written in place
+/// (`out`: `[K][H][W][C]`).
+fn gather_bands(
+    conv: &ConvStep,
+    units: &ActiveUnits,
+    weights: &[f32],
+    padded: usize,
+    k: usize,
+    out: &mut [f32],
+    threads: Threads,
+) {
+    let shape = &conv.shape;
+    let [height, width, channels] = shape.input;
+    let n_in = height * width * channels;
+    let parts = if units.channels.len() * shape.taps() * padded * k >= 1 << 20 { 4 } else { 1 };
+    let row_bands = bands(height, parts, 1);
+    if row_bands.len() == 1 {
+        dispatch_classes!(k, conv_gather(shape, units, weights, padded, 0..height, out));
+        return;
+    }
+    let gather = |rows: &std::ops::Range<usize>| {
+        let mut part = vec![0f32; k * rows.len() * width * channels];
+        dispatch_classes!(k, conv_gather(shape, units, weights, padded, rows.clone(), &mut part));
+        part
+    };
+    let parts: Vec<Vec<f32>> = match threads {
+        Threads::Bands => row_bands.par_iter().map(gather).collect(),
+        _ => row_bands.iter().map(gather).collect(),
+    };
+    for (rows, part) in row_bands.iter().zip(&parts) {
+        let band = rows.len() * width * channels;
+        for class in 0..k {
+            out[class * n_in + rows.start * width * channels..][..band].copy_from_slice(&part[class * band..][..band]);
+        }
+    }
+}
+
+/// One point's dense convolution reverse: per row, the gradient times the kernel, then col2im
+/// (`out`: `[K][H][W][C]`, zeros on entry).
+fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads: Threads) {
+    let shape = conv.shape;
+    let (positions, cout, cout_g, patch) = (shape.positions(), conv.conv.out_channels, conv.group_out(), shape.patch());
+    let n_in = out.len() / k;
+    let row = |(back, g): (&mut [f32], &[f32])| {
+        let mut cols = vec![0f32; positions * patch];
+        for group in 0..conv.conv.groups {
+            let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
+            let g = (&g[group * cout_g..], cout, 1);
+            matmul((positions, patch, cout_g), (&mut cols, patch), g, (kernel, 1, cout_g), false);
+            col2im(&shape, &conv.readers, &cols, group * shape.group_in, back);
+        }
+    };
+    match threads {
+        Threads::Bands => out.par_chunks_mut(n_in).zip(grad.par_chunks(positions * cout)).for_each(row),
+        _ => out.chunks_mut(n_in).zip(grad.chunks(positions * cout)).for_each(row),
+    }
+}
+
+/// A linear layer's reverse: in training (one row per point) its weight and bias gradients and
+/// its input's, all batch products; for the Jacobian each point's active outputs (or all of
+/// them) gathered over fixed bands of input columns, the batch's rows of W read once.
+pub(crate) fn linear_backward(
+    linear: &LinearStep,
+    grad: Grad,
+    x: Option<&[f32]>,
+    rows: Rows,
+    training: bool,
+    parameters: &mut Gradients,
+) -> Option<Grad> {
+    let (n_in, n_out, k, points) = (linear.inputs, linear.outputs, rows.k, rows.points);
+    if training {
+        let x = x?;
+        let mut weight = vec![0f32; n_out * n_in];
+        matmul_parallel((n_out, n_in, points), (&mut weight, n_in), (&grad.values, 1, n_out), (x, n_in, 1), false);
+        parameters.push((linear.weight_name.clone(), weight));
+        if let Some(name) = &linear.bias_name {
+            let mut bias = vec![0f32; n_out];
+            for row in grad.values.chunks(n_out) {
+                bias.iter_mut().zip(row).for_each(|(b, g)| *b += g);
+            }
+            parameters.push((name.clone(), bias));
+        }
+        let mut back = vec![0f32; points * n_in];
+        let w = (&linear.weight[..], n_in, 1);
+        matmul_parallel((points, n_in, n_out), (&mut back, n_in), (&grad.values, n_out, 1), w, false);
+        return Some(Grad::dense(back));
+    }
+    let active = |b: usize, r: usize| grad.support.as_ref().is_none_or(|s| s[b * n_out + r]);
+    let union: Vec<u32> = (0..n_out).filter(|&r| (0..points).any(|b| active(b, r))).map(|r| r as u32).collect();
+    let per_point: Vec<PointRows> = (0..points)
+        .map(|b| {
+            let g = &grad.values[b * k * n_out..][..k * n_out];
+            let (positions, rows): (Vec<u32>, Vec<u32>) =
+                union.iter().enumerate().filter(|&(_, &r)| active(b, r as usize)).map(|(i, &r)| (i as u32, r)).unzip();
+            let coefficients =
+                rows.iter().flat_map(|&r| (0..k).map(move |class| g[class * n_out + r as usize])).collect();
+            PointRows { positions, coefficients }
+        })
+        .collect();
+    let work = union.len() * n_in * k * points;
+    let column_bands = bands(n_in, if work >= 1 << 20 { 4 } else { 1 }, 16);
+    let gather = |columns: &std::ops::Range<usize>| {
+        let mut out = vec![0f32; points * k * columns.len()];
+        dispatch_classes!(k, rows_gather(&linear.weight, n_in, &union, &per_point, columns.clone(), &mut out));
+        out
+    };
+    let parts: Vec<Vec<f32>> = match rows.threads {
+        Threads::Caller => column_bands.iter().map(gather).collect(),
+        _ => column_bands.par_iter().map(gather).collect(),
+    };
+    let mut values = vec![0f32; points * k * n_in];
+    for (columns, part) in column_bands.iter().zip(&parts) {
+        for (row, values) in values.chunks_mut(n_in).enumerate() {
+            values[columns.clone()].copy_from_slice(&part[row * columns.len()..][..columns.len()]);
+        }
+    }
+    Some(Grad::dense(values))
+}
