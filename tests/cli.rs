@@ -97,7 +97,7 @@ fn train_writes_checkpoints_log_and_loadable_models() {
     assert_eq!(summary["epochs"][1]["step"], 6);
     let model = Classifier::load(&out.join("epoch-02.safetensors"), Default::default(), &Device::Cpu).unwrap();
     let meta = model.meta();
-    assert_eq!((meta.arch, meta.dataset.as_deref(), meta.epoch, meta.step), (Arch::Mlp, Some("mnist"), 2, 6));
+    assert_eq!((&meta.arch, meta.dataset.as_deref(), meta.epoch, meta.step), (&Arch::Mlp.into(), Some("mnist"), 2, 6));
     assert_eq!(meta.mean, vec![0.1307]);
     assert_eq!(meta.extra["optimizer"], "sgd");
     assert!(meta.test_accuracy.is_some());

@@ -281,6 +281,55 @@ fn resnet_stages(g: &mut GraphBuilder, x: usize, channels: usize, stages: &[(usi
     g.linear("fc", x, Linear::new(channels, classes))
 }
 
+/// What a model is: a built-in architecture (rebuilt for the model's input and classes) or a
+/// description of its own, carried whole in its checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Architecture {
+    Builtin(Arch),
+    Custom(Box<Description>),
+}
+
+impl Architecture {
+    /// The built-in's name, or `custom`.
+    pub fn name(&self) -> &str {
+        match self {
+            Architecture::Builtin(arch) => arch.name(),
+            Architecture::Custom(_) => "custom",
+        }
+    }
+
+    /// The network for `input` images and `classes` classes (a custom description must already
+    /// be for them).
+    pub fn description(&self, input: Dims, classes: usize) -> Result<Description, DescriptionError> {
+        match self {
+            Architecture::Builtin(arch) => arch.description(input, classes),
+            Architecture::Custom(description) => {
+                let found = description.classes()?;
+                let mismatch = |problem: String| DescriptionError { node: "input".into(), kind: "Input", problem };
+                if description.input != input {
+                    return Err(mismatch(format!("the description takes {} inputs, not {input}", description.input)));
+                }
+                if found != classes {
+                    return Err(mismatch(format!("the description has {found} classes, not {classes}")));
+                }
+                Ok((**description).clone())
+            }
+        }
+    }
+}
+
+impl From<Arch> for Architecture {
+    fn from(arch: Arch) -> Self {
+        Architecture::Builtin(arch)
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

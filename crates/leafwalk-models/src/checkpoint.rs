@@ -1,7 +1,8 @@
 //! Safetensors files with leafwalk metadata.
 //!
 //! A checkpoint is a plain safetensors file (never a pickle) whose metadata carries everything
-//! needed to rebuild the classifier without side information: `leafwalk.arch`, `.input`
+//! needed to rebuild the classifier without side information: `leafwalk.arch` (a built-in's
+//! name, or `custom` with the whole description as JSON in `.layers`), `.input`
 //! (`[channels, height, width]`), `.dataset` (absent for a model of no registered dataset),
 //! `.classes`, `.mean`, `.std` (JSON arrays), `.epoch`, `.step`, `.test_accuracy` and
 //! `.format_version`. Version 1 files have no `.input`: their dataset's image shape is it.
@@ -14,7 +15,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::{Arch, Dims, ModelError, Result};
+use crate::{Arch, Architecture, Description, Dims, ModelError, Result};
 
 pub const FORMAT_VERSION: u32 = 2;
 const PREFIX: &str = "leafwalk.";
@@ -22,7 +23,7 @@ const PREFIX: &str = "leafwalk.";
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointMeta {
-    pub arch: Arch,
+    pub arch: Architecture,
     /// The image shape the network takes.
     pub input: Dims,
     /// The registered dataset the model was trained on, if any.
@@ -42,7 +43,7 @@ impl CheckpointMeta {
     pub fn new(arch: Arch, dataset: &leafwalk_data::DatasetInfo) -> Self {
         let shape = dataset.shape;
         CheckpointMeta {
-            arch,
+            arch: arch.into(),
             input: Dims::new(shape.channels, shape.height, shape.width),
             dataset: Some(dataset.name.to_string()),
             classes: dataset.classes.iter().map(|c| c.to_string()).collect(),
@@ -55,9 +56,9 @@ impl CheckpointMeta {
         }
     }
 
-    /// Metadata for a fresh model of `arch` tied to no dataset: `input` images, classes named
-    /// 0…C−1, no normalisation (mean 0, std 1).
-    pub fn without_dataset(arch: Arch, input: Dims, classes: usize) -> Self {
+    /// Metadata for a model of `arch` tied to no dataset: `input` images, classes named 0…C−1,
+    /// no normalisation (mean 0, std 1).
+    pub fn without_dataset(arch: Architecture, input: Dims, classes: usize) -> Self {
         CheckpointMeta {
             arch,
             input,
@@ -77,6 +78,10 @@ impl CheckpointMeta {
             self.extra.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())).collect();
         m.insert(format!("{PREFIX}format_version"), FORMAT_VERSION.to_string());
         m.insert(format!("{PREFIX}arch"), self.arch.name().to_string());
+        if let Architecture::Custom(description) = &self.arch {
+            // Serialising a description (plain data) cannot fail.
+            m.insert(format!("{PREFIX}layers"), serde_json::to_string(description).unwrap_or_default());
+        }
         m.insert(format!("{PREFIX}input"), json(&[self.input.channels, self.input.height, self.input.width]));
         if let Some(dataset) = &self.dataset {
             m.insert(format!("{PREFIX}dataset"), dataset.clone());
@@ -106,7 +111,16 @@ impl CheckpointMeta {
                 format!("{version} is newer than this leafwalk understands ({FORMAT_VERSION})"),
             ));
         }
-        let arch: Arch = arch.parse().map_err(|e: ModelError| bad("arch", e.to_string()))?;
+        let arch = match arch.as_str() {
+            "custom" => {
+                let layers = get("layers")?;
+                let description: Description =
+                    serde_json::from_str(layers).map_err(|e| bad("layers", format!("not a model description: {e}")))?;
+                description.shapes().map_err(|e| bad("layers", e.to_string()))?;
+                Architecture::Custom(Box::new(description))
+            }
+            name => Architecture::Builtin(name.parse().map_err(|e: ModelError| bad("arch", e.to_string()))?),
+        };
         let parse_json = |key: &str| -> Result<serde_json::Value> {
             serde_json::from_str(get(key)?).map_err(|e| bad(key, format!("not JSON: {e}")))
         };
@@ -141,8 +155,19 @@ impl CheckpointMeta {
             Some(v) => Some(v.parse().map_err(|e| bad("test_accuracy", format!("{e}")))?),
             None => None,
         };
-        const KNOWN: [&str; 10] =
-            ["format_version", "arch", "input", "dataset", "classes", "mean", "std", "epoch", "step", "test_accuracy"];
+        const KNOWN: [&str; 11] = [
+            "format_version",
+            "arch",
+            "layers",
+            "input",
+            "dataset",
+            "classes",
+            "mean",
+            "std",
+            "epoch",
+            "step",
+            "test_accuracy",
+        ];
         let extra = metadata
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|k| (k, v)))

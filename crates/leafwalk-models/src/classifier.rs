@@ -9,7 +9,7 @@ use crate::checkpoint::{self, CheckpointMeta};
 use crate::description::{Description, ParamRole};
 use crate::network::GraphNet;
 use crate::params::ParamSource;
-use crate::{Arch, ModelError, Result};
+use crate::{Arch, Architecture, ModelError, Result};
 
 /// Per-channel input normalisation `(pixel − mean) / std`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -89,7 +89,7 @@ impl Classifier {
         let (tensors, metadata) = checkpoint::read(path, device)?;
         let meta = match CheckpointMeta::from_metadata(path, &metadata)? {
             Some(meta) => {
-                if let Some(arch) = options.arch.filter(|a| *a != meta.arch) {
+                if let Some(arch) = options.arch.filter(|a| Architecture::Builtin(*a) != meta.arch) {
                     return Err(ModelError::checkpoint(path, format!("is a {} checkpoint, not {arch}", meta.arch)));
                 }
                 if let Some(ds) = options.dataset.filter(|d| Some(d.name) != meta.dataset.as_deref()) {
@@ -128,7 +128,7 @@ impl Classifier {
             Some(d) => CheckpointMeta::new(arch, d),
             None => {
                 let (input, classes) = arch.default_input_and_classes();
-                CheckpointMeta::without_dataset(arch, input, classes)
+                CheckpointMeta::without_dataset(arch.into(), input, classes)
             }
         };
         if let Some(normalisation) = &options.normalisation {
@@ -242,8 +242,8 @@ impl Classifier {
         candle_nn::ops::log_softmax(&self.net.run(normalised, false, None)?.0, D::Minus1)
     }
 
-    pub fn arch(&self) -> Arch {
-        self.meta.arch
+    pub fn arch(&self) -> &Architecture {
+        &self.meta.arch
     }
 
     pub fn meta(&self) -> &CheckpointMeta {

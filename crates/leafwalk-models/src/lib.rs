@@ -20,7 +20,7 @@ mod error;
 pub mod network;
 mod params;
 
-pub use arch::Arch;
+pub use arch::{Arch, Architecture};
 pub use checkpoint::{CheckpointMeta, FORMAT_VERSION};
 pub use classifier::{Classifier, LoadOptions, Normalisation};
 pub use description::{Description, DescriptionError, Dims};
