@@ -30,6 +30,13 @@ pub enum Command {
         after_help = "Example:\n  leafwalk train --dataset mnist --arch mnist-cnn --epochs 3 --optimizer adamw --lr 0.001 --out runs/mnist"
     )]
     Train(TrainArgs),
+    /// Write a freshly initialised model of a built-in architecture (PyTorch's default
+    /// initialisation, seeded): untrained baselines, or a model of any input size and class
+    /// count to try the geometry on.
+    #[command(
+        after_help = "Examples:\n  leafwalk init --arch resnet-mini --dataset fashion-mnist --seed 1 --out fresh.safetensors\n  leafwalk init --arch resnet18 --input 3x224x224 --classes 1000 --out resnet18.safetensors"
+    )]
+    Init(InitArgs),
     /// Classify images or dataset entries with a model and print the class probabilities.
     #[command(
         after_help = "Examples:\n  leafwalk predict models/samples/mnist-7.png\n  leafwalk predict mnist:test:17 fashion-mnist:test:3 --model models/fashion-mnist-cnn.safetensors"
@@ -147,6 +154,30 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Architecture (see `leafwalk train --help`).
+    #[arg(long)]
+    pub arch: Arch,
+    /// Dataset the model is for: its image shape, classes and normalisation. Without it:
+    /// --input and --classes (default: the architecture's usual ones), no normalisation.
+    #[arg(long, conflicts_with_all = ["input", "classes"])]
+    pub dataset: Option<String>,
+    /// Input shape CxHxW, e.g. 3x224x224.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Number of classes (named 0 … C−1).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    #[command(flatten)]
+    pub normalisation: NormalisationArgs,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The checkpoint to write (refused if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Where a command's model comes from.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -220,7 +251,7 @@ pub struct InspectArgs {
     #[arg(long = "ref")]
     pub reference: Vec<DatasetRef>,
     /// A whole split, NAME:SPLIT (e.g. mnist:test): summary statistics over --limit images.
-    #[arg(long, conflicts_with_all = ["image", "reference", "basis_png", "full_g"])]
+    #[arg(long, conflicts_with_all = ["image", "reference", "basis_png", "full_g", "leaf_basis"])]
     pub data: Option<DatasetRef>,
     /// Images taken from --data, evenly spaced over the split (its files are sorted by class).
     #[arg(long, default_value_t = 500)]
@@ -236,6 +267,11 @@ pub struct InspectArgs {
     /// Draw each image with the eigenvectors of its G (signed heat-maps) into this PNG.
     #[arg(long)]
     pub basis_png: Option<PathBuf>,
+    /// Write each input's leaf basis — the unit eigenvectors of G, largest eigenvalue first, as
+    /// the rows of an r×n float32 tensor `basis.I` — and its eigenvalues `eigenvalues.I` to
+    /// this safetensors file.
+    #[arg(long)]
+    pub leaf_basis: Option<PathBuf>,
     /// Write the dense n×n G of the (single) input as float64 .npy (n ≤ 4096 only).
     #[arg(long)]
     pub full_g: Option<PathBuf>,

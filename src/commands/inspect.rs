@@ -5,14 +5,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use candle_core::Tensor;
 use leafwalk_data::{Dataset, DatasetRef, ImageSource};
 use leafwalk_geometry::{
     argmax, batch_geometry, dataset_fisher, fisher_factors, median, PointGeometry, DATASET_FISHER_MAX_BYTES,
     DATASET_FISHER_MAX_POINTS,
 };
+use leafwalk_models::checkpoint::F32Values;
 use leafwalk_models::Classifier;
 use leafwalk_plot::{line_chart, LineChart, Series, Tile, TileKind};
+use nalgebra::DMatrix;
 use serde_json::{json, Value};
 
 use crate::cli::InspectArgs;
@@ -67,23 +68,73 @@ fn inspect_images(args: &InspectArgs, model: &Classifier, data_root: &Path) -> a
     if args.full_g.is_some() && sources.len() != 1 {
         bail!("--full-g writes the G of one input; {} were given", sources.len());
     }
-    let pixels = input_batch(&sources, model, args.invert, data_root)?;
-    let points = batch_geometry(model, &pixels)?;
-    let fisher = if args.fisher { Some(fisher_factors(model, &pixels)?) } else { None };
-    let summaries: Vec<Value> = points
-        .iter()
-        .enumerate()
-        .map(|(i, point)| {
-            let f = fisher.as_ref().map(|f| (f[i].trace(), f[i].eigenvalues()));
-            point_summary(model, &sources[i].to_string(), point, f)
-        })
-        .collect();
-    if let Some(path) = &args.basis_png {
-        draw_basis(path, model, &pixels, &points)?;
+    for path in [&args.leaf_basis, &args.full_g, &args.basis_png].into_iter().flatten() {
+        if path.exists() {
+            bail!("{}: already exists; choose another file", path.display());
+        }
     }
-    if let Some(path) = &args.full_g {
-        let dense = points[0].dense(FULL_G_MAX_DIM).with_context(|| format!("{}", path.display()))?;
-        write_npy(path, &dense)?;
+    // One image at a time: one point's J of a 1,000-class ImageNet-sized model is 600 MB.
+    let mut summaries = Vec::with_capacity(sources.len());
+    let mut rows = Vec::new();
+    // Per input: the leaf basis (r rows of n: the eigenvectors) and the eigenvalues.
+    let mut bases: Vec<(Vec<f32>, [usize; 2], Vec<f32>)> = Vec::new();
+    for (index, source) in sources.iter().enumerate() {
+        let pixels = input_batch(std::slice::from_ref(source), model, args.invert, data_root)?;
+        let point = batch_geometry(model, &pixels)?.remove(0);
+        let fisher = match args.fisher {
+            true => fisher_factors(model, &pixels)?.into_iter().next().map(|f| (f.trace(), f.eigenvalues())),
+            false => None,
+        };
+        let mut summary = point_summary(model, &source.to_string(), &point, fisher);
+        if let Some(path) = &args.full_g {
+            let dense = point.dense(FULL_G_MAX_DIM).with_context(|| format!("{}", path.display()))?;
+            write_npy(path, &dense)?;
+        }
+        if args.basis_png.is_none() && args.leaf_basis.is_none() {
+            summaries.push(summary);
+            continue;
+        }
+        let rank = point.rank();
+        let wanted = if args.leaf_basis.is_some() { rank } else { BASIS_TILES.min(rank) };
+        let vectors = point.eigenvectors(wanted);
+        let eigenvalues = point.spectrum().eigenvalues;
+        let probs: Vec<f64> = point.probs.iter().copied().collect();
+        drop(point);
+        if args.basis_png.is_some() {
+            let image: Vec<f32> = pixels.flatten_all()?.to_vec1()?;
+            rows.push(BasisRow::new(model, image, &probs, &vectors, &eigenvalues));
+        }
+        if args.leaf_basis.is_some() {
+            summary["leaf_basis"] = json!({
+                "tensors": [format!("basis.{index}"), format!("eigenvalues.{index}")], "vectors": vectors.ncols(),
+                "orthonormality_error_leading": orthonormality_error(&vectors),
+                "orthonormality_checked": vectors.ncols().min(CHECKED_VECTORS),
+            });
+            let (n, k) = vectors.shape();
+            // nalgebra stores by column: its storage is the r eigenvectors, n values each.
+            let eigenvalues = eigenvalues.iter().map(|&v| v as f32).collect();
+            bases.push((vectors.data.into(), [k, n], eigenvalues));
+        }
+        summaries.push(summary);
+    }
+    if let Some(path) = &args.basis_png {
+        draw_basis(path, model, &rows)?;
+    }
+    if let Some(path) = &args.leaf_basis {
+        let mut arrays = Vec::with_capacity(2 * bases.len());
+        for (index, (basis, [k, n], eigenvalues)) in bases.iter().enumerate() {
+            arrays.push((format!("basis.{index}"), F32Values { shape: vec![*k, *n], values: basis }));
+            arrays.push((
+                format!("eigenvalues.{index}"),
+                F32Values { shape: vec![eigenvalues.len()], values: eigenvalues },
+            ));
+        }
+        let content = "leaf basis per input: basis.I holds the unit eigenvectors of G as rows (largest eigenvalue first), eigenvalues.I the eigenvalues of G";
+        leafwalk_models::checkpoint::write_values(
+            path,
+            &arrays,
+            [("leafwalk.content".to_string(), content.to_string())].into(),
+        )?;
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -115,28 +166,52 @@ fn text_line(s: &Value) -> String {
     line
 }
 
-/// One row per input: the image, then its G eigenvectors as signed heat-maps.
-fn draw_basis(path: &Path, model: &Classifier, pixels: &Tensor, points: &[PointGeometry]) -> anyhow::Result<()> {
+/// Eigenvectors drawn per input by `--basis-png`.
+const BASIS_TILES: usize = 9;
+
+/// One input's row of the basis figure.
+struct BasisRow {
+    image: Vec<f32>,
+    caption: String,
+    vectors: Vec<(Vec<f32>, String)>,
+}
+
+impl BasisRow {
+    fn new(model: &Classifier, image: Vec<f32>, probs: &[f64], vectors: &DMatrix<f32>, eigenvalues: &[f64]) -> Self {
+        let (best, p) = argmax(probs);
+        let vectors = vectors
+            .column_iter()
+            .take(BASIS_TILES)
+            .enumerate()
+            .map(|(k, v)| (v.iter().copied().collect(), format!("λ{} {:.1e}", k + 1, eigenvalues[k])))
+            .collect();
+        BasisRow { image, caption: format!("{} {:.2}", model.meta().classes[best], p), vectors }
+    }
+}
+
+/// Leading eigenvectors whose orthonormality `--leaf-basis` reports (checking all of a
+/// 1,000-class basis would cost more than computing it).
+const CHECKED_VECTORS: usize = 32;
+
+/// The largest deviation of VᵀV from the identity over the leading eigenvectors, in f64.
+fn orthonormality_error(vectors: &DMatrix<f32>) -> f64 {
+    let k = vectors.ncols().min(CHECKED_VECTORS);
+    let v = vectors.columns(0, k).map(|x| x as f64);
+    let gram = v.transpose() * &v;
+    (gram - DMatrix::identity(k, k)).abs().max()
+}
+
+/// One row per input: the image, then its top eigenvectors of G as signed heat-maps.
+fn draw_basis(path: &Path, model: &Classifier, rows: &[BasisRow]) -> anyhow::Result<()> {
     let shape = model.input_shape();
-    let images: Vec<Vec<f32>> = pixels.flatten_from(1)?.to_vec2()?;
-    let columns = model.classes(); // the image + at most C − 1 directions
-    let bases: Vec<(Vec<Vec<f32>>, Vec<f64>)> = points
-        .iter()
-        .map(|p| {
-            let vectors = p.eigenvectors(columns - 1);
-            let values = p.spectrum().eigenvalues;
-            (vectors.column_iter().map(|c| c.iter().map(|&v| v as f32).collect()).collect(), values)
-        })
-        .collect();
+    let columns = 1 + BASIS_TILES.min(model.classes() - 1);
     let mut tiles = Vec::new();
-    for (image, (point, (vectors, values))) in images.iter().zip(points.iter().zip(&bases)) {
-        let probs: Vec<f64> = point.probs.iter().copied().collect();
-        let (best, p) = argmax(&probs);
-        tiles.push(Tile::new(image, shape, format!("{} {:.2}", model.meta().classes[best], p), TileKind::Image));
-        for (k, v) in vectors.iter().enumerate() {
-            tiles.push(Tile::new(v, shape, format!("λ{} {:.1e}", k + 1, values[k]), TileKind::Signed));
+    for row in rows {
+        tiles.push(Tile::new(&row.image, shape, row.caption.clone(), TileKind::Image));
+        for (vector, caption) in &row.vectors {
+            tiles.push(Tile::new(vector, shape, caption.clone(), TileKind::Signed));
         }
-        for _ in vectors.len() + 1..columns {
+        for _ in row.vectors.len() + 1..columns {
             tiles.push(Tile::new(&[], shape, String::new(), TileKind::Image));
         }
     }

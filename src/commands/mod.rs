@@ -2,6 +2,7 @@ mod compare;
 mod denoise;
 mod eval_paths;
 mod generate;
+mod init;
 mod inspect;
 mod ood;
 mod path;
@@ -23,6 +24,7 @@ use crate::cli::{Cli, Command, ModelArgs};
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Train(args) => train::run(args, &cli.data_root),
+        Command::Init(args) => init::run(args),
         Command::Predict(args) => predict::run(args, &cli.data_root),
         Command::Inspect(args) => inspect::run(args, &cli.data_root),
         Command::Path(args) => path::run(args, &cli.data_root),

@@ -31,7 +31,7 @@ mod registry;
 
 use std::path::{Path, PathBuf};
 
-pub use atomic_file::{write_atomic, write_bytes_atomic};
+pub use atomic_file::{write_atomic, write_bytes_atomic, write_path_atomic};
 pub use dataset::{Dataset, Split};
 pub use error::{DataError, Result};
 pub use image_file::{image_file_shape, load_image, save_image, Invert};

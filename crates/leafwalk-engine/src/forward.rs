@@ -158,16 +158,12 @@ fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (V
     match op {
         StepOp::Conv(conv) => (conv_forward(conv, x, context), Saved::None),
         StepOp::Linear(linear) => (linear_forward(linear, x, context), Saved::None),
-        StepOp::Affine { scale, shift } => {
-            let y = x.iter().enumerate().map(|(e, v)| v * scale[e % channels] + shift[e % channels]).collect();
-            (y, Saved::None)
-        }
+        StepOp::Affine { scale, shift } => (affine(x, scale, shift), Saved::None),
         StepOp::BatchNorm(norm) => match context.purpose {
             Purpose::Train => batch_norm_train(norm, x, dims[0], points),
             _ => {
                 let (scale, shift) = norm.eval_affine();
-                let y = x.iter().enumerate().map(|(e, v)| v * scale[e % channels] + shift[e % channels]).collect();
-                (y, Saved::None)
+                (affine(x, &scale, &shift), Saved::None)
             }
         },
         StepOp::Activation(activation) => {
@@ -236,14 +232,18 @@ fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (V
         }
         StepOp::Binary(arith) => {
             let (a, b) = (x, ins[1]);
-            let per_channel = dims[1] != dims[0];
             let len = dims[0].len();
-            let y = (0..a.len())
-                .map(|e| {
-                    let other = if per_channel { b[(e / len) * channels + e % channels] } else { b[e] };
-                    arith.apply(a[e], other)
-                })
-                .collect();
+            let y = match dims[1] != dims[0] {
+                // The second operand is one value per channel of each point.
+                true => a
+                    .chunks(len)
+                    .zip(b.chunks(channels))
+                    .flat_map(|(a, b)| {
+                        a.chunks(channels).flat_map(move |a| a.iter().zip(b).map(|(&a, &b)| arith.apply(a, b)))
+                    })
+                    .collect(),
+                false => a.iter().zip(b).map(|(&a, &b)| arith.apply(a, b)).collect(),
+            };
             let keep = match (arith, context.purpose) {
                 (Arith::Mul | Arith::Div, Purpose::Jacobian | Purpose::Train) => {
                     Saved::Operands(a.to_vec(), b.to_vec())
@@ -283,7 +283,72 @@ pub(crate) fn conv_bands(conv: &ConvStep) -> Vec<std::ops::Range<usize>> {
     bands(conv.shape.positions(), parts, 8)
 }
 
+/// Runs of points a batch-level pass splits its points into, computed in parallel and (for
+/// sums over the batch) added in order: fixed by the batch size, never by the thread count.
+pub(crate) const POINT_RUNS: usize = 4;
+
+/// Most im2col rows one batch-level product takes at once (points × positions).
+const ROWS_PER_PRODUCT: usize = 1024;
+
+/// Consecutive points whose im2col rows fit one product.
+pub(crate) fn product_points(positions: usize) -> usize {
+    (ROWS_PER_PRODUCT / positions.max(1)).max(1)
+}
+
+/// A batch's convolution outside the Jacobian: the im2col rows of several points in one
+/// product (the kernel packed once per product, not once per point), runs of points in
+/// parallel.
+fn conv_forward_batch(conv: &ConvStep, x: &[f32], context: &Context) -> Vec<f32> {
+    let shape = conv.shape;
+    let (cout, cout_g, patch, positions) = (conv.conv.out_channels, conv.group_out(), shape.patch(), shape.positions());
+    let (n_in, n_out) = (context.input.len(), context.output.len());
+    let mut y = vec![0f32; n_out * context.points];
+    let step = product_points(positions);
+    let runs = bands(context.points, POINT_RUNS, step);
+    let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(runs.len());
+    let mut rest = y.as_mut_slice();
+    for run in &runs {
+        let (head, tail) = rest.split_at_mut(run.len() * n_out);
+        outputs.push(head);
+        rest = tail;
+    }
+    outputs.into_par_iter().zip(&runs).for_each(|(y, run)| {
+        let mut cols = vec![0f32; step * positions * patch];
+        for (first, y) in run.clone().step_by(step).zip(y.chunks_mut(step * n_out)) {
+            let count = step.min(run.end - first);
+            let rows = count * positions;
+            for group in 0..conv.conv.groups {
+                let a: &[f32] = if shape.is_pointwise() {
+                    &x[first * n_in..][..count * n_in]
+                } else {
+                    for (b, cols) in (first..first + count).zip(cols.chunks_mut(positions * patch)) {
+                        im2col(&shape, &x[b * n_in..][..n_in], group * shape.group_in, 0..positions, cols);
+                    }
+                    &cols[..rows * patch]
+                };
+                let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
+                matmul(
+                    (rows, cout_g, patch),
+                    (&mut y[group * cout_g..], cout),
+                    (a, patch, 1),
+                    (kernel, cout_g, 1),
+                    false,
+                );
+            }
+            if let Some(bias) = &conv.bias {
+                for position in y.chunks_mut(cout) {
+                    position.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+            }
+        }
+    });
+    y
+}
+
 fn conv_forward(conv: &ConvStep, x: &[f32], context: &Context) -> Vec<f32> {
+    if context.purpose != Purpose::Jacobian && context.points > 1 {
+        return conv_forward_batch(conv, x, context);
+    }
     let shape = conv.shape;
     let (cout, cout_g, groups) = (conv.conv.out_channels, conv.group_out(), conv.conv.groups);
     let (n_in, n_out) = (context.input.len(), context.output.len());
@@ -515,25 +580,41 @@ fn avg_pool(pool: &Pool, x: &[f32], input: Dims, output: Dims, y: &mut [f32]) {
     }
 }
 
+/// `x·scale[c] + shift[c]` for channel-last values.
+fn affine(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let mut y = x.to_vec();
+    for position in y.chunks_mut(scale.len()) {
+        for ((v, s), t) in position.iter_mut().zip(scale).zip(shift) {
+            *v = *v * s + t;
+        }
+    }
+    y
+}
+
 /// Training-mode batch norm over the batch and positions of each channel.
 fn batch_norm_train(norm: &crate::plan::BatchNormStep, x: &[f32], dims: Dims, points: usize) -> (Vec<f32>, Saved) {
     let c = dims.channels;
     let count = (x.len() / c) as f64;
     let mut mean = vec![0f64; c];
-    for (e, v) in x.iter().enumerate() {
-        mean[e % c] += *v as f64;
+    for position in x.chunks(c) {
+        mean.iter_mut().zip(position).for_each(|(m, &v)| *m += v as f64);
     }
     mean.iter_mut().for_each(|m| *m /= count);
     let mut var = vec![0f64; c];
-    for (e, v) in x.iter().enumerate() {
-        let d = *v as f64 - mean[e % c];
-        var[e % c] += d * d;
+    for position in x.chunks(c) {
+        var.iter_mut().zip(position).zip(&mean).for_each(|((s, &v), m)| *s += (v as f64 - m).powi(2));
     }
     var.iter_mut().for_each(|v| *v /= count);
     let inv_std: Vec<f32> = var.iter().map(|v| (1.0 / (v + norm.norm.eps).sqrt()) as f32).collect();
     let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let normalised: Vec<f32> = x.iter().enumerate().map(|(e, v)| (v - mean32[e % c]) * inv_std[e % c]).collect();
-    let y = normalised.iter().enumerate().map(|(e, n)| n * norm.weight[e % c] + norm.bias[e % c]).collect();
+    let mut normalised = vec![0f32; x.len()];
+    let mut y = vec![0f32; x.len()];
+    for ((n, y), x) in normalised.chunks_mut(c).zip(y.chunks_mut(c)).zip(x.chunks(c)) {
+        for ch in 0..c {
+            n[ch] = (x[ch] - mean32[ch]) * inv_std[ch];
+            y[ch] = n[ch] * norm.weight[ch] + norm.bias[ch];
+        }
+    }
     debug_assert_eq!(x.len(), points * dims.len());
     let var = var.iter().map(|&v| v as f32).collect();
     (y, Saved::BatchNorm { normalised, inv_std, mean: mean32, var, count: count as usize })

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::forward::Threads;
+use crate::forward::{product_points, Threads, POINT_RUNS};
 use crate::kernels::{
     bands, col2im, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_parallel, rows_gather,
     unit_patches, ActiveUnits, PointRows, CHANNEL_PAD,
@@ -21,10 +21,6 @@ pub(crate) type Gradients = Vec<(String, Vec<f32>)>;
 /// reversed over its active units when `active units × padded input channels × this <
 /// positions × outputs × input channels`.
 const GATHER_COST: usize = 2;
-
-/// Runs of points whose convolution weight gradients are summed in parallel, then in order, so
-/// that training rounds the same at a given batch size on any number of threads.
-const GRADIENT_RUNS: usize = 4;
 
 /// A convolution's reverse: its input's gradient (when wanted) and, in training, its weight
 /// and bias gradients (from its input `x`, `[point][H][W][C]`).
@@ -58,6 +54,10 @@ pub(crate) fn conv_backward(
         return None;
     }
     let mut values = vec![0f32; rows.points * k * n_in];
+    if training {
+        conv_input_batch(conv, reverse_weights, &grad, &sparse, rows.points, &mut values);
+        return Some(Grad::dense(values));
+    }
     let point = |b: usize, out: &mut [f32], threads: Threads| {
         let g = &grad.values[b * k * n_out..][..k * n_out];
         match sparse(b) {
@@ -81,9 +81,69 @@ pub(crate) fn conv_backward(
     Some(Grad::dense(values))
 }
 
+/// A convolution's input gradient over a batch with one row per point (training): the sparse
+/// points by scatter, the dense ones several at a time by one `gemm` each, runs of points in
+/// parallel. `values`: `[point][H][W][C]`, zeros on entry.
+fn conv_input_batch<'s>(
+    conv: &ConvStep,
+    reverse_weights: &OnceLock<(Vec<f32>, usize)>,
+    grad: &Grad,
+    sparse: &(dyn Fn(usize) -> Option<&'s [bool]> + Sync),
+    points: usize,
+    values: &mut [f32],
+) {
+    let shape = conv.shape;
+    let (positions, patch, cout, cout_g) = (shape.positions(), shape.patch(), conv.conv.out_channels, conv.group_out());
+    let (n_in, n_out) = (shape.input.iter().product::<usize>(), positions * cout);
+    let step = product_points(positions);
+    let runs = bands(points, POINT_RUNS, 1);
+    let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(runs.len());
+    let mut rest = values;
+    for run in &runs {
+        let (head, tail) = rest.split_at_mut(run.len() * n_in);
+        outputs.push(head);
+        rest = tail;
+    }
+    outputs.into_par_iter().zip(&runs).for_each(|(out, run)| {
+        let mut cols = vec![0f32; step * positions * patch];
+        let mut b = run.start;
+        while b < run.end {
+            let g = &grad.values[b * n_out..][..n_out];
+            let point_out = &mut out[(b - run.start) * n_in..][..n_in];
+            if let Some(support) = sparse(b) {
+                let units = ActiveUnits::gather(g, support, positions, cout, 1);
+                let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
+                conv_scatter(&shape, &units, weights, *padded, &conv.sources, point_out);
+                b += 1;
+                continue;
+            }
+            // The dense points from here on, up to one product's worth (their gradients are
+            // consecutive rows).
+            let count = (b..run.end.min(b + step)).take_while(|&p| sparse(p).is_none()).count();
+            let rows = count * positions;
+            for group in 0..conv.conv.groups {
+                let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
+                let a = (&grad.values[b * n_out + group * cout_g..], cout, 1);
+                matmul((rows, patch, cout_g), (&mut cols[..rows * patch], patch), a, (kernel, 1, cout_g), false);
+                for (p, cols) in (b..b + count).zip(cols.chunks(positions * patch)) {
+                    col2im(
+                        &shape,
+                        &conv.readers,
+                        cols,
+                        group * shape.group_in,
+                        &mut out[(p - run.start) * n_in..][..n_in],
+                    );
+                }
+            }
+            b += count;
+        }
+    });
+}
+
 /// The weight and bias gradients of a convolution over a batch (one row per point): per run of
 /// points, each point's active units' gradients times their patches where the support is
-/// sparse, its im2col rows times its gradient by `gemm` where it is not.
+/// sparse, and the im2col rows of the dense points, several at once, times their gradients by
+/// `gemm`.
 fn conv_parameters<'s>(
     conv: &ConvStep,
     grad: &Grad,
@@ -95,36 +155,42 @@ fn conv_parameters<'s>(
     let shape = conv.shape;
     let (positions, patch, cout, cout_g) = (shape.positions(), shape.patch(), conv.conv.out_channels, conv.group_out());
     let (n_in, n_out) = (shape.input.iter().product::<usize>(), positions * cout);
+    let step = product_points(positions);
     let run = |run: &std::ops::Range<usize>| {
         // `dense`: the forward kernel's layout; `by_unit`: `[out][patch]`.
         let (mut dense, mut by_unit) = (vec![0f32; conv.forward.len()], vec![0f32; conv.forward.len()]);
-        let mut cols = vec![0f32; positions * patch];
-        for b in run.clone() {
-            let (x, g) = (&x[b * n_in..][..n_in], &grad.values[b * n_out..][..n_out]);
-            let support = sparse(b);
+        let mut cols = vec![0f32; step * positions * patch];
+        let mut b = run.start;
+        while b < run.end {
+            let g = &grad.values[b * n_out..][..n_out];
+            if let Some(support) = sparse(b) {
+                im2col(&shape, &x[b * n_in..][..n_in], 0, 0..positions, &mut cols[..positions * patch]);
+                let units = ActiveUnits::gather(g, support, positions, cout, 1);
+                unit_patches(&units, &cols[..positions * patch], patch, &mut by_unit);
+                b += 1;
+                continue;
+            }
+            // The dense points from here on, up to one product's worth: their im2col rows
+            // and (consecutive) gradients in one product.
+            let count = (b..run.end.min(b + step)).take_while(|&p| sparse(p).is_none()).count();
+            let rows = count * positions;
             for group in 0..conv.conv.groups {
-                let a: &[f32] = if shape.is_pointwise() {
-                    x
-                } else {
-                    im2col(&shape, x, group * shape.group_in, 0..positions, &mut cols);
-                    &cols
-                };
-                match support {
-                    Some(support) => {
-                        let units = ActiveUnits::gather(g, support, positions, cout, 1);
-                        unit_patches(&units, a, patch, &mut by_unit);
-                    }
-                    None => {
-                        let dw = &mut dense[group * patch * cout_g..][..patch * cout_g];
-                        let g = (&g[group * cout_g..], cout, 1);
-                        matmul((patch, cout_g, positions), (dw, cout_g), (a, 1, patch), g, true);
+                for (p, cols) in (b..b + count).zip(cols.chunks_mut(positions * patch)) {
+                    let x = &x[p * n_in..][..n_in];
+                    match shape.is_pointwise() {
+                        true => cols.copy_from_slice(x),
+                        false => im2col(&shape, x, group * shape.group_in, 0..positions, cols),
                     }
                 }
+                let dw = &mut dense[group * patch * cout_g..][..patch * cout_g];
+                let g = (&grad.values[b * n_out + group * cout_g..], cout, 1);
+                matmul((patch, cout_g, rows), (dw, cout_g), (&cols[..rows * patch], 1, patch), g, true);
             }
+            b += count;
         }
         (dense, by_unit)
     };
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = bands(points, GRADIENT_RUNS, 1).par_iter().map(run).collect();
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = bands(points, POINT_RUNS, 1).par_iter().map(run).collect();
     let (mut dense, mut by_unit) = (vec![0f32; conv.forward.len()], vec![0f32; conv.forward.len()]);
     for (d, u) in &partials {
         dense.iter_mut().zip(d).for_each(|(a, b)| *a += b);

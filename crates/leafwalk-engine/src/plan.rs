@@ -116,7 +116,7 @@ pub(crate) struct BatchNormStep<'w> {
 }
 
 pub(crate) enum StepOp<'w> {
-    Conv(ConvStep),
+    Conv(Box<ConvStep>),
     Linear(LinearStep<'w>),
     /// `x·scale[c] + shift[c]` (evaluation-mode batch norm that could not be folded).
     Affine {
@@ -184,7 +184,7 @@ impl<'w> Plan<'w> {
             let inputs: Vec<usize> = node.inputs.iter().map(|&v| alias[v]).collect();
             let output = index + 1;
             let op = match &node.op {
-                Op::Conv2d(conv) => StepOp::Conv(conv_step(&node.name, conv, input, shapes[output], &fetch)?),
+                Op::Conv2d(conv) => StepOp::Conv(Box::new(conv_step(&node.name, conv, input, shapes[output], &fetch)?)),
                 Op::Linear(linear) => StepOp::Linear(LinearStep {
                     inputs: linear.in_features,
                     outputs: linear.out_features,

@@ -228,7 +228,7 @@ impl Reverse<'_, '_, '_> {
                     Saved::Operands(a, b) => (rows.own(a), rows.own(b)),
                     _ => (&[][..], &[][..]),
                 };
-                let (first, second) = through_binary(*arith, &grad.values, (a, b), &dims, k);
+                let (first, second) = through_binary(*arith, grad.values, (a, b), &dims, k);
                 // A sum or difference passes the support on; a product or quotient may not.
                 let support = grad.support.filter(|_| matches!(arith, Arith::Add | Arith::Sub));
                 let second_support = support.clone().filter(|_| dims[1] == dims[0]);
@@ -250,7 +250,9 @@ impl Reverse<'_, '_, '_> {
 
 fn by_channel(grad: Grad, scale: &[f32], channels: usize) -> Grad {
     let Grad { mut values, support } = grad;
-    values.iter_mut().enumerate().for_each(|(i, g)| *g *= scale[i % channels]);
+    for position in values.chunks_mut(channels) {
+        position.iter_mut().zip(scale).for_each(|(g, s)| *g *= s);
+    }
     Grad { values, support }
 }
 
@@ -267,23 +269,24 @@ fn batch_norm_backward(
     let values = grad.values;
     let count = values.len() / c;
     let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
-    for (e, (g, n)) in values.iter().zip(normalised).enumerate() {
-        sum_g[e % c] += *g as f64;
-        sum_gx[e % c] += (*g * *n) as f64;
+    for (g, n) in values.chunks(c).zip(normalised.chunks(c)) {
+        for ch in 0..c {
+            sum_g[ch] += g[ch] as f64;
+            sum_gx[ch] += (g[ch] * n[ch]) as f64;
+        }
     }
     let name = |leaf: &str| format!("{}.{leaf}", norm.name);
     parameters.push((name("weight"), sum_gx.iter().map(|&v| v as f32).collect()));
     parameters.push((name("bias"), sum_g.iter().map(|&v| v as f32).collect()));
     let n = count as f32;
-    let back = values
-        .iter()
-        .zip(normalised)
-        .enumerate()
-        .map(|(e, (g, x_hat))| {
-            let ch = e % c;
-            norm.weight[ch] * inv_std[ch] / n * (n * g - sum_g[ch] as f32 - x_hat * sum_gx[ch] as f32)
-        })
-        .collect();
+    let (sum_g, sum_gx): (Vec<f32>, Vec<f32>) = sum_g.iter().zip(&sum_gx).map(|(&a, &b)| (a as f32, b as f32)).unzip();
+    let factor: Vec<f32> = (0..c).map(|ch| norm.weight[ch] * inv_std[ch] / n).collect();
+    let mut back = values;
+    for (g, x_hat) in back.chunks_mut(c).zip(normalised.chunks(c)) {
+        for ch in 0..c {
+            g[ch] = factor[ch] * (n * g[ch] - sum_g[ch] - x_hat[ch] * sum_gx[ch]);
+        }
+    }
     Grad::dense(back)
 }
 
@@ -346,7 +349,7 @@ fn through_relayout(values: &[f32], input: Dims, output: Dims) -> Vec<f32> {
 /// (broadcast over positions) gets its gradient summed over positions.
 fn through_binary(
     arith: Arith,
-    values: &[f32],
+    values: Vec<f32>,
     (a, b): (&[f32], &[f32]),
     dims: &[Dims],
     rows_per_point: usize,
@@ -359,8 +362,11 @@ fn through_binary(
     let second_at =
         |i: usize| if per_channel { b[point(i) * n_second + i % n % channels] } else { b[point(i) * n + i % n] };
     let (first, second): (Vec<f32>, Vec<f32>) = match arith {
-        Arith::Add => (values.to_vec(), values.to_vec()),
-        Arith::Sub => (values.to_vec(), values.iter().map(|g| -g).collect()),
+        Arith::Add => (values.clone(), values),
+        Arith::Sub => {
+            let negated = values.iter().map(|g| -g).collect();
+            (values, negated)
+        }
         Arith::Mul => (
             values.iter().enumerate().map(|(i, g)| g * second_at(i)).collect(),
             values.iter().enumerate().map(|(i, g)| g * first_at(i)).collect(),

@@ -1,16 +1,27 @@
-//! Input-Jacobian throughput (points/s) of mnist-cnn: the hand-written reverse pass at batches
-//! of 1 to 1,024 points, candle autograd at 1, 16 and 32 (its cost grows with B·C replicas), and
-//! the wall time of J for all 2,000 MNIST test points in batches of 1,024; JSON on stdout.
-//! Median of 5 runs after 1 warm-up, each over max(64, B) points (random pixels when
-//! `$LEAFWALK_DATA/mnist` is absent). `$LEAFWALK_DEVICE` picks the device (default cpu).
-//! Run: `cargo bench -p leafwalk-geometry --bench jacobian` or `scripts/bench.sh geometry`.
+//! Input-Jacobian throughput (points/s) through the engine, JSON on stdout:
+//!
+//! - `mnist-cnn` on the golden epoch-1 weights and MNIST test images (random pixels when
+//!   `$LEAFWALK_DATA/mnist` is absent), as `ref.py bench` measures PyTorch: batches of 1 to
+//!   1,024, the wall time for all 2,000 test points, and candle's autograd at 16 for scale;
+//! - the PyTorch fixtures `lenet5`, `vgg-bn-small` and `resnet-mini` (their weights from
+//!   `tests/fixtures`, no normalisation) on uniform random pixels, as
+//!   `shared/models/torch_models.py bench` measures PyTorch: batches of 1 and 16.
+//!
+//! Median of 5 runs after 1 warm-up, each over max(64, B) points. `$LEAFWALK_DEVICE` picks the
+//! device (default cpu). Run: `cargo bench -p leafwalk-geometry --bench jacobian` or
+//! `scripts/bench.sh geometry`.
 
+use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use leafwalk_data::{data_root, dataset_info, Dataset, Split};
 use leafwalk_geometry::{input_jacobian, input_jacobian_autograd, Jacobians};
-use leafwalk_models::{Arch, Classifier, DeviceChoice};
+use leafwalk_models::{Arch, Classifier, DeviceChoice, LoadOptions, Normalisation};
+use serde_json::{json, Map, Value};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const POINTS: usize = 2000;
 
@@ -49,39 +60,70 @@ fn jacobians(
     Ok(())
 }
 
+/// points/s of `jacobian` at each batch size.
+fn throughput(
+    jacobian: JacobianFn,
+    model: &Classifier,
+    pixels: &Tensor,
+    batches: &[usize],
+    name: &str,
+    results: &mut Map<String, Value>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for &batch in batches {
+        let points = pixels.narrow(0, 0, batch.max(64))?;
+        let seconds = median_seconds(|| jacobians(jacobian, model, &points, batch))?;
+        results.insert(format!("{name}_batch{batch}_points_per_s"), (points.dim(0)? as f64 / seconds).into());
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = DeviceChoice::from_env()?.open()?;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let mut models = Map::new();
+
     let mnist = dataset_info("mnist")?;
     let (pixels, data) = match Dataset::load(mnist, Split::Test, &data_root(None)) {
         Ok(set) => {
             let indices: Vec<usize> = (0..POINTS).map(|k| k % set.len()).collect();
-            (set.batch(&indices, &Device::Cpu)?.0.to_device(&device)?, "mnist")
+            (set.batch(&indices, &Device::Cpu)?.0.to_device(&device)?, "mnist test images")
         }
-        Err(_) => (Tensor::rand(0f32, 1f32, (POINTS, 1, 28, 28), &device)?, "random"),
+        Err(_) => (Tensor::rand(0f32, 1f32, (POINTS, 1, 28, 28), &device)?, "random pixels"),
     };
-    let model = Classifier::new(Arch::MnistCnn, mnist, 42, &device, DType::F32)?;
-    let mut results = serde_json::Map::new();
-    let methods: [(&str, JacobianFn, &[usize]); 2] = [
-        ("hand_written", input_jacobian, &[1, 4, 16, 32, 64, 256, 1024]),
-        ("autograd", input_jacobian_autograd, &[1, 16, 32]),
-    ];
-    for (name, jacobian, batches) in methods {
-        for &batch in batches {
-            let points = pixels.narrow(0, 0, batch.max(64))?;
-            let seconds = median_seconds(|| jacobians(jacobian, &model, &points, batch))?;
-            results.insert(format!("{name}_batch{batch}_points_per_s"), (points.dim(0)? as f64 / seconds).into());
-        }
-    }
+    let model = Classifier::load(
+        &fixtures.join("mnist-cnn-epoch01.safetensors"),
+        LoadOptions::new(Arch::MnistCnn, mnist),
+        &device,
+    )?;
+    let mut results = Map::new();
+    throughput(input_jacobian, &model, &pixels, &[1, 4, 16, 32, 64, 256, 1024], "engine", &mut results)?;
+    throughput(input_jacobian_autograd, &model, &pixels, &[16], "autograd", &mut results)?;
     let seconds = median_seconds(|| jacobians(input_jacobian, &model, &pixels, 1024))?;
-    results.insert("hand_written_all_2000_test_points_s".into(), seconds.into());
-    let json = serde_json::json!({
+    results.insert("engine_all_2000_test_points_s".into(), seconds.into());
+    models.insert("mnist-cnn".into(), json!({ "weights": "golden epoch 1", "data": data, "results": results }));
+
+    for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini] {
+        let options = LoadOptions {
+            arch: Some(arch),
+            dataset: None,
+            normalisation: Some(Normalisation { mean: vec![0.0], std: vec![1.0] }),
+        };
+        let model = Classifier::load(&fixtures.join(format!("{arch}.safetensors")), options, &device)?;
+        let s = model.input_shape();
+        let pixels = Tensor::rand(0f32, 1f32, (64, s.channels, s.height, s.width), &device)?;
+        let mut results = Map::new();
+        throughput(input_jacobian, &model, &pixels, &[1, 16], "engine", &mut results)?;
+        models.insert(
+            arch.to_string(),
+            json!({ "weights": "tests/fixtures", "data": "uniform random pixels", "results": results }),
+        );
+    }
+    let json = json!({
         "bench": "geometry",
-        "arch": "mnist-cnn",
         "device": format!("{device:?}"),
-        "data": data,
         "threads": candle_core::utils::get_num_threads(),
         "timing": "median of 5 runs over max(64, B) points after 1 warm-up",
-        "results": results,
+        "models": models,
     });
     println!("{json}");
     Ok(())

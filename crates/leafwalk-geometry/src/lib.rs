@@ -22,7 +22,7 @@ pub use jacobian::{
 };
 pub use local::{LeafProjector, PointGeometry, Spectrum, RANK_RTOL};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use leafwalk_models::Classifier;
 
 /// The index of the largest value and the value (the first of ties): a prediction from
@@ -51,11 +51,20 @@ pub fn batch_geometry(model: &Classifier, pixels: &Tensor) -> Result<Vec<PointGe
 
 /// [`batch_geometry`] for inputs given (and differentiated) in `coordinates`.
 pub fn batch_geometry_in(model: &Classifier, input: &Tensor, coordinates: Coordinates) -> Result<Vec<PointGeometry>> {
-    let Jacobians { log_probs, jacobian } = input_jacobian_in(model, input, coordinates)?;
+    check_finite(input)?;
+    let (log_probs, mut jacobian) = leafwalk_engine::jacobian_values(model, input, coordinates)?;
     let classes = model.classes();
-    let log_probs: Vec<Vec<f64>> = log_probs.to_dtype(DType::F64)?.to_vec2()?;
-    let jacobian: Vec<Vec<f64>> = jacobian.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2()?;
-    log_probs.iter().zip(&jacobian).map(|(lp, j)| PointGeometry::new(lp, j, classes)).collect()
+    let points = log_probs.len() / classes;
+    let rows = jacobian.len() / points.max(1);
+    // Each point's J moved out of the batch's without a copy of the last (or only) one.
+    let mut per_point: Vec<Vec<f32>> = (1..points).rev().map(|b| jacobian.split_off(b * rows)).collect();
+    per_point.push(jacobian);
+    per_point.reverse();
+    log_probs
+        .chunks(classes)
+        .zip(per_point)
+        .map(|(lp, j)| PointGeometry::new(&lp.iter().map(|&v| v as f64).collect::<Vec<_>>(), j, classes))
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The local data matrix G(x,w) = Σᵢ pᵢ ∇ₓlog pᵢ ∇ₓlog pᵢᵀ = Jᵀ D J (D = diag p) at one point,
 //! without ever forming the n×n matrix.
 //!
+//! J is kept as the passes computed it, in f32 (one point's J of a 1,000-class ImageNet-sized
+//! model is 600 MB), and every product with it is taken in f64, block by block of columns.
 //! Everything goes through C-sized objects in f64: with A = D^{1/2} J (C×n), G = AᵀA has the
 //! same nonzero eigenvalues as the C×C matrix M = A Aᵀ, and if M u = λ u then v = Aᵀu / √λ is a
 //! unit eigenvector of G. The leaf's tangent space ker G⊥ = span{Jᵢ} (rows with pᵢ > 0) gets an
@@ -12,22 +14,39 @@
 //! the C-th singular value is rounding noise (≲ 3e-8 σ₀ measured). Apply it to the unnormalised
 //! J: normalising columns first inflates the noise of the saturated class.
 
+use std::sync::OnceLock;
+
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use rayon::prelude::*;
 
 use crate::{GeometryError, Result};
 
 /// Relative tolerance on J's singular values for the numerical rank.
 pub const RANK_RTOL: f64 = 1e-6;
 
-/// J and p at one point, in f64.
+/// Columns of J converted to f64 at a time by the blocked products: C × 2,048 values, so that a
+/// 1,000-class J of an ImageNet-sized input is never held in f64 (it is 600 MB in f32).
+const BLOCK: usize = 2048;
+
+/// Runs of column blocks the Gram matrix is summed over in parallel.
+const GRAM_RUNS: usize = 8;
+
+/// Above this many f64 values (C·n), [`PointGeometry::eigenvectors`] works block by block
+/// instead of through a QR factorisation of the whole n×C matrix.
+const WHOLE_LIMIT: usize = 1 << 23;
+
+/// J and p at one point.
 #[derive(Clone, Debug)]
 pub struct PointGeometry {
     /// p, length C.
     pub probs: DVector<f64>,
     /// log p, length C (kept separately: pᵢ may underflow where log pᵢ does not).
     pub log_probs: DVector<f64>,
-    /// J, C×n: row i is ∇ₓ log pᵢ with respect to pixels.
-    pub jacobian: DMatrix<f64>,
+    /// J, C×n row-major in f32 as the passes computed it (row i is ∇ₓ log pᵢ); every product
+    /// with it is taken in f64.
+    rows: Vec<f32>,
+    /// J Jᵀ (C×C, f64), computed once.
+    gram: OnceLock<DMatrix<f64>>,
 }
 
 /// Eigen-decomposition of G through its C×C twin.
@@ -40,7 +59,8 @@ pub struct Spectrum {
 }
 
 impl PointGeometry {
-    pub fn new(log_probs: &[f64], jacobian: &[f64], classes: usize) -> Result<Self> {
+    /// From log p (C values) and J (C×n, row-major).
+    pub fn new(log_probs: &[f64], jacobian: Vec<f32>, classes: usize) -> Result<Self> {
         if classes == 0 || log_probs.len() != classes || !jacobian.len().is_multiple_of(classes) {
             return Err(GeometryError::Invalid(format!(
                 "{} log-probabilities and {} Jacobian entries for {classes} classes",
@@ -48,55 +68,104 @@ impl PointGeometry {
                 jacobian.len()
             )));
         }
-        let n = jacobian.len() / classes;
         let log_probs = DVector::from_column_slice(log_probs);
-        Ok(PointGeometry {
-            probs: log_probs.map(f64::exp),
-            log_probs,
-            jacobian: DMatrix::from_row_slice(classes, n, jacobian),
-        })
+        Ok(PointGeometry { probs: log_probs.map(f64::exp), log_probs, rows: jacobian, gram: OnceLock::new() })
     }
 
     pub fn classes(&self) -> usize {
-        self.jacobian.nrows()
+        self.probs.len()
     }
 
     pub fn dim(&self) -> usize {
-        self.jacobian.ncols()
+        self.rows.len() / self.classes()
     }
 
-    /// A = D^{1/2} J.
-    fn weighted_jacobian(&self) -> DMatrix<f64> {
-        let mut a = self.jacobian.clone();
-        for (i, mut row) in a.row_iter_mut().enumerate() {
-            row *= self.probs[i].sqrt();
-        }
-        a
+    /// J's values, C×n row-major.
+    pub fn jacobian_values(&self) -> &[f32] {
+        &self.rows
+    }
+
+    /// J as an f64 matrix (C×n): for moderate n; a copy.
+    pub fn jacobian(&self) -> DMatrix<f64> {
+        DMatrix::from_row_iterator(self.classes(), self.dim(), self.rows.iter().map(|&v| v as f64))
+    }
+
+    /// Columns `columns` of J as f64 (C × len).
+    fn block(&self, columns: std::ops::Range<usize>) -> DMatrix<f64> {
+        let n = self.dim();
+        DMatrix::from_fn(self.classes(), columns.len(), |i, j| self.rows[i * n + columns.start + j] as f64)
+    }
+
+    fn blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let n = self.dim();
+        (0..n).step_by(BLOCK).map(move |start| start..(start + BLOCK).min(n))
     }
 
     /// trace G = Σᵢ pᵢ ‖Jᵢ‖².
     pub fn trace(&self) -> f64 {
-        self.jacobian.row_iter().zip(self.probs.iter()).map(|(row, p)| p * row.norm_squared()).sum()
+        let n = self.dim();
+        self.rows
+            .chunks(n)
+            .zip(self.probs.iter())
+            .map(|(row, p)| p * row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>())
+            .sum()
+    }
+
+    /// J v (C values).
+    fn times(&self, v: &DVector<f64>) -> DVector<f64> {
+        let n = self.dim();
+        DVector::from_iterator(
+            self.classes(),
+            self.rows.chunks(n).map(|row| row.iter().zip(v.iter()).map(|(&j, &v)| j as f64 * v).sum::<f64>()),
+        )
     }
 
     /// vᵀ G v = Σᵢ pᵢ (Jᵢ·v)² — half the second-order KL divergence along v.
     pub fn quadratic_form(&self, v: &DVector<f64>) -> f64 {
-        (&self.jacobian * v).iter().zip(self.probs.iter()).map(|(jv, p)| p * jv * jv).sum()
+        self.times(v).iter().zip(self.probs.iter()).map(|(jv, p)| p * jv * jv).sum()
     }
 
     /// Σᵢ pᵢ Jᵢ, which is zero up to rounding (Σ pᵢ = 1 differentiated).
     pub fn weighted_row_sum(&self) -> DVector<f64> {
-        self.jacobian.transpose() * &self.probs
+        let n = self.dim();
+        let mut sum = DVector::zeros(n);
+        for (row, p) in self.rows.chunks(n).zip(self.probs.iter()) {
+            sum.iter_mut().zip(row).for_each(|(s, &j)| *s += p * j as f64);
+        }
+        sum
+    }
+
+    /// J Jᵀ in f64, from f64 products of f32 values (exact) summed block by block: fixed runs
+    /// of blocks in parallel, their sums added in order (the same rounding on any number of
+    /// threads).
+    fn gram(&self) -> &DMatrix<f64> {
+        self.gram.get_or_init(|| {
+            let c = self.classes();
+            let blocks: Vec<_> = self.blocks().collect();
+            let runs = blocks.len().div_ceil(GRAM_RUNS).max(1);
+            let partials: Vec<DMatrix<f64>> = blocks
+                .par_chunks(runs)
+                .map(|run| {
+                    let mut gram = DMatrix::zeros(c, c);
+                    for columns in run {
+                        let block = self.block(columns.clone());
+                        gram += &block * block.transpose();
+                    }
+                    gram
+                })
+                .collect();
+            partials.into_iter().fold(DMatrix::zeros(c, c), |sum, part| sum + part)
+        })
+    }
+
+    /// M = D^{1/2} J Jᵀ D^{1/2}, the C×C twin of G.
+    fn twin(&self) -> DMatrix<f64> {
+        let root = self.probs.map(f64::sqrt);
+        DMatrix::from_fn(self.classes(), self.classes(), |i, j| root[i] * self.gram()[(i, j)] * root[j])
     }
 
     pub fn spectrum(&self) -> Spectrum {
-        let a = self.weighted_jacobian();
-        let eigen = SymmetricEigen::new(&a * a.transpose());
-        let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
-        order.sort_by(|&x, &y| eigen.eigenvalues[y].total_cmp(&eigen.eigenvalues[x]));
-        let eigenvalues = order.iter().map(|&k| eigen.eigenvalues[k]).collect();
-        let m_eigenvectors =
-            DMatrix::from_columns(&order.iter().map(|&k| eigen.eigenvectors.column(k)).collect::<Vec<_>>());
+        let (eigenvalues, m_eigenvectors) = descending(SymmetricEigen::new(self.twin()));
         Spectrum { eigenvalues, m_eigenvectors }
     }
 
@@ -109,36 +178,60 @@ impl PointGeometry {
         eigenvalues.iter().take(kept).map(|&l| l.max(1e-30).log10()).collect()
     }
 
-    /// Unit eigenvectors of G (n × k) for its `k` largest eigenvalues: the leaf basis ordered by
-    /// how strongly the model perceives each direction. `k` is capped at the numerical rank.
+    /// Unit eigenvectors of G (n × k, f32) for its `k` largest eigenvalues: the leaf basis
+    /// ordered by how strongly the model perceives each direction. `k` is capped at the
+    /// numerical rank.
     ///
     /// With the thin QR Aᵀ = Q R (A = D^{1/2} J), G = Q (R Rᵀ) Qᵀ, so the eigenvectors are Q W
     /// for the eigenvectors W of the C×C matrix R Rᵀ: orthonormal to rounding even for the
-    /// smallest eigenvalues, where Aᵀu/√λ loses accuracy as λ₀/λ grows.
-    pub fn eigenvectors(&self, k: usize) -> DMatrix<f64> {
+    /// smallest eigenvalues. Where the n×C matrix is too large to hold in f64 (a 1,000-class
+    /// ImageNet-sized input), they are Aᵀ u / √λ for the eigenvectors u of M, block by block:
+    /// orthonormal to about ε·λ₀/λ — fine for the leading ones, looser for the smallest.
+    pub fn eigenvectors(&self, k: usize) -> DMatrix<f32> {
         let k = k.min(self.rank());
-        let qr = self.weighted_jacobian().transpose().qr();
-        let r = qr.r();
-        let eigen = SymmetricEigen::new(&r * r.transpose());
-        let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
-        order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
-        let w = DMatrix::from_columns(&order[..k].iter().map(|&j| eigen.eigenvectors.column(j)).collect::<Vec<_>>());
-        qr.q() * w
+        let (n, c) = (self.dim(), self.classes());
+        let root = self.probs.map(f64::sqrt);
+        if n * c <= WHOLE_LIMIT {
+            let mut a = self.jacobian();
+            for (i, mut row) in a.row_iter_mut().enumerate() {
+                row *= root[i];
+            }
+            let qr = a.transpose().qr();
+            let r = qr.r();
+            let (_, w) = descending(SymmetricEigen::new(&r * r.transpose()));
+            return (qr.q() * w.columns(0, k)).map(|v| v as f32);
+        }
+        let spectrum = self.spectrum();
+        // Aᵀ u / √λ = Jᵀ (D^{1/2} u / √λ).
+        let scaled = DMatrix::from_fn(c, k, |i, j| {
+            root[i] * spectrum.m_eigenvectors[(i, j)] / spectrum.eigenvalues[j].max(f64::MIN_POSITIVE).sqrt()
+        });
+        let mut vectors = DMatrix::<f32>::zeros(n, k);
+        let blocks: Vec<_> = self.blocks().collect();
+        // A few blocks at a time in parallel: all of them at once would hold n×k in f64.
+        for group in blocks.chunks(GRAM_RUNS) {
+            let parts: Vec<DMatrix<f64>> =
+                group.par_iter().map(|columns| self.block(columns.clone()).transpose() * &scaled).collect();
+            for (columns, part) in group.iter().zip(parts) {
+                for j in 0..k {
+                    for (row, v) in columns.clone().zip(part.column(j).iter()) {
+                        vectors[(row, j)] = *v as f32;
+                    }
+                }
+            }
+        }
+        vectors
     }
 
-    /// Eigen-decomposition of the C×C Gram matrix J Jᵀ: singular values of J (descending) and
-    /// the matching right singular vectors (columns).
+    /// Singular values of J (descending, length C) and the matching right singular vectors
+    /// (columns), from the C×C Gram matrix: exact to f64 rounding for σₖ ≳ 1e-8 σ₀, far below
+    /// the rank tolerance.
     fn gram_svd(&self) -> (Vec<f64>, DMatrix<f64>) {
-        let eigen = SymmetricEigen::new(&self.jacobian * self.jacobian.transpose());
-        let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
-        order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
-        let singular = order.iter().map(|&k| eigen.eigenvalues[k].max(0.0).sqrt()).collect();
-        let vectors = DMatrix::from_columns(&order.iter().map(|&k| eigen.eigenvectors.column(k)).collect::<Vec<_>>());
-        (singular, vectors)
+        let (values, vectors) = descending(SymmetricEigen::new(self.gram().clone()));
+        (values.iter().map(|&v| v.max(0.0).sqrt()).collect(), vectors)
     }
 
-    /// Singular values of J, descending (length C). Taken from the C×C Gram matrix: exact to
-    /// f64 rounding for σₖ ≳ 1e-8 σ₀, far below the rank tolerance.
+    /// Singular values of J, descending (length C).
     pub fn jacobian_singular_values(&self) -> Vec<f64> {
         self.gram_svd().0
     }
@@ -148,7 +241,8 @@ impl PointGeometry {
         rank_of(&self.jacobian_singular_values(), self.classes())
     }
 
-    /// Orthonormal basis of ker G⊥ and the projections it gives.
+    /// Orthonormal basis of ker G⊥ and the projections it gives (n×r in f64: for the walks'
+    /// inputs, not ImageNet-sized ones).
     ///
     /// The r leading right singular vectors V_r of J give r directions Jᵀ V_r inside the row
     /// space of J; a Householder QR of that n×r matrix makes them orthonormal. (nalgebra's SVD
@@ -157,7 +251,7 @@ impl PointGeometry {
     pub fn leaf_projector(&self) -> LeafProjector {
         let (singular, vectors) = self.gram_svd();
         let rank = rank_of(&singular, self.classes());
-        let directions = self.jacobian.transpose() * vectors.columns(0, rank);
+        let directions = self.jacobian().transpose() * vectors.columns(0, rank);
         LeafProjector { basis: directions.qr().q() }
     }
 
@@ -169,9 +263,21 @@ impl PointGeometry {
                 n = self.dim()
             )));
         }
-        let a = self.weighted_jacobian();
+        let mut a = self.jacobian();
+        for (i, mut row) in a.row_iter_mut().enumerate() {
+            row *= self.probs[i].sqrt();
+        }
         Ok(a.transpose() * a)
     }
+}
+
+/// Eigenvalues descending and their eigenvectors as columns in that order.
+fn descending(eigen: SymmetricEigen<f64, nalgebra::Dyn>) -> (Vec<f64>, DMatrix<f64>) {
+    let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
+    order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+    let values = order.iter().map(|&k| eigen.eigenvalues[k]).collect();
+    let vectors = DMatrix::from_columns(&order.iter().map(|&k| eigen.eigenvectors.column(k)).collect::<Vec<_>>());
+    (values, vectors)
 }
 
 fn rank_of(singular: &[f64], classes: usize) -> usize {

@@ -67,7 +67,7 @@ fn check_points(g: &Golden, pixels: &Tensor, prefix: &str, epoch: u32) {
     let golden_j = g.f64s(&format!("{prefix}_J"));
     let max_j = golden_j.iter().fold(0f64, |m, v| m.max(v.abs()));
     let ours_j: Vec<f64> =
-        points.iter().flat_map(|p| p.jacobian.transpose().iter().map(|v| v * SIGMA).collect::<Vec<_>>()).collect();
+        points.iter().flat_map(|p| p.jacobian().transpose().iter().map(|v| v * SIGMA).collect::<Vec<_>>()).collect();
     assert_close(&what("J"), &ours_j, &golden_j, 1e-6 + 1e-4 * max_j, 0.0);
 
     let trace: Vec<f64> = points.iter().map(|p| p.trace() * SIGMA * SIGMA).collect();
@@ -122,6 +122,6 @@ fn golden_rank_matches_point_geometry_definition() {
     let g = golden(1);
     let j = g.f64s("test_J");
     let lp = g.f64s("test_log_probs");
-    let point = PointGeometry::new(&lp[..10], &j[..7840], 10).unwrap();
+    let point = PointGeometry::new(&lp[..10], j[..7840].iter().map(|&v| v as f32).collect(), 10).unwrap();
     assert_eq!(point.rank() as i64, g.i64s("test_rank")[0]);
 }

@@ -97,15 +97,16 @@ fn g_is_symmetric_psd_with_rank_below_c_and_rows_balance() {
             assert!(point.rank() <= 9, "{arch}");
             assert!(*spectrum.eigenvalues.last().unwrap() <= 1e-6 * top, "{arch}: C-th eigenvalue not ≈ 0");
             let balance = point.weighted_row_sum().norm();
-            assert!(balance <= 1e-5 * point.jacobian.norm(), "{arch}: ‖Σ pᵢ Jᵢ‖ = {balance}");
+            assert!(balance <= 1e-5 * point.jacobian().norm(), "{arch}: ‖Σ pᵢ Jᵢ‖ = {balance}");
             // Eigenvectors of G (through the C×C matrix) are orthonormal and satisfy G v = λ v.
-            let v = point.eigenvectors(9);
+            // (in f32: orthonormal to its rounding)
+            let v = point.eigenvectors(9).map(|v| v as f64);
             let gram = v.transpose() * &v;
-            assert!((gram - nalgebra::DMatrix::identity(v.ncols(), v.ncols())).abs().max() < 1e-8, "{arch}");
+            assert!((gram - nalgebra::DMatrix::identity(v.ncols(), v.ncols())).abs().max() < 1e-6, "{arch}");
             for k in 0..v.ncols() {
                 let col = v.column(k).into_owned();
-                let gv = point.jacobian.transpose() * point.probs.component_mul(&(&point.jacobian * &col));
-                assert!((gv - &col * spectrum.eigenvalues[k]).norm() <= 1e-8 * top, "{arch}: G v ≠ λ v");
+                let gv = point.jacobian().transpose() * point.probs.component_mul(&(&point.jacobian() * &col));
+                assert!((gv - &col * spectrum.eigenvalues[k]).norm() <= 1e-6 * top, "{arch}: G v ≠ λ v");
             }
             if arch == Arch::MnistCnn {
                 let dense = point.dense(4096).unwrap();
@@ -128,8 +129,8 @@ fn jacobian_matches_finite_differences() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..4 {
             let pixel = rng.random_range(0..x.len());
-            let column = point.jacobian.column(pixel);
-            let scale = point.jacobian.abs().max();
+            let column = point.jacobian().column(pixel).into_owned();
+            let scale = point.jacobian().abs().max();
             // A ReLU or max-pool kink inside [x − ε, x + ε] spoils one step size; a deep
             // network has ~10⁵ of them, so the best of three sizes is judged.
             let err = [1e-5, 1e-6, 1e-7]
@@ -139,7 +140,7 @@ fn jacobian_matches_finite_differences() {
                     plus[pixel] += eps;
                     minus[pixel] -= eps;
                     let fd = (log_probs_at(&model, &plus) - log_probs_at(&model, &minus)) / (2.0 * eps);
-                    (fd - column).abs().max()
+                    (fd - &column).abs().max()
                 })
                 .fold(f64::INFINITY, f64::min);
             assert!(err <= 1e-6 * scale + 1e-7, "{arch}: pixel {pixel}: error {err:e}, max J {scale:e}");
@@ -176,7 +177,7 @@ fn kl_is_half_the_quadratic_form_and_kernel_moves_keep_p() {
         let projector = point.leaf_projector();
         let kernel_v = projector.onto_kernel(&v).normalize();
         // Directions with singular value under RANK_RTOL·σ₀ count as kernel, so that bounds J·v.
-        let jv = (&point.jacobian * &kernel_v).norm();
+        let jv = (&point.jacobian() * &kernel_v).norm();
         let sigma0 = point.jacobian_singular_values()[0];
         assert!(jv <= 1.01 * leafwalk_geometry::RANK_RTOL * sigma0, "{arch}: ‖J·v_ker‖ = {jv}, σ₀ = {sigma0}");
         let eps = 1e-3;
@@ -213,7 +214,7 @@ fn saturated_and_underflowing_probabilities_stay_finite() {
     assert!(smallest < 1e-30, "the scaled model is not saturated (min p = {smallest})");
     for point in &points {
         assert!(point.log_probs.iter().all(|v| v.is_finite()), "log p not finite: {:?}", point.log_probs);
-        assert!(point.jacobian.iter().all(|v| v.is_finite()));
+        assert!(point.jacobian().iter().all(|v| v.is_finite()));
         assert!(point.trace().is_finite());
         let spectrum = point.spectrum();
         assert!(spectrum.eigenvalues.iter().all(|v| v.is_finite()));
@@ -234,7 +235,7 @@ fn non_finite_inputs_are_rejected() {
     values[784 + 17] = f32::INFINITY;
     let pixels = Tensor::from_vec(values, (2, 1, 28, 28), &Device::Cpu).unwrap();
     assert!(input_jacobian(&model, &pixels).unwrap_err().to_string().contains("non-finite"));
-    assert!(PointGeometry::new(&[0.0; 3], &[0.0; 10], 10).is_err());
+    assert!(PointGeometry::new(&[0.0; 3], vec![0.0; 10], 10).is_err());
 }
 
 /// F(x,w): trace = Σ eigenvalues, rank ≤ C−1 (Σ pᵢ ∇_w log pᵢ = 0 too), PSD, and the dataset

@@ -207,9 +207,53 @@ pub fn read(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Ha
 
 /// Writes tensors and metadata atomically (temporary file in the same folder, then rename).
 pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let items = tensors.iter().map(|(name, t)| (name.as_str(), t));
-    let bytes = safetensors::serialize(items, Some(metadata))
-        .map_err(|e| ModelError::checkpoint(path, format!("cannot serialise: {e}")))?;
-    leafwalk_data::write_bytes_atomic(path, &bytes)?;
+    write_items(path, tensors.iter().map(|(name, t)| (name.as_str(), t)), metadata)
+}
+
+/// An f32 array to write as it is (no copy, unlike a candle tensor's view).
+pub struct F32Values<'a> {
+    pub shape: Vec<usize>,
+    pub values: &'a [f32],
+}
+
+impl safetensors::View for &F32Values<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            std::borrow::Cow::Borrowed(bytemuck::cast_slice(self.values))
+        } else {
+            std::borrow::Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.values.len() * 4
+    }
+}
+
+/// Writes f32 arrays and metadata atomically, streaming them to the file (a leaf basis of an
+/// ImageNet-sized input is hundreds of MB: no second copy in memory).
+pub fn write_values(path: &Path, arrays: &[(String, F32Values)], metadata: HashMap<String, String>) -> Result<()> {
+    write_items(path, arrays.iter().map(|(name, a)| (name.as_str(), a)), metadata)
+}
+
+fn write_items<'a, V: safetensors::View>(
+    path: &Path,
+    items: impl IntoIterator<Item = (&'a str, V)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    leafwalk_data::write_path_atomic(path, |temp| {
+        safetensors::serialize_to_file(items, Some(metadata), temp).map_err(|e| leafwalk_data::DataError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!("cannot write the safetensors file: {e}"),
+        })
+    })?;
     Ok(())
 }

@@ -14,6 +14,9 @@ use leafwalk_ood::{score_images, Reference, ReferenceOptions, Score, ScoreOption
 const FAST_IMAGES: usize = 2000;
 const WALKING_IMAGES: usize = 200;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-cnn.safetensors");
     let device = DeviceChoice::from_env()?.open()?;

@@ -1,4 +1,4 @@
-//! Training throughput of mnist-cnn at batch 60 (SGD, lr 0.01), as JSON on stdout.
+//! Training throughput of mnist-cnn and resnet-mini at batch 60 (SGD, lr 0.01), as JSON on stdout.
 //!
 //! Mirrors `ref.py bench`'s `d_train_batch60_images_per_s`: 20 batches per run, median of 5 runs
 //! after 1 warm-up. Uses real MNIST under `$LEAFWALK_DATA` (default `data/`) when present,
@@ -15,6 +15,9 @@ use leafwalk_train::{epoch_order, train_step, Optimizer, OptimizerKind};
 
 const BATCH: usize = 60;
 const BATCHES_PER_RUN: usize = 20;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = DeviceChoice::from_env()?.open()?;
@@ -39,29 +42,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (batches, "random")
         }
     };
-    let model = Classifier::new(Arch::MnistCnn, mnist, 42, &device, DType::F32)?;
-    let mut optimizer = Optimizer::new(OptimizerKind::Sgd, 0.01, model.trainable_vars())?;
-    let mut run = || -> Result<f64, Box<dyn std::error::Error>> {
-        let start = Instant::now();
-        for (images, labels) in &batches {
-            train_step(&model, &mut optimizer, images, labels, |_| Ok(()))?;
-        }
-        Ok(start.elapsed().as_secs_f64())
-    };
-    run()?;
-    let mut times = (0..5).map(|_| run()).collect::<Result<Vec<f64>, _>>()?;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let mut results = serde_json::Map::new();
+    for arch in [Arch::MnistCnn, Arch::ResnetMini] {
+        let model = Classifier::new(arch, mnist, 42, &device, DType::F32)?;
+        let mut optimizer = Optimizer::new(OptimizerKind::Sgd, 0.01, model.trainable_vars())?;
+        let mut run = || -> Result<f64, Box<dyn std::error::Error>> {
+            let start = Instant::now();
+            for (images, labels) in &batches {
+                train_step(&model, &mut optimizer, images, labels, |_| Ok(()))?;
+            }
+            Ok(start.elapsed().as_secs_f64())
+        };
+        run()?;
+        let mut times = (0..5).map(|_| run()).collect::<Result<Vec<f64>, _>>()?;
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        results.insert(
+            arch.to_string(),
+            serde_json::json!({
+                "images_per_s": (BATCH * BATCHES_PER_RUN) as f64 / median,
+                "seconds_per_batch": median / BATCHES_PER_RUN as f64,
+            }),
+        );
+    }
     let json = serde_json::json!({
         "bench": "train",
         "device": format!("{device:?}"),
-        "arch": "mnist-cnn",
         "batch": BATCH,
+        "optimizer": "sgd, lr 0.01",
         "data": data,
         "threads": candle_core::utils::get_num_threads(),
         "timing": "median of 5 runs of 20 batches after 1 warm-up run",
-        "images_per_s": (BATCH * BATCHES_PER_RUN) as f64 / median,
-        "seconds_per_batch": median / BATCHES_PER_RUN as f64,
+        "models": results,
     });
     println!("{json}");
     Ok(())

@@ -22,6 +22,9 @@ const REFERENCE_END: f64 = 22.875;
 /// thread wake-ups weighed on it).
 const STEPS: usize = 200;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let options = LoadOptions::new(Arch::MnistCnn, dataset_info("mnist")?);

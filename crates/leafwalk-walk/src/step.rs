@@ -24,10 +24,10 @@ pub struct Step {
 pub(crate) fn pixel_trace(model: &Classifier, point: &PointGeometry) -> f64 {
     let (_, std) = channel_stats(model, point.dim());
     point
-        .jacobian
-        .row_iter()
+        .jacobian_values()
+        .chunks(point.dim())
         .zip(point.probs.iter())
-        .map(|(row, p)| p * row.iter().zip(&std).map(|(j, &s)| (j / s as f64).powi(2)).sum::<f64>())
+        .map(|(row, p)| p * row.iter().zip(&std).map(|(&j, &s)| (j as f64 / s as f64).powi(2)).sum::<f64>())
         .sum()
 }
 
@@ -40,7 +40,7 @@ pub(crate) fn geometries(model: &Classifier, points: &[&State]) -> Result<Vec<Op
     Ok(batch_geometry_in(model, &batch, Coordinates::Normalised)?
         .into_iter()
         .map(|g| {
-            let finite = g.log_probs.iter().chain(g.jacobian.iter()).all(|v| v.is_finite());
+            let finite = g.log_probs.iter().all(|v| v.is_finite()) && g.jacobian_values().iter().all(|v| v.is_finite());
             finite.then_some(g)
         })
         .collect())

@@ -93,9 +93,7 @@ fn the_fused_step_projects_onto_the_row_space_of_a_rank_deficient_jacobian() {
         let mean: Vec<f64> = (0..n).map(|e| (0..classes).map(|i| log_probs[i].exp() * rows[i][e]).sum()).collect();
         rows.iter_mut().for_each(|row| row.iter_mut().zip(&mean).for_each(|(v, m)| *v -= m));
         let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
-        geometries.push(
-            PointGeometry::new(&log_probs, &flat.iter().map(|&v| v as f64).collect::<Vec<_>>(), classes).unwrap(),
-        );
+        geometries.push(PointGeometry::new(&log_probs, flat.clone(), classes).unwrap());
         jacobians.extend(flat);
         xs.extend((0..n).map(|_| rng.random_range(0.5f32..1.0)));
         targets.extend((0..n).map(|_| rng.random_range(0.5f32..1.0)));

@@ -35,7 +35,7 @@ fn digits() -> Vec<State> {
 /// eigenvectors of J Jᵀ (eigenvalues above 1e-12 λ₀, i.e. singular values above 1e-6 σ₀).
 fn row_space(model: &Classifier, x: &State) -> DMatrix<f64> {
     let t = Tensor::from_slice(&x.0, (1, 1, 28, 28), &Device::Cpu).unwrap();
-    let j = batch_geometry_in(model, &t, Coordinates::Normalised).unwrap().remove(0).jacobian;
+    let j = batch_geometry_in(model, &t, Coordinates::Normalised).unwrap().remove(0).jacobian();
     let eigen = SymmetricEigen::new(&j * j.transpose());
     let top = eigen.eigenvalues.max();
     let columns: Vec<DVector<f64>> = (0..eigen.eigenvalues.len())
