@@ -125,3 +125,33 @@ fn golden_rank_matches_point_geometry_definition() {
     let point = PointGeometry::new(&lp[..10], j[..7840].iter().map(|&v| v as f32).collect(), 10).unwrap();
     assert_eq!(point.rank() as i64, g.i64s("test_rank")[0]);
 }
+
+/// The PyTorch fixtures loaded from their `state_dict`s as `--arch NAME --mean 0 --std 1` does:
+/// trace and eigenvalues of G within 1e-4 of PyTorch's float64 values.
+#[test]
+fn pytorch_fixtures_give_the_golden_trace_and_spectrum() {
+    use leafwalk_models::Normalisation;
+    for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini] {
+        let options = LoadOptions {
+            arch: Some(arch),
+            dataset: None,
+            normalisation: Some(Normalisation { mean: vec![0.0], std: vec![1.0] }),
+        };
+        let model = Classifier::load(&fixture(&format!("{arch}.safetensors")), options, &Device::Cpu).unwrap();
+        let (golden, _) = checkpoint::read(&fixture(&format!("{arch}.golden.safetensors")), &Device::Cpu).unwrap();
+        let f64s = |name: &str| -> Vec<f64> {
+            golden[name].flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap()
+        };
+        let (traces, eigenvalues) = (f64s("trace_g"), f64s("eig_g"));
+        let points = batch_geometry(&model, &golden["inputs"]).unwrap();
+        let classes = model.classes();
+        for (b, point) in points.iter().enumerate() {
+            assert_close(&format!("{arch} trace G"), &[point.trace()], &[traces[b]], 0.0, 1e-4);
+            let expected = &eigenvalues[b * classes..][..classes];
+            let found = point.spectrum().eigenvalues;
+            // The last eigenvalue is rounding noise in both: compared on the largest one's scale.
+            assert_close(&format!("{arch} eigenvalues"), &found[..classes - 1], &expected[..classes - 1], 0.0, 1e-4);
+            assert!(found[classes - 1].abs() <= 1e-6 * expected[0], "{arch}: last eigenvalue {}", found[classes - 1]);
+        }
+    }
+}
