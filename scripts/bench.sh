@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The benchmark suite, one JSON line per benchmark. Speed targets live here, never in timed tests.
 #
-#   scripts/bench.sh [train|geometry|path|ood|all] [--device cpu|cuda[:N]]    (default: all, cpu)
+#   scripts/bench.sh [train|geometry|scale|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV]
+#                                                                            (default: all, cpu)
 #
-#   train      mnist-cnn training images/s at batch 60 (SGD)
-#   geometry   mnist-cnn input-Jacobian points/s at B = 1 … 1,024 (hand-written pass; autograd at
-#              1–32) and the seconds for J of all 2,000 MNIST test points   (alias: jacobian)
+#   train      training images/s at batch 60 (SGD) of mnist-cnn and resnet-mini
+#   geometry   input-Jacobian points/s through the engine: mnist-cnn at B = 1 … 1,024 (autograd
+#              at 16) and the seconds for J of all 2,000 MNIST test points; the PyTorch
+#              fixtures lenet5, vgg-bn-small, resnet-mini at B = 1 and 16   (alias: jacobian)
+#   scale      one 3×224×224 point of a 1,000-class resnet18: J, spectrum, leaf basis, peak memory
+#              (~2 min; not part of `all`)
 #   path       data-leaf paths: test 0 → 1 per integrator, host Euler steps/s at 1 and 32 paths,
 #              device Euler path-steps/s at 1 … 1,024 paths (one fused kernel per step)
 #   ood        ood-score images/s per score on MNIST test images (needs data/mnist; the two
@@ -13,22 +17,31 @@
 #
 # When the PyTorch reference is installed (~/.venv-ref, see shared/reference), ref.py's own figures
 # are measured once in the same run on the same device and the ratios printed; `path` and `all`
-# include its 10,000-step paper walk (~1–2 min).
+# include its 10,000-step paper walk (~1–2 min). For the fixtures, shared/models/torch_models.py
+# (Jacobian) and scripts/torch_train_bench.py (training) time PyTorch on the same models.
+#
+# --baseline REV also builds revision REV's geometry and train benchmarks (a git worktree under
+# target/bench-baseline, its own target folder: a full build the first time) and reports them
+# beside this tree's, measured in the same run — how a change is compared with what it replaces.
 #
 # Environment: LEAFWALK_DATA (default data/), REF_PY (default ../shared/reference/ref.py),
-# REF_VENV (default ~/.venv-ref), THREADS (default: all cores), CARGO_TARGET_DIR and the cargo
-# features (CARGO_FEATURES, e.g. "cuda") of the benchmark build.
+# REF_MODELS (default ../shared/models), REF_VENV (default ~/.venv-ref), THREADS (default: all
+# cores), CARGO_TARGET_DIR and the cargo features (CARGO_FEATURES, e.g. "cuda") of the benchmark
+# build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: scripts/bench.sh [train|geometry|path|ood|all] [--device cpu|cuda[:N]]" >&2; exit 2; }
+usage() { echo "usage: scripts/bench.sh [train|geometry|scale|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV]" >&2; exit 2; }
 what=all
 device=cpu
+baseline=
 while (($#)); do
   case $1 in
-    train|geometry|jacobian|path|ood|all) what=$1; shift ;;
+    train|geometry|jacobian|scale|path|ood|all) what=$1; shift ;;
     --device) (($# >= 2)) || usage; device=$2; shift 2 ;;
     --device=*) device=${1#*=}; shift ;;
+    --baseline) (($# >= 2)) || usage; baseline=$2; shift 2 ;;
+    --baseline=*) baseline=${1#*=}; shift ;;
     *) usage ;;
   esac
 done
@@ -36,6 +49,7 @@ done
 threads=${THREADS:-$(nproc)}
 ref_py=${REF_PY:-../shared/reference/ref.py}
 ref_python=${REF_VENV:-$HOME/.venv-ref}/bin/python
+ref_models=${REF_MODELS:-../shared/models}
 features=${CARGO_FEATURES:+--features $CARGO_FEATURES}
 # Absolute: cargo runs benchmarks from their crate folder.
 export LEAFWALK_DATA=$(realpath -m "${LEAFWALK_DATA:-data}") RAYON_NUM_THREADS=$threads LEAFWALK_DEVICE=$device
@@ -64,32 +78,93 @@ reference() {
 # figures and the ratios: python3 - OURS REF <<'PY' … PY.
 ours() { cargo bench -q $features -p "$1" --bench "$2"; }
 
+# PyTorch on a fixture model: torch_models.py's Jacobian or torch_train_bench.py's training
+# figure (one JSON line), or null where torch or the fixtures are missing.
+torch_fixture() {
+  local kind=$1 name=$2
+  if [[ -x $ref_python && -f $ref_models/torch_models.py ]]; then
+    case $kind in
+      jacobian) "$ref_python" "$ref_models/torch_models.py" bench "$name" --threads "$threads" 2>/dev/null || echo null ;;
+      train) "$ref_python" scripts/torch_train_bench.py "$name" --fixtures "$ref_models" --data "$LEAFWALK_DATA" \
+               --threads "$threads" 2>/dev/null || echo null ;;
+    esac
+  else
+    echo null
+  fi
+}
+
+# Revision $baseline's benchmark $2 of crate $1 (empty without --baseline).
+baseline_bench() {
+  [[ -n $baseline ]] || { echo null; return; }
+  local tree=target/bench-baseline/$baseline
+  if [[ ! -d $tree ]]; then
+    mkdir -p target/bench-baseline
+    git worktree add --detach "$tree" "$baseline" >&2 || { echo null; return; }
+  fi
+  (cd "$tree" && CARGO_TARGET_DIR=$PWD/target cargo bench -q $features -p "$1" --bench "$2") || echo null
+}
+
 geometry() {
-  python3 - "$(ours leafwalk-geometry jacobian)" "$(reference)" <<'PY'
+  local ours base torch
+  ours=$(ours leafwalk-geometry jacobian)
+  base=$(baseline_bench leafwalk-geometry jacobian)
+  torch=$(for m in lenet5 vgg-bn-small resnet-mini; do torch_fixture jacobian "$m"; done | paste -sd, -)
+  python3 - "$ours" "$(reference)" "[$torch]" "$base" "$baseline" <<'PY'
 import json, sys
-ours, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ours, ref, fixtures, base, rev = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
 out = {"leafwalk": ours}
+best = lambda results: max(v for k, v in results.items() if k.startswith("engine") and k.endswith("points_per_s"))
+ratios = {}
 if ref:
-    best = max(ref[k]["points_per_s"] for k in ("a_jacobian_paper_per_point", "b_jacobian_replicated_batch16", "b_jacobian_replicated_batch128", "b_jacobian_vmap_jacrev_batch128"))
-    mine = max(v for k, v in ours["results"].items() if k.startswith("hand_written") and k.endswith("points_per_s"))
+    torch_best = max(ref[k]["points_per_s"] for k in ("a_jacobian_paper_per_point", "b_jacobian_replicated_batch16", "b_jacobian_replicated_batch128", "b_jacobian_vmap_jacrev_batch128"))
     out["pytorch_reference"] = {k: ref[k] for k in ref if k.startswith(("a_", "b_"))} | {"torch": ref["torch"], "threads": ref["threads"], "device": ref.get("device")}
-    out["ratio_best_leafwalk_over_best_pytorch"] = mine / best
+    ratios["mnist-cnn"] = best(ours["models"]["mnist-cnn"]["results"]) / torch_best
+for f in fixtures:
+    if f:
+        out.setdefault("pytorch_fixtures", {})[f["model"]] = f
+        ratios[f["model"]] = best(ours["models"][f["model"]]["results"]) / f["best_points_per_s"]
+if ratios:
+    out["ratio_best_leafwalk_over_best_pytorch"] = ratios
+if base:
+    out["baseline"] = {"revision": rev, "bench": base}
+    # The baseline's mnist-cnn pass, whatever it called itself ("hand_written_…"), against the engine.
+    new = ours["models"]["mnist-cnn"]["results"]
+    ratios = {}
+    for key, value in base.get("results", {}).items():
+        for prefix in ("hand_written_", "engine_"):
+            if key.startswith(prefix) and key.endswith("points_per_s") and "engine_" + key[len(prefix):] in new:
+                ratios[key[len(prefix):]] = new["engine_" + key[len(prefix):]] / value
+    out["ratio_engine_over_baseline_mnist_cnn"] = ratios
 print(json.dumps(out))
 PY
 }
 
 train() {
-  python3 - "$(ours leafwalk-train train)" "$(reference)" <<'PY'
+  local ours base torch
+  ours=$(ours leafwalk-train train)
+  base=$(baseline_bench leafwalk-train train)
+  torch=$(torch_fixture train resnet-mini)
+  python3 - "$ours" "$(reference)" "$torch" "$base" "$baseline" <<'PY'
 import json, sys
-ours, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ours, ref, fixture, base, rev = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
 out = {"leafwalk": ours}
+ratios = {}
 if ref:
     r = ref["d_train_batch60_images_per_s"]
     out["pytorch_reference"] = {"torch": ref["torch"], "threads": ref["threads"], "device": ref.get("device"), "images_per_s": r}
-    out["ratio_leafwalk_over_pytorch"] = ours["images_per_s"] / r
+    ratios["mnist-cnn"] = ours["models"]["mnist-cnn"]["images_per_s"] / r
+if fixture:
+    out["pytorch_resnet_mini"] = fixture
+    ratios["resnet-mini"] = ours["models"]["resnet-mini"]["images_per_s"] / fixture["images_per_s"]
+if ratios:
+    out["ratio_leafwalk_over_pytorch"] = ratios
+if base:
+    out["baseline"] = {"revision": rev, "bench": base}
 print(json.dumps(out))
 PY
 }
+
+scale() { ours leafwalk-geometry scale; }
 
 path() {
   python3 - "$(ours leafwalk-walk path)" "$(reference)" <<'PY'

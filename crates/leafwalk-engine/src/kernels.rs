@@ -203,6 +203,11 @@ pub(crate) fn matmul(
     matmul_with((m, n, k), (c, c_row), a, b, accumulate, gemm::Parallelism::None)
 }
 
+/// [`matmul`] writing c column by column: element (i, j) at `c[j·m + i]`.
+pub(crate) fn matmul_by_columns((m, n, k): (usize, usize, usize), c: &mut [f32], a: Operand, b: Operand) {
+    matmul_strided((m, n, k), (c, 1, m), a, b, false, gemm::Parallelism::None)
+}
+
 /// [`matmul`] on all of rayon's threads (for batch-level products in training).
 pub(crate) fn matmul_parallel(
     shape: (usize, usize, usize),
@@ -217,8 +222,19 @@ pub(crate) fn matmul_parallel(
 }
 
 fn matmul_with(
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     (c, c_row): (&mut [f32], usize),
+    a: Operand,
+    b: Operand,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    matmul_strided(shape, (c, c_row, 1), a, b, accumulate, parallelism)
+}
+
+fn matmul_strided(
+    (m, n, k): (usize, usize, usize),
+    (c, c_row, c_col): (&mut [f32], usize, usize),
     (a, a_row, a_col): Operand,
     (b, b_row, b_col): Operand,
     accumulate: bool,
@@ -230,14 +246,16 @@ fn matmul_with(
     if k == 0 {
         if !accumulate {
             for row in 0..m {
-                c[row * c_row..][..n].fill(0.0);
+                for col in 0..n {
+                    c[row * c_row + col * c_col] = 0.0;
+                }
             }
         }
         return;
     }
     let last = |rows: usize, cols: usize, row: usize, col: usize| (rows - 1) * row + (cols - 1) * col;
     assert!(
-        last(m, n, c_row, 1) < c.len() && last(m, k, a_row, a_col) < a.len() && last(k, n, b_row, b_col) < b.len(),
+        last(m, n, c_row, c_col) < c.len() && last(m, k, a_row, a_col) < a.len() && last(k, n, b_row, b_col) < b.len(),
         "matmul operands do not hold an {m}×{k} by {k}×{n} product"
     );
     // SAFETY: the assert above keeps every element the strides address inside its slice, and
@@ -248,7 +266,7 @@ fn matmul_with(
             n,
             k,
             c.as_mut_ptr(),
-            1,
+            c_col as isize,
             c_row as isize,
             accumulate,
             a.as_ptr(),
@@ -355,7 +373,7 @@ impl ConvShape {
 
     /// The input coordinate tap `t` of output `o` reads along `axis`, if inside the image.
     #[inline(always)]
-    fn source(&self, o: usize, t: usize, axis: usize) -> Option<usize> {
+    pub(crate) fn source(&self, o: usize, t: usize, axis: usize) -> Option<usize> {
         (o * self.stride[axis] + t * self.dilation[axis])
             .checked_sub(self.padding[axis])
             .filter(|&i| i < self.input[axis])
@@ -485,6 +503,49 @@ with_wide_vectors!(col2im => col2im_kernel(
     shape: &ConvShape, readers: &TapReaders, cols: &[f32], first_channel: usize, input: &mut [f32]
 ) -> ());
 
+/// [`col2im`] from columns stored tap-major (`cols[(tap·C_in + c)·stride + p]` for the P output
+/// positions p of one image): each tap and channel adds whole rows of outputs onto rows of
+/// inputs, shifted — contiguous runs where the stride is 1 and the map has one channel, which
+/// is where the position-major [`col2im`] gathers 25 scattered values per input (a network's
+/// first layer).
+#[inline(always)]
+fn col2im_by_taps_kernel(shape: &ConvShape, cols: &[f32], stride: usize, first_channel: usize, input: &mut [f32]) {
+    let ([height, width, channels], [out_h, out_w]) = (shape.input, shape.output);
+    let positions = out_h * out_w;
+    for c in 0..shape.group_in {
+        for ky in 0..shape.kernel[0] {
+            for kx in 0..shape.kernel[1] {
+                let tap = ky * shape.kernel[1] + kx;
+                let plane = &cols[(tap * shape.group_in + c) * stride..][..positions];
+                // The outputs whose tap (ky, kx) lands inside the image, along x.
+                let xs: Vec<(usize, usize)> =
+                    (0..out_w).filter_map(|ox| shape.source(ox, kx, 1).map(|ix| (ox, ix))).collect();
+                let Some(&(first_ox, first_ix)) = xs.first() else { continue };
+                for oy in 0..out_h {
+                    let Some(iy) = shape.source(oy, ky, 0) else { continue };
+                    let row = &plane[oy * out_w..][..out_w];
+                    let target = &mut input[iy * width * channels + first_channel + c..];
+                    if shape.stride[1] == 1 && shape.dilation[1] == 1 && channels == 1 {
+                        let run = xs.len();
+                        for (t, v) in target[first_ix..first_ix + run].iter_mut().zip(&row[first_ox..first_ox + run]) {
+                            *t += v;
+                        }
+                    } else {
+                        for &(ox, ix) in &xs {
+                            target[ix * channels] += row[ox];
+                        }
+                    }
+                }
+                debug_assert!(height > 0);
+            }
+        }
+    }
+}
+
+with_wide_vectors!(col2im_by_taps => col2im_by_taps_kernel(
+    shape: &ConvShape, cols: &[f32], stride: usize, first_channel: usize, input: &mut [f32]
+) -> ());
+
 /// The output units of a convolution or linear layer that carry gradient, by position: those at
 /// position p are `channels[starts[p]..starts[p + 1]]`, with their K class gradients in
 /// `coefficients` (`[unit][K]`, the same order).
@@ -582,30 +643,71 @@ pub(crate) fn conv_gather<const K: usize>(
     }
 }
 
-/// The reverse of a convolution for one row (a training loss) over the active output units, as
-/// a scatter: each unit adds its gradient times its kernel's tap strips to the input positions
-/// it read (`sources`, from [`tap_sources`]). With one row a gather would have one chain of
-/// additions to wait on; a unit's taps are independent. `weights` is `[out][tap][padded in]`;
-/// `out` is `[H][W][C]`, zeros on entry.
+/// One point's active output units of a convolution for one row (a training loss), by output
+/// channel: channel o's are `positions[starts[o]..starts[o + 1]]` with their gradients in
+/// `coefficients` — so that a channel's kernel (the reverse) or weight-gradient row stays in L1
+/// while its units stream past.
+pub(crate) struct UnitsByChannel {
+    starts: Vec<u32>,
+    positions: Vec<u32>,
+    coefficients: Vec<f32>,
+}
+
+impl UnitsByChannel {
+    /// From a point's output gradient `[positions][channels]` and its support.
+    pub(crate) fn gather(gradient: &[f32], support: &[bool], channels: usize) -> Self {
+        let mut starts = vec![0u32; channels + 1];
+        for position in support.chunks(channels) {
+            for (o, &on) in position.iter().enumerate() {
+                starts[o + 1] += u32::from(on);
+            }
+        }
+        for o in 0..channels {
+            starts[o + 1] += starts[o];
+        }
+        let mut next = starts.clone();
+        let total = starts[channels] as usize;
+        let (mut positions, mut coefficients) = (vec![0u32; total], vec![0f32; total]);
+        for (p, (on, g)) in support.chunks(channels).zip(gradient.chunks(channels)).enumerate() {
+            for (o, (&on, &g)) in on.iter().zip(g).enumerate() {
+                if on {
+                    let at = next[o] as usize;
+                    (positions[at], coefficients[at]) = (p as u32, g);
+                    next[o] += 1;
+                }
+            }
+        }
+        UnitsByChannel { starts, positions, coefficients }
+    }
+
+    fn channel(&self, o: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let range = self.starts[o] as usize..self.starts[o + 1] as usize;
+        self.positions[range.clone()].iter().zip(&self.coefficients[range]).map(|(&p, &g)| (p as usize, g))
+    }
+}
+
+/// The reverse of a convolution for one row over its active output units, channel by channel:
+/// each unit adds its gradient times the channel's kernel taps (`weights`, `[out][tap][padded
+/// in]`, the channel's in L1) to the input positions it read (`sources`, from
+/// [`tap_sources`]); `out` is `[H][W][C]`, zeros on entry.
 #[inline(always)]
 fn conv_scatter_kernel(
     shape: &ConvShape,
-    units: &ActiveUnits,
+    units: &UnitsByChannel,
     weights: &[f32],
     padded_in: usize,
     sources: &[u32],
     out: &mut [f32],
 ) {
     let (channels, taps) = (shape.input[2], shape.taps());
-    for p in 0..shape.positions() {
-        let position_sources = &sources[p * taps..][..taps];
-        for unit in units.starts[p] as usize..units.starts[p + 1] as usize {
-            let (o, g) = (units.channels[unit] as usize, units.coefficients[unit]);
-            for (tap, &source) in position_sources.iter().enumerate() {
+    for o in 0..units.starts.len() - 1 {
+        let kernel = &weights[o * taps * padded_in..][..taps * padded_in];
+        for (p, g) in units.channel(o) {
+            for (tap, &source) in sources[p * taps..][..taps].iter().enumerate() {
                 if source == u32::MAX {
                     continue;
                 }
-                let w = &weights[(o * taps + tap) * padded_in..][..channels];
+                let w = &kernel[tap * padded_in..][..channels];
                 let target = &mut out[source as usize * channels..][..channels];
                 for (t, w) in target.iter_mut().zip(w) {
                     *t += g * w;
@@ -616,18 +718,17 @@ fn conv_scatter_kernel(
 }
 
 with_wide_vectors!(conv_scatter => conv_scatter_kernel(
-    shape: &ConvShape, units: &ActiveUnits, weights: &[f32], padded_in: usize, sources: &[u32], out: &mut [f32]
+    shape: &ConvShape, units: &UnitsByChannel, weights: &[f32], padded_in: usize, sources: &[u32], out: &mut [f32]
 ) -> ());
 
-/// A convolution's weight gradient from one point's active output units: `rows[o] += g · patch`
-/// for each unit (o at p), its im2col patch `cols[p]`; `rows` is `[out][patch]`.
+/// A convolution's weight gradient from one point's active output units, channel by channel:
+/// `rows[o] += g · patch` over channel o's units (the row in L1), `cols[p]` the im2col patch of
+/// the unit's position; `rows` is `[out][patch]`.
 #[inline(always)]
-fn unit_patches_kernel(units: &ActiveUnits, cols: &[f32], patch: usize, rows: &mut [f32]) {
-    for p in 0..units.starts.len() - 1 {
-        let source = &cols[p * patch..][..patch];
-        for unit in units.starts[p] as usize..units.starts[p + 1] as usize {
-            let (o, g) = (units.channels[unit] as usize, units.coefficients[unit]);
-            for (r, v) in rows[o * patch..][..patch].iter_mut().zip(source) {
+fn unit_patches_kernel(units: &UnitsByChannel, cols: &[f32], patch: usize, rows: &mut [f32]) {
+    for (o, row) in rows.chunks_exact_mut(patch).enumerate() {
+        for (p, g) in units.channel(o) {
+            for (r, v) in row.iter_mut().zip(&cols[p * patch..][..patch]) {
                 *r += g * v;
             }
         }
@@ -635,7 +736,7 @@ fn unit_patches_kernel(units: &ActiveUnits, cols: &[f32], patch: usize, rows: &m
 }
 
 with_wide_vectors!(unit_patches => unit_patches_kernel(
-    units: &ActiveUnits, cols: &[f32], patch: usize, rows: &mut [f32]
+    units: &UnitsByChannel, cols: &[f32], patch: usize, rows: &mut [f32]
 ) -> ());
 
 /// Columns of a linear layer's weights packed at a time by [`rows_gather`]: the active rows'

@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use crate::forward::{product_points, Threads, POINT_RUNS};
 use crate::kernels::{
-    bands, col2im, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_parallel, rows_gather,
-    unit_patches, ActiveUnits, PointRows, CHANNEL_PAD,
+    bands, col2im, col2im_by_taps, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_by_columns,
+    matmul_parallel, rows_gather, unit_patches, ActiveUnits, PointRows, UnitsByChannel, CHANNEL_PAD,
 };
 use crate::plan::{ConvStep, LinearStep};
 use crate::reverse::{Grad, Rows};
@@ -46,28 +46,33 @@ pub(crate) fn conv_backward(
         (conv.conv.groups == 1 && active * padded * GATHER_COST < positions * cout * channels).then_some(support)
     };
     if training {
+        // One row per point: each sparse point's active units, by output channel, once for both
+        // the weight gradient and the input's.
+        let units: Vec<Option<UnitsByChannel>> = (0..rows.points)
+            .into_par_iter()
+            .map(|b| sparse(b).map(|support| UnitsByChannel::gather(&grad.values[b * n_out..][..n_out], support, cout)))
+            .collect();
         if let Some(x) = x {
-            conv_parameters(conv, &grad, x, rows.points, &sparse, parameters);
+            conv_parameters(conv, &grad, x, rows.points, &units, parameters);
         }
+        if !wants_input {
+            return None;
+        }
+        let mut values = vec![0f32; rows.points * n_in];
+        conv_input_batch(conv, reverse_weights, &grad, &units, &mut values);
+        return Some(Grad::dense(values));
     }
     if !wants_input {
         return None;
     }
     let mut values = vec![0f32; rows.points * k * n_in];
-    if training {
-        conv_input_batch(conv, reverse_weights, &grad, &sparse, rows.points, &mut values);
-        return Some(Grad::dense(values));
-    }
     let point = |b: usize, out: &mut [f32], threads: Threads| {
         let g = &grad.values[b * k * n_out..][..k * n_out];
         match sparse(b) {
             Some(support) => {
                 let units = ActiveUnits::gather(g, support, positions, cout, k);
                 let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
-                match k {
-                    1 => conv_scatter(&conv.shape, &units, weights, *padded, &conv.sources, out),
-                    _ => gather_bands(conv, &units, weights, *padded, k, out, threads),
-                }
+                gather_bands(conv, &units, weights, *padded, k, out, threads);
             }
             None => conv_dense(conv, g, k, out, threads),
         }
@@ -84,14 +89,14 @@ pub(crate) fn conv_backward(
 /// A convolution's input gradient over a batch with one row per point (training): the sparse
 /// points by scatter, the dense ones several at a time by one `gemm` each, runs of points in
 /// parallel. `values`: `[point][H][W][C]`, zeros on entry.
-fn conv_input_batch<'s>(
+fn conv_input_batch(
     conv: &ConvStep,
     reverse_weights: &OnceLock<(Vec<f32>, usize)>,
     grad: &Grad,
-    sparse: &(dyn Fn(usize) -> Option<&'s [bool]> + Sync),
-    points: usize,
+    units: &[Option<UnitsByChannel>],
     values: &mut [f32],
 ) {
+    let points = units.len();
     let shape = conv.shape;
     let (positions, patch, cout, cout_g) = (shape.positions(), shape.patch(), conv.conv.out_channels, conv.group_out());
     let (n_in, n_out) = (shape.input.iter().product::<usize>(), positions * cout);
@@ -108,18 +113,16 @@ fn conv_input_batch<'s>(
         let mut cols = vec![0f32; step * positions * patch];
         let mut b = run.start;
         while b < run.end {
-            let g = &grad.values[b * n_out..][..n_out];
             let point_out = &mut out[(b - run.start) * n_in..][..n_in];
-            if let Some(support) = sparse(b) {
-                let units = ActiveUnits::gather(g, support, positions, cout, 1);
+            if let Some(units) = &units[b] {
                 let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
-                conv_scatter(&shape, &units, weights, *padded, &conv.sources, point_out);
+                conv_scatter(&shape, units, weights, *padded, &conv.sources, point_out);
                 b += 1;
                 continue;
             }
             // The dense points from here on, up to one product's worth (their gradients are
             // consecutive rows).
-            let count = (b..run.end.min(b + step)).take_while(|&p| sparse(p).is_none()).count();
+            let count = (b..run.end.min(b + step)).take_while(|&p| units[p].is_none()).count();
             let rows = count * positions;
             for group in 0..conv.conv.groups {
                 let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
@@ -144,12 +147,12 @@ fn conv_input_batch<'s>(
 /// points, each point's active units' gradients times their patches where the support is
 /// sparse, and the im2col rows of the dense points, several at once, times their gradients by
 /// `gemm`.
-fn conv_parameters<'s>(
+fn conv_parameters(
     conv: &ConvStep,
     grad: &Grad,
     x: &[f32],
     points: usize,
-    sparse: &(dyn Fn(usize) -> Option<&'s [bool]> + Sync),
+    units: &[Option<UnitsByChannel>],
     parameters: &mut Gradients,
 ) {
     let shape = conv.shape;
@@ -162,17 +165,15 @@ fn conv_parameters<'s>(
         let mut cols = vec![0f32; step * positions * patch];
         let mut b = run.start;
         while b < run.end {
-            let g = &grad.values[b * n_out..][..n_out];
-            if let Some(support) = sparse(b) {
+            if let Some(units) = &units[b] {
                 im2col(&shape, &x[b * n_in..][..n_in], 0, 0..positions, &mut cols[..positions * patch]);
-                let units = ActiveUnits::gather(g, support, positions, cout, 1);
-                unit_patches(&units, &cols[..positions * patch], patch, &mut by_unit);
+                unit_patches(units, &cols[..positions * patch], patch, &mut by_unit);
                 b += 1;
                 continue;
             }
             // The dense points from here on, up to one product's worth: their im2col rows
             // and (consecutive) gradients in one product.
-            let count = (b..run.end.min(b + step)).take_while(|&p| sparse(p).is_none()).count();
+            let count = (b..run.end.min(b + step)).take_while(|&p| units[p].is_none()).count();
             let rows = count * positions;
             for group in 0..conv.conv.groups {
                 for (p, cols) in (b..b + count).zip(cols.chunks_mut(positions * patch)) {
@@ -245,24 +246,48 @@ fn gather_bands(
     }
 }
 
-/// One point's dense convolution reverse: per row, the gradient times the kernel, then col2im
-/// (`out`: `[K][H][W][C]`, zeros on entry).
+/// Input channels up to which a dense reverse sums by taps ([`col2im_by_taps`]) rather than by
+/// input positions.
+const BY_TAPS_CHANNELS: usize = 4;
+
+/// Most rows (classes × positions) one dense reverse product takes: products of a few thousand
+/// rows keep their operands in L2 (measured: 4,000 already ran slower than 800).
+const DENSE_ROWS: usize = 2048;
+
+/// One point's dense convolution reverse: the gradients of as many of its K rows as fit
+/// [`DENSE_ROWS`] times the kernel in one product, then col2im (`out`: `[K][H][W][C]`, zeros on
+/// entry). How the rows are chunked depends on the shapes only, so a point rounds the same
+/// anywhere.
 fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads: Threads) {
     let shape = conv.shape;
     let (positions, cout, cout_g, patch) = (shape.positions(), conv.conv.out_channels, conv.group_out(), shape.patch());
     let n_in = out.len() / k;
-    let row = |(back, g): (&mut [f32], &[f32])| {
-        let mut cols = vec![0f32; positions * patch];
+    let by_taps = shape.group_in <= BY_TAPS_CHANNELS;
+    let per_product = (DENSE_ROWS / positions).clamp(1, k);
+    let chunk = |(back, g): (&mut [f32], &[f32])| {
+        let rows = g.len() / cout;
+        let mut cols = vec![0f32; rows * patch];
         for group in 0..conv.conv.groups {
-            let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
+            let kernel = (&conv.forward[group * patch * cout_g..][..patch * cout_g], 1, cout_g);
             let g = (&g[group * cout_g..], cout, 1);
-            matmul((positions, patch, cout_g), (&mut cols, patch), g, (kernel, 1, cout_g), false);
-            col2im(&shape, &conv.readers, &cols, group * shape.group_in, back);
+            let first_channel = group * shape.group_in;
+            if by_taps {
+                matmul_by_columns((rows, patch, cout_g), &mut cols, g, kernel);
+                for (row, back) in back.chunks_mut(n_in).enumerate() {
+                    col2im_by_taps(&shape, &cols[row * positions..], rows, first_channel, back);
+                }
+            } else {
+                matmul((rows, patch, cout_g), (&mut cols, patch), g, kernel, false);
+                for (cols, back) in cols.chunks(positions * patch).zip(back.chunks_mut(n_in)) {
+                    col2im(&shape, &conv.readers, cols, first_channel, back);
+                }
+            }
         }
     };
+    let chunks = out.chunks_mut(per_product * n_in).zip(grad.chunks(per_product * positions * cout));
     match threads {
-        Threads::Bands => out.par_chunks_mut(n_in).zip(grad.par_chunks(positions * cout)).for_each(row),
-        _ => out.chunks_mut(n_in).zip(grad.chunks(positions * cout)).for_each(row),
+        Threads::Bands => chunks.collect::<Vec<_>>().into_par_iter().for_each(chunk),
+        _ => chunks.for_each(chunk),
     }
 }
 

@@ -186,13 +186,35 @@ impl Reverse<'_, '_, '_> {
                 }
                 _ => vec![Some(by_channel(grad, &norm.eval_affine().0, channels))],
             },
+            StepOp::Activation(_) if matches!(saved, Saved::PositiveOutput) => {
+                let output = self.pass.values[step.output].as_deref().unwrap_or(&[]);
+                let Grad { mut values, support } = grad;
+                let gate = |(row, y): (&mut [f32], &[f32])| {
+                    row.iter_mut().zip(y).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 });
+                };
+                match rows.threads {
+                    Threads::Points => values.par_chunks_mut(n_in).zip(output.par_chunks(n_in)).for_each(gate),
+                    _ => values.chunks_mut(n_in).zip(output.chunks(n_in)).for_each(gate),
+                }
+                let support = support.map(|mut s| {
+                    s.iter_mut().zip(output).for_each(|(s, &y)| *s &= y > 0.0);
+                    s
+                });
+                let gates = output.iter().map(|&y| y > 0.0);
+                let support = Some(support.unwrap_or_else(|| gates.collect()));
+                vec![Some(Grad { values, support })]
+            }
             StepOp::Activation(_) => {
                 let Saved::Derivative { values: derivative, gates } = saved else { return vec![Some(grad)] };
                 let derivative = rows.own(derivative);
                 let Grad { mut values, support } = grad;
-                for (r, row) in values.chunks_mut(n_in).enumerate() {
+                let times = |(r, row): (usize, &mut [f32])| {
                     let d = &derivative[(r / k) * n_in..][..n_in];
                     row.iter_mut().zip(d).for_each(|(g, d)| *g *= d);
+                };
+                match rows.threads {
+                    Threads::Points => values.par_chunks_mut(n_in).enumerate().for_each(times),
+                    _ => values.chunks_mut(n_in).enumerate().for_each(times),
                 }
                 let support = match gates {
                     true => {
@@ -208,15 +230,24 @@ impl Reverse<'_, '_, '_> {
                 let Saved::Winners(winners) = saved else { unreachable!("max-pool keeps its winners") };
                 let winners = rows.own(winners);
                 let mut support = vec![false; rows.points * n_in];
-                let mut values = vec![0f32; grad.values.len() / n_out * n_in];
-                for (r, (back, g)) in values.chunks_mut(n_in).zip(grad.values.chunks(n_out)).enumerate() {
-                    let point = r / k;
-                    for (e, (&w, &g)) in winners[point * n_out..][..n_out].iter().zip(g).enumerate() {
-                        back[w as usize] += g;
-                        if r % k == 0 && grad.support.as_ref().is_none_or(|s| s[point * n_out + e]) {
-                            support[point * n_in + w as usize] = true;
+                for (point, support) in support.chunks_mut(n_in).enumerate() {
+                    for (e, &w) in winners[point * n_out..][..n_out].iter().enumerate() {
+                        if grad.support.as_ref().is_none_or(|s| s[point * n_out + e]) {
+                            support[w as usize] = true;
                         }
                     }
+                }
+                let mut values = vec![0f32; grad.values.len() / n_out * n_in];
+                let route = |(r, (back, g)): (usize, (&mut [f32], &[f32]))| {
+                    for (&w, &g) in winners[(r / k) * n_out..][..n_out].iter().zip(g) {
+                        back[w as usize] += g;
+                    }
+                };
+                match rows.threads {
+                    Threads::Points => {
+                        values.par_chunks_mut(n_in).zip(grad.values.par_chunks(n_out)).enumerate().for_each(route)
+                    }
+                    _ => values.chunks_mut(n_in).zip(grad.values.chunks(n_out)).enumerate().for_each(route),
                 }
                 vec![Some(Grad { values, support: Some(support) })]
             }
@@ -290,25 +321,23 @@ fn batch_norm_backward(
     Grad::dense(back)
 }
 
-/// Spreads each output gradient evenly over its window.
+/// Spreads each output gradient evenly over its window: each input position sums the shares of
+/// the windows that hold it (listed once for all rows).
 fn through_avg_pool(values: &[f32], pool: &Pool, input: Dims, output: Dims) -> Vec<f32> {
     let (n_in, n_out, c) = (input.len(), output.len(), input.channels);
-    // Each output position's window and 1/divisor, once for all rows.
-    let windows: Vec<(Vec<usize>, f32)> = (0..output.plane())
-        .map(|o| {
-            let at = (o / output.width, o % output.width);
-            (avg_window(pool, at, input).collect(), 1.0 / pool.divisor(at, (input.height, input.width)) as f32)
-        })
-        .collect();
+    // (input position, output, share) sorted by input position: each input's readers in a run.
+    let mut entries: Vec<(usize, usize, f32)> = Vec::with_capacity(output.plane() * pool.kernel[0] * pool.kernel[1]);
+    for o in 0..output.plane() {
+        let at = (o / output.width, o % output.width);
+        let share = 1.0 / pool.divisor(at, (input.height, input.width)) as f32;
+        entries.extend(avg_window(pool, at, input).map(|position| (position, o, share)));
+    }
+    entries.sort_by_key(|&(position, o, _)| (position, o));
     let mut back = vec![0f32; values.len() / n_out * n_in];
     for (back, g) in back.chunks_mut(n_in).zip(values.chunks(n_out)) {
-        for (o, (window, share)) in windows.iter().enumerate() {
-            let g = &g[o * c..][..c];
-            for &position in window {
-                for (b, g) in back[position * c..][..c].iter_mut().zip(g) {
-                    *b += g * share;
-                }
-            }
+        for &(position, o, share) in &entries {
+            let (target, source) = (&mut back[position * c..(position + 1) * c], &g[o * c..(o + 1) * c]);
+            target.iter_mut().zip(source).for_each(|(b, g)| *b += g * share);
         }
     }
     back

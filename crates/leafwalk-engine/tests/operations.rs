@@ -366,7 +366,7 @@ fn training_gradients(name: &str, description: &Description, seed: u64) {
         // A bias before training-mode batch norm has a gradient of rounding noise only.
         let scale = max_abs(&expected).max(1e-2 * overall);
         let worst = found.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(worst <= 1e-4 * scale, "{name}: gradient of {param} off by {worst:e} (max {scale:e})");
+        assert!(worst <= 1e-4 * scale + 2e-6 * overall, "{name}: gradient of {param} off by {worst:e} (max {scale:e})");
     }
     // Batch norm's running statistics follow the batch, as candle's training pass moved them.
     let after: HashMap<String, Tensor> = autograd_model.named_tensors().into_iter().collect();
