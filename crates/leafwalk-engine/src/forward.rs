@@ -247,6 +247,9 @@ fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (V
                         a.chunks(channels).flat_map(move |a| a.iter().zip(b).map(|(&a, &b)| arith.apply(a, b)))
                     })
                     .collect(),
+                false if a.len() >= crate::reverse::PARALLEL_VALUES => {
+                    a.par_iter().zip(b).map(|(&a, &b)| arith.apply(a, b)).collect()
+                }
                 false => a.iter().zip(b).map(|(&a, &b)| arith.apply(a, b)).collect(),
             };
             let keep = match (arith, context.purpose) {
@@ -506,15 +509,8 @@ pub(crate) fn activate(activation: Activation, z: &[f32], derivative: bool, para
 /// branch-free, so a layer's worth vectorises, where libm's `tanhf` costs ~25 ns a value.
 #[inline(always)]
 fn tanh(v: f32) -> f32 {
-    const ALPHA: [f32; 7] = [
-        4.893_524_5e-3,
-        6.372_619_3e-4,
-        1.485_722_4e-5,
-        5.122_297e-8,
-        -8.604_672e-11,
-        2.000_188e-13,
-        -2.760_768_5e-16,
-    ];
+    const ALPHA: [f32; 7] =
+        [4.893_524_5e-3, 6.372_619_3e-4, 1.485_722_4e-5, 5.122_297e-8, -8.604_672e-11, 2.000_188e-13, -2.760_768_5e-16];
     const BETA: [f32; 4] = [4.893_525e-3, 2.268_434_7e-3, 1.185_347_1e-4, 1.198_258_4e-6];
     let x = v.clamp(-7.905_311, 7.905_311);
     let x2 = x * x;

@@ -33,8 +33,9 @@ impl Grad {
 
     /// Adds another contribution to the same value.
     fn add(&mut self, other: Grad) {
-        for (a, b) in self.values.iter_mut().zip(&other.values) {
-            *a += b;
+        match self.values.len() >= PARALLEL_VALUES {
+            true => self.values.par_iter_mut().zip(&other.values).for_each(|(a, b)| *a += b),
+            false => self.values.iter_mut().zip(&other.values).for_each(|(a, b)| *a += b),
         }
         self.support = match (self.support.take(), other.support) {
             (Some(mut a), Some(b)) => {
@@ -45,6 +46,10 @@ impl Grad {
         };
     }
 }
+
+/// Element-wise work at least this large runs on rayon's threads (a training batch's layer);
+/// smaller (one point's, inside a parallel loop already) stays on the caller's.
+pub(crate) const PARALLEL_VALUES: usize = 1 << 16;
 
 /// Which points a reverse step runs for, how many rows each has, and on what threads.
 #[derive(Clone, Copy)]
@@ -299,12 +304,26 @@ fn batch_norm_backward(
     let c = channels;
     let values = grad.values;
     let count = values.len() / c;
+    // Per-channel sums over fixed runs of positions in parallel, then added in order.
+    let runs = crate::kernels::bands(count, crate::forward::POINT_RUNS, 1);
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = runs
+        .par_iter()
+        .map(|run| {
+            let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
+            let (g, n) = (&values[run.start * c..run.end * c], &normalised[run.start * c..run.end * c]);
+            for (g, n) in g.chunks(c).zip(n.chunks(c)) {
+                for ch in 0..c {
+                    sum_g[ch] += g[ch] as f64;
+                    sum_gx[ch] += (g[ch] * n[ch]) as f64;
+                }
+            }
+            (sum_g, sum_gx)
+        })
+        .collect();
     let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
-    for (g, n) in values.chunks(c).zip(normalised.chunks(c)) {
-        for ch in 0..c {
-            sum_g[ch] += g[ch] as f64;
-            sum_gx[ch] += (g[ch] * n[ch]) as f64;
-        }
+    for (g, gx) in &partials {
+        sum_g.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+        sum_gx.iter_mut().zip(gx).for_each(|(a, b)| *a += b);
     }
     let name = |leaf: &str| format!("{}.{leaf}", norm.name);
     parameters.push((name("weight"), sum_gx.iter().map(|&v| v as f32).collect()));
@@ -313,11 +332,11 @@ fn batch_norm_backward(
     let (sum_g, sum_gx): (Vec<f32>, Vec<f32>) = sum_g.iter().zip(&sum_gx).map(|(&a, &b)| (a as f32, b as f32)).unzip();
     let factor: Vec<f32> = (0..c).map(|ch| norm.weight[ch] * inv_std[ch] / n).collect();
     let mut back = values;
-    for (g, x_hat) in back.chunks_mut(c).zip(normalised.chunks(c)) {
+    back.par_chunks_mut(c).zip(normalised.par_chunks(c)).for_each(|(g, x_hat)| {
         for ch in 0..c {
             g[ch] = factor[ch] * (n * g[ch] - sum_g[ch] - x_hat[ch] * sum_gx[ch]);
         }
-    }
+    });
     Grad::dense(back)
 }
 
