@@ -11,7 +11,7 @@
 use leafwalk_models::description::{Activation, Arith, Dims, GeluForm, Pool};
 use rayon::prelude::*;
 
-use crate::kernels::{bands, dot_rows, im2col, matmul, matmul_parallel};
+use crate::kernels::{bands, dot_rows, im2col, matmul, matmul_parallel, split_runs};
 use crate::plan::{ConvStep, LinearStep, Plan, StepOp};
 
 /// What a forward pass is for.
@@ -313,14 +313,7 @@ fn conv_forward_batch(conv: &ConvStep, x: &[f32], context: &Context) -> Vec<f32>
     let mut y = vec![0f32; n_out * context.points];
     let step = product_points(positions);
     let runs = bands(context.points, POINT_RUNS, step);
-    let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(runs.len());
-    let mut rest = y.as_mut_slice();
-    for run in &runs {
-        let (head, tail) = rest.split_at_mut(run.len() * n_out);
-        outputs.push(head);
-        rest = tail;
-    }
-    outputs.into_par_iter().zip(&runs).for_each(|(y, run)| {
+    split_runs(&mut y, &runs, n_out).into_par_iter().zip(&runs).for_each(|(y, run)| {
         let mut cols = vec![0f32; step * positions * patch];
         for (first, y) in run.clone().step_by(step).zip(y.chunks_mut(step * n_out)) {
             let count = step.min(run.end - first);
@@ -386,13 +379,7 @@ fn conv_forward(conv: &ConvStep, x: &[f32], context: &Context) -> Vec<f32> {
         }
     };
     let per_point = |x: &[f32], y: &mut [f32], parallel: bool| {
-        let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(point_bands.len());
-        let mut rest = y;
-        for band in &point_bands {
-            let (head, tail) = rest.split_at_mut(band.len() * cout);
-            outputs.push(head);
-            rest = tail;
-        }
+        let outputs = split_runs(y, &point_bands, cout);
         match parallel {
             true => outputs.into_par_iter().zip(&point_bands).for_each(|(y, band)| run_band(x, y, band)),
             false => outputs.into_iter().zip(&point_bands).for_each(|(y, band)| run_band(x, y, band)),

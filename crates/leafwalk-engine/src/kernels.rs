@@ -187,6 +187,8 @@ pub(crate) const MAX_GROUP: usize = 12;
 /// Input channels of the sparse kernel's weights are padded to a multiple of this (a strip).
 pub(crate) const CHANNEL_PAD: usize = LANES;
 
+use crate::reverse::Listed;
+
 /// A row-major matrix operand: values, row stride, column stride.
 pub(crate) type Operand<'a> = (&'a [f32], usize, usize);
 
@@ -579,6 +581,28 @@ impl ActiveUnits {
         }
         ActiveUnits { starts, channels: active, coefficients }
     }
+
+    /// From a listed gradient (units `p·channels + c` and their K values), grouped by position.
+    pub(crate) fn from_listed(listed: &Listed, positions: usize, channels: usize, k: usize) -> Self {
+        let mut starts = vec![0u32; positions + 1];
+        for &unit in &listed.units {
+            starts[unit as usize / channels + 1] += 1;
+        }
+        for p in 0..positions {
+            starts[p + 1] += starts[p];
+        }
+        let mut next = starts.clone();
+        let mut active = vec![0u32; listed.units.len()];
+        let mut coefficients = vec![0f32; listed.units.len() * k];
+        for (&unit, values) in listed.units.iter().zip(listed.values.chunks_exact(k)) {
+            let p = unit as usize / channels;
+            let at = next[p] as usize;
+            active[at] = unit % channels as u32;
+            coefficients[at * k..][..k].copy_from_slice(values);
+            next[p] += 1;
+        }
+        ActiveUnits { starts, channels: active, coefficients }
+    }
 }
 
 /// For each input coordinate along one axis and each kernel tap, the output coordinate that
@@ -654,6 +678,26 @@ pub(crate) struct UnitsByChannel {
 }
 
 impl UnitsByChannel {
+    /// From a listed gradient with one row (units `p·channels + c`).
+    pub(crate) fn from_listed(listed: &Listed, channels: usize) -> Self {
+        let mut starts = vec![0u32; channels + 1];
+        for &unit in &listed.units {
+            starts[unit as usize % channels + 1] += 1;
+        }
+        for o in 0..channels {
+            starts[o + 1] += starts[o];
+        }
+        let mut next = starts.clone();
+        let (mut positions, mut coefficients) = (vec![0u32; listed.units.len()], vec![0f32; listed.units.len()]);
+        for (&unit, &g) in listed.units.iter().zip(&listed.values) {
+            let o = unit as usize % channels;
+            let at = next[o] as usize;
+            (positions[at], coefficients[at]) = (unit / channels as u32, g);
+            next[o] += 1;
+        }
+        UnitsByChannel { starts, positions, coefficients }
+    }
+
     /// From a point's output gradient `[positions][channels]` and its support.
     pub(crate) fn gather(gradient: &[f32], support: &[bool], channels: usize) -> Self {
         let mut starts = vec![0u32; channels + 1];
@@ -807,6 +851,19 @@ pub(crate) fn rows_gather<const K: usize>(
         }
         block += block_len;
     }
+}
+
+/// `values` cut into the consecutive slices of `runs`, each item `len` values long: one mutable
+/// slice per run, for runs computed in parallel.
+pub(crate) fn split_runs<'a>(values: &'a mut [f32], runs: &[Range<usize>], len: usize) -> Vec<&'a mut [f32]> {
+    let mut parts = Vec::with_capacity(runs.len());
+    let mut rest = values;
+    for run in runs {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(run.len() * len);
+        parts.push(head);
+        rest = tail;
+    }
+    parts
 }
 
 /// `items` split into at most `parts` runs of nearly equal length, each a multiple of

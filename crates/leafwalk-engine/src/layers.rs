@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::forward::{product_points, Threads, POINT_RUNS};
 use crate::kernels::{
     bands, col2im, col2im_by_taps, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_by_columns,
-    matmul_parallel, rows_gather, unit_patches, ActiveUnits, PointRows, UnitsByChannel, CHANNEL_PAD,
+    matmul_parallel, rows_gather, split_runs, unit_patches, ActiveUnits, PointRows, UnitsByChannel, CHANNEL_PAD,
 };
 use crate::plan::{ConvStep, LinearStep};
 use crate::reverse::{Grad, Rows};
@@ -40,17 +40,35 @@ pub(crate) fn conv_backward(
     let (n_in, n_out) = (shape.input.iter().product::<usize>(), positions * cout);
     let channels = shape.input[2];
     let padded = channels.div_ceil(CHANNEL_PAD) * CHANNEL_PAD;
-    let sparse = |b: usize| -> Option<&[bool]> {
-        let support = &grad.support.as_ref()?[b * n_out..][..n_out];
-        let active = support.iter().filter(|&&on| on).count();
-        (conv.conv.groups == 1 && active * padded * GATHER_COST < positions * cout * channels).then_some(support)
+    // Whether point b is reversed over its active units (else densely).
+    let active = |grad: &Grad, b: usize| match (&grad.listed, &grad.support) {
+        (Some(listed), _) => listed[b].units.len(),
+        (None, Some(support)) => support[b * n_out..][..n_out].iter().filter(|&&on| on).count(),
+        (None, None) => n_out,
     };
+    let gathers = |grad: &Grad, b: usize| {
+        conv.conv.groups == 1 && active(grad, b) * padded * GATHER_COST < positions * cout * channels
+    };
+    // A listed gradient stays listed only where every point is reversed over its units.
+    let grad = match grad.listed.is_some() && (0..rows.points).any(|b| !gathers(&grad, b)) {
+        true => grad.densify(k, n_out),
+        false => grad,
+    };
+    let sparse: Vec<bool> = (0..rows.points).map(|b| gathers(&grad, b)).collect();
     if training {
         // One row per point: each sparse point's active units, by output channel, once for both
         // the weight gradient and the input's.
         let units: Vec<Option<UnitsByChannel>> = (0..rows.points)
             .into_par_iter()
-            .map(|b| sparse(b).map(|support| UnitsByChannel::gather(&grad.values[b * n_out..][..n_out], support, cout)))
+            .map(|b| {
+                sparse[b].then(|| match (&grad.listed, &grad.support) {
+                    (Some(listed), _) => UnitsByChannel::from_listed(&listed[b], cout),
+                    (None, Some(support)) => {
+                        UnitsByChannel::gather(&grad.values[b * n_out..][..n_out], &support[b * n_out..][..n_out], cout)
+                    }
+                    (None, None) => unreachable!("a point without support is dense"),
+                })
+            })
             .collect();
         if let Some(x) = x {
             conv_parameters(conv, &grad, x, rows.points, &units, parameters);
@@ -67,15 +85,22 @@ pub(crate) fn conv_backward(
     }
     let mut values = vec![0f32; rows.points * k * n_in];
     let point = |b: usize, out: &mut [f32], threads: Threads| {
-        let g = &grad.values[b * k * n_out..][..k * n_out];
-        match sparse(b) {
-            Some(support) => {
-                let units = ActiveUnits::gather(g, support, positions, cout, k);
-                let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
-                gather_bands(conv, &units, weights, *padded, k, out, threads);
-            }
-            None => conv_dense(conv, g, k, out, threads),
+        if !sparse[b] {
+            return conv_dense(conv, &grad.values[b * k * n_out..][..k * n_out], k, out, threads);
         }
+        let units = match (&grad.listed, &grad.support) {
+            (Some(listed), _) => ActiveUnits::from_listed(&listed[b], positions, cout, k),
+            (None, Some(support)) => ActiveUnits::gather(
+                &grad.values[b * k * n_out..][..k * n_out],
+                &support[b * n_out..][..n_out],
+                positions,
+                cout,
+                k,
+            ),
+            (None, None) => unreachable!("a point without support is dense"),
+        };
+        let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
+        gather_bands(conv, &units, weights, *padded, k, out, threads);
     };
     match rows.threads {
         Threads::Points => {
@@ -102,14 +127,7 @@ fn conv_input_batch(
     let (n_in, n_out) = (shape.input.iter().product::<usize>(), positions * cout);
     let step = product_points(positions);
     let runs = bands(points, POINT_RUNS, 1);
-    let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(runs.len());
-    let mut rest = values;
-    for run in &runs {
-        let (head, tail) = rest.split_at_mut(run.len() * n_in);
-        outputs.push(head);
-        rest = tail;
-    }
-    outputs.into_par_iter().zip(&runs).for_each(|(out, run)| {
+    split_runs(values, &runs, n_in).into_par_iter().zip(&runs).for_each(|(out, run)| {
         let mut cols = vec![0f32; step * positions * patch];
         let mut b = run.start;
         while b < run.end {
@@ -202,8 +220,17 @@ fn conv_parameters(
     parameters.push((conv.weight_name.clone(), weight));
     if let Some(name) = &conv.bias_name {
         let mut bias = vec![0f32; cout];
-        for position in grad.values.chunks(cout) {
-            bias.iter_mut().zip(position).for_each(|(b, g)| *b += g);
+        match &grad.listed {
+            Some(listed) => {
+                for point in listed {
+                    point.units.iter().zip(&point.values).for_each(|(&unit, g)| bias[unit as usize % cout] += g);
+                }
+            }
+            None => {
+                for position in grad.values.chunks(cout) {
+                    bias.iter_mut().zip(position).for_each(|(b, g)| *b += g);
+                }
+            }
         }
         parameters.push((name.clone(), bias));
     }

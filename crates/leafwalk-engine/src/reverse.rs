@@ -19,19 +19,58 @@ use crate::plan::{BatchNormStep, Plan, StepOp};
 
 /// A gradient for some points and K rows each, and the units it can be nonzero at.
 pub(crate) struct Grad {
-    /// `[point][K][value length]`.
+    /// `[point][K][value length]` (empty when the gradient is `listed`).
     pub(crate) values: Vec<f32>,
     /// `[point][value length]`, the same for all K rows of a point; `None`: every unit may carry
     /// gradient.
     pub(crate) support: Option<Vec<bool>>,
+    /// Per point, the units that carry gradient listed with their values instead of a dense
+    /// `values` — what a max-pool hands back: its winners, a quarter of its input or less.
+    pub(crate) listed: Option<Vec<Listed>>,
+}
+
+/// One point's gradient as a list of units (in no particular order; a unit listed twice has the
+/// sum of its entries) and their K rows' values, `[entry][K]`.
+#[derive(Clone)]
+pub(crate) struct Listed {
+    pub(crate) units: Vec<u32>,
+    pub(crate) values: Vec<f32>,
 }
 
 impl Grad {
     pub(crate) fn dense(values: Vec<f32>) -> Self {
-        Grad { values, support: None }
+        Grad { values, support: None, listed: None }
     }
 
-    /// Adds another contribution to the same value.
+    /// The dense form (`len` values per row, K rows per point), with the listed units as its
+    /// support.
+    pub(crate) fn densify(self, k: usize, len: usize) -> Grad {
+        let Some(listed) = self.listed else { return self };
+        let (mut values, mut support) = (vec![0f32; listed.len() * k * len], vec![false; listed.len() * len]);
+        for (b, point) in listed.iter().enumerate() {
+            for (&unit, entry) in point.units.iter().zip(point.values.chunks_exact(k)) {
+                support[b * len + unit as usize] = true;
+                for (row, &v) in entry.iter().enumerate() {
+                    values[(b * k + row) * len + unit as usize] += v;
+                }
+            }
+        }
+        Grad { values, support: Some(support), listed: None }
+    }
+
+    /// Point `b`'s part (`len` values per row, K rows per point).
+    fn point(&self, b: usize, k: usize, len: usize) -> Grad {
+        match &self.listed {
+            Some(listed) => Grad { values: Vec::new(), support: None, listed: Some(vec![listed[b].clone()]) },
+            None => Grad {
+                values: self.values[b * k * len..][..k * len].to_vec(),
+                support: self.support.as_ref().map(|s| s[b * len..][..len].to_vec()),
+                listed: None,
+            },
+        }
+    }
+
+    /// Adds another contribution to the same value (both dense: see [`Grad::densify`]).
     fn add(&mut self, other: Grad) {
         match self.values.len() >= PARALLEL_VALUES {
             true => self.values.par_iter_mut().zip(&other.values).for_each(|(a, b)| *a += b),
@@ -125,12 +164,7 @@ impl Reverse<'_, '_, '_> {
             let mut own: Vec<Option<Grad>> = grads
                 .iter()
                 .zip(&plan.values)
-                .map(|(g, dims)| {
-                    g.as_ref().map(|g| Grad {
-                        values: g.values[b * rows.k * dims.len()..][..rows.k * dims.len()].to_vec(),
-                        support: g.support.as_ref().map(|s| s[b * dims.len()..][..dims.len()].to_vec()),
-                    })
-                })
+                .map(|(g, dims)| g.as_ref().map(|g| g.point(b, rows.k, dims.len())))
                 .collect();
             let single = Rows { points: 1, k: rows.k, threads: Threads::Caller, point: Some(b), batch: rows.batch };
             let mut unused = Gradients::new();
@@ -147,7 +181,8 @@ impl Reverse<'_, '_, '_> {
         if self.training {
             return Vec::new();
         }
-        grads[0].take().map(|g| g.values).unwrap_or_else(|| vec![0.0; rows.points * rows.k * self.plan.input().len()])
+        let n = self.plan.input().len();
+        grads[0].take().map(|g| g.densify(rows.k, n).values).unwrap_or_else(|| vec![0.0; rows.points * rows.k * n])
     }
 
     /// Runs step `index` backward, adding its contributions to its inputs' gradients.
@@ -158,10 +193,15 @@ impl Reverse<'_, '_, '_> {
         for (&v, contribution) in step.inputs.iter().zip(contributions) {
             // Training never needs the input's gradient.
             let (Some(contribution), false) = (contribution, self.training && v == 0) else { continue };
-            match &mut grads[v] {
-                Some(existing) => existing.add(contribution),
-                slot => *slot = Some(contribution),
-            }
+            let len = self.plan.values[v].len();
+            grads[v] = Some(match grads[v].take() {
+                Some(existing) => {
+                    let mut sum = existing.densify(rows.k, len);
+                    sum.add(contribution.densify(rows.k, len));
+                    sum
+                }
+                None => contribution,
+            });
         }
     }
 
@@ -174,6 +214,11 @@ impl Reverse<'_, '_, '_> {
         let (input, output) = (dims[0], plan.values[step.output]);
         let (n_in, n_out, k, channels) = (input.len(), output.len(), rows.k, input.channels);
         let wants_input = !(self.training && step.inputs[0] == 0);
+        // Activations and convolutions take a listed gradient as it is; the rest want it dense.
+        let grad = match step.op {
+            StepOp::Activation(_) | StepOp::Conv(_) => grad,
+            _ => grad.densify(k, n_out),
+        };
         match &step.op {
             StepOp::Conv(conv) => {
                 let x = self.pass.values.get(step.inputs[0]).and_then(|v| v.as_deref());
@@ -191,9 +236,40 @@ impl Reverse<'_, '_, '_> {
                 }
                 _ => vec![Some(by_channel(grad, &norm.eval_affine().0, channels))],
             },
+            StepOp::Activation(_) if grad.listed.is_some() => {
+                // Each listed unit's values times f'(z) at the unit; a ReLU drops the units it
+                // switched off.
+                let derivative = |b: usize, unit: usize| -> f32 {
+                    match saved {
+                        Saved::PositiveOutput => {
+                            let output = self.pass.values[step.output].as_deref().unwrap_or(&[]);
+                            f32::from(u8::from(output[b * n_in + unit] > 0.0))
+                        }
+                        Saved::Derivative { values, .. } => rows.own(values)[b * n_in + unit],
+                        _ => 1.0,
+                    }
+                };
+                let listed = grad.listed.unwrap_or_default();
+                let scale = |(b, point): (usize, &Listed)| {
+                    let mut out = Listed { units: Vec::with_capacity(point.units.len()), values: Vec::new() };
+                    for (&unit, entry) in point.units.iter().zip(point.values.chunks_exact(k)) {
+                        let d = derivative(b, unit as usize);
+                        if d != 0.0 {
+                            out.units.push(unit);
+                            out.values.extend(entry.iter().map(|v| v * d));
+                        }
+                    }
+                    out
+                };
+                let scaled = match rows.threads {
+                    Threads::Points => listed.par_iter().enumerate().map(scale).collect(),
+                    _ => listed.iter().enumerate().map(scale).collect(),
+                };
+                vec![Some(Grad { values: Vec::new(), support: None, listed: Some(scaled) })]
+            }
             StepOp::Activation(_) if matches!(saved, Saved::PositiveOutput) => {
                 let output = self.pass.values[step.output].as_deref().unwrap_or(&[]);
-                let Grad { mut values, support } = grad;
+                let Grad { mut values, support, .. } = grad;
                 let gate = |(row, y): (&mut [f32], &[f32])| {
                     row.iter_mut().zip(y).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 });
                 };
@@ -207,18 +283,18 @@ impl Reverse<'_, '_, '_> {
                 });
                 let gates = output.iter().map(|&y| y > 0.0);
                 let support = Some(support.unwrap_or_else(|| gates.collect()));
-                vec![Some(Grad { values, support })]
+                vec![Some(Grad { values, support, listed: None })]
             }
             StepOp::Activation(_) => {
                 let Saved::Derivative { values: derivative, gates } = saved else { return vec![Some(grad)] };
                 let derivative = rows.own(derivative);
-                let Grad { mut values, support } = grad;
+                let Grad { mut values, support, .. } = grad;
                 let times = |(r, row): (usize, &mut [f32])| {
                     let d = &derivative[(r / k) * n_in..][..n_in];
                     row.iter_mut().zip(d).for_each(|(g, d)| *g *= d);
                 };
                 match rows.threads {
-                    Threads::Points => values.par_chunks_mut(n_in).enumerate().for_each(times),
+                    Threads::Points | Threads::Bands => values.par_chunks_mut(n_in).enumerate().for_each(times),
                     _ => values.chunks_mut(n_in).enumerate().for_each(times),
                 }
                 let support = match gates {
@@ -229,32 +305,28 @@ impl Reverse<'_, '_, '_> {
                     }
                     false => support,
                 };
-                vec![Some(Grad { values, support })]
+                vec![Some(Grad { values, support, listed: None })]
             }
             StepOp::MaxPool(_) => {
+                // Listed, not dense: each output's K values go to its winner, a quarter of the
+                // input or less — the zero-filled input gradient would cost more than the rest.
                 let Saved::Winners(winners) = saved else { unreachable!("max-pool keeps its winners") };
                 let winners = rows.own(winners);
-                let mut support = vec![false; rows.points * n_in];
-                for (point, support) in support.chunks_mut(n_in).enumerate() {
-                    for (e, &w) in winners[point * n_out..][..n_out].iter().enumerate() {
-                        if grad.support.as_ref().is_none_or(|s| s[point * n_out + e]) {
-                            support[w as usize] = true;
+                let point = |b: usize| {
+                    let mut listed = Listed { units: Vec::with_capacity(n_out), values: Vec::with_capacity(n_out * k) };
+                    for (e, &w) in winners[b * n_out..][..n_out].iter().enumerate() {
+                        if grad.support.as_ref().is_none_or(|s| s[b * n_out + e]) {
+                            listed.units.push(w);
+                            listed.values.extend((0..k).map(|row| grad.values[(b * k + row) * n_out + e]));
                         }
                     }
-                }
-                let mut values = vec![0f32; grad.values.len() / n_out * n_in];
-                let route = |(r, (back, g)): (usize, (&mut [f32], &[f32]))| {
-                    for (&w, &g) in winners[(r / k) * n_out..][..n_out].iter().zip(g) {
-                        back[w as usize] += g;
-                    }
+                    listed
                 };
-                match rows.threads {
-                    Threads::Points => {
-                        values.par_chunks_mut(n_in).zip(grad.values.par_chunks(n_out)).enumerate().for_each(route)
-                    }
-                    _ => values.chunks_mut(n_in).zip(grad.values.chunks(n_out)).enumerate().for_each(route),
-                }
-                vec![Some(Grad { values, support: Some(support) })]
+                let listed: Vec<Listed> = match rows.threads {
+                    Threads::Points => (0..rows.points).into_par_iter().map(point).collect(),
+                    _ => (0..rows.points).map(point).collect(),
+                };
+                vec![Some(Grad { values: Vec::new(), support: None, listed: Some(listed) })]
             }
             StepOp::AvgPool(pool) => vec![Some(Grad::dense(through_avg_pool(&grad.values, pool, input, output)))],
             StepOp::GlobalAvgPool => vec![Some(Grad::dense(through_global_avg(&grad.values, input)))],
@@ -268,16 +340,17 @@ impl Reverse<'_, '_, '_> {
                 // A sum or difference passes the support on; a product or quotient may not.
                 let support = grad.support.filter(|_| matches!(arith, Arith::Add | Arith::Sub));
                 let second_support = support.clone().filter(|_| dims[1] == dims[0]);
-                vec![Some(Grad { values: first, support }), Some(Grad { values: second, support: second_support })]
+                let first = Grad { values: first, support, listed: None };
+                vec![Some(first), Some(Grad { values: second, support: second_support, listed: None })]
             }
             StepOp::Constant { arith, values: constants, constant_first } => {
                 let x = match saved {
                     Saved::Operands(x, _) => rows.own(x),
                     _ => &[][..],
                 };
-                let Grad { mut values, support } = grad;
+                let Grad { mut values, support, .. } = grad;
                 through_constant(*arith, constants, *constant_first, &mut values, x, input, k);
-                vec![Some(Grad { values, support })]
+                vec![Some(Grad { values, support, listed: None })]
             }
             StepOp::Identity => vec![Some(grad)],
         }
@@ -285,11 +358,11 @@ impl Reverse<'_, '_, '_> {
 }
 
 fn by_channel(grad: Grad, scale: &[f32], channels: usize) -> Grad {
-    let Grad { mut values, support } = grad;
+    let Grad { mut values, support, .. } = grad;
     for position in values.chunks_mut(channels) {
         position.iter_mut().zip(scale).for_each(|(g, s)| *g *= s);
     }
-    Grad { values, support }
+    Grad { values, support, listed: None }
 }
 
 /// Training-mode batch norm: the gradients of its weight and bias and of its input.
