@@ -12,6 +12,30 @@
 //! names the node at fault; [`Description::parameters`] lists the tensors a checkpoint must
 //! hold. The candle network in [`crate::network`] and the CPU engine in `leafwalk-engine` both
 //! run a description; neither knows any architecture by name.
+//!
+//! A residual block with batch norm and GELU, as a PyTorch module would name it:
+//!
+//! ```
+//! use leafwalk_models::description::{Activation, Arith, Conv2d, Dims, GeluForm, GraphBuilder, Linear};
+//!
+//! let mut g = GraphBuilder::new(Dims::new(1, 28, 28));
+//! let x = g.conv("stem", GraphBuilder::INPUT, Conv2d::new(1, 16, 3).padding(1).no_bias());
+//! let x = g.batch_norm("stem_bn", x, 16);
+//! let x = g.activation("stem_relu", x, Activation::Relu);
+//! let y = g.conv("block.c1", x, Conv2d::new(16, 16, 3).padding(1));
+//! let y = g.activation("block.act", y, Activation::Gelu { form: GeluForm::Erf });
+//! let y = g.conv("block.c2", y, Conv2d::new(16, 16, 3).padding(1));
+//! let x = g.binary("block.add", Arith::Add, x, y);
+//! let x = g.global_avg_pool("pool", x);
+//! let x = g.flatten("flatten", x);
+//! g.linear("head", x, Linear::new(16, 10));
+//! let description = g.finish()?; // shapes checked node by node; an error names the node
+//!
+//! assert_eq!(description.classes()?, 10);
+//! let names: Vec<String> = description.parameters().into_iter().map(|p| p.name).collect();
+//! assert!(names.contains(&"stem_bn.running_var".to_string()) && names.contains(&"block.c1.weight".to_string()));
+//! # Ok::<(), leafwalk_models::DescriptionError>(())
+//! ```
 
 use std::fmt;
 
