@@ -277,9 +277,11 @@ fn gather_bands(
 /// input positions.
 const BY_TAPS_CHANNELS: usize = 4;
 
-/// Most rows (classes × positions) one dense reverse product takes: products of a few thousand
-/// rows keep their operands in L2 (measured: 4,000 already ran slower than 800).
-const DENSE_ROWS: usize = 2048;
+/// Most rows (classes × positions) one dense reverse product takes, one class at least: its
+/// output, rows × patch values, is what col2im reads back, and it should stay in L2. lenet5's
+/// conv2 with all ten classes in one product (1,000 rows, 600 KB) ran 20 % slower at batch 16
+/// than one class at a time (60 KB); vgg-bn-small and resnet-mini did not change.
+const DENSE_ROWS: usize = 128;
 
 /// One point's dense convolution reverse: the gradients of as many of its K rows as fit
 /// [`DENSE_ROWS`] times the kernel in one product, then col2im (`out`: `[K][H][W][C]`, zeros on
