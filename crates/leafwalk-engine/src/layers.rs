@@ -293,20 +293,22 @@ fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads:
     let n_in = out.len() / k;
     let by_taps = shape.group_in <= BY_TAPS_CHANNELS;
     let per_product = (DENSE_ROWS / positions).clamp(1, k);
-    let chunk = |(back, g): (&mut [f32], &[f32])| {
+    // The products overwrite their columns, so one scratch buffer serves every chunk of a thread.
+    let scratch = || vec![0f32; per_product * positions * patch];
+    let chunk = |cols: &mut Vec<f32>, (back, g): (&mut [f32], &[f32])| {
         let rows = g.len() / cout;
-        let mut cols = vec![0f32; rows * patch];
+        let cols = &mut cols[..rows * patch];
         for group in 0..conv.conv.groups {
             let kernel = (&conv.forward[group * patch * cout_g..][..patch * cout_g], 1, cout_g);
             let g = (&g[group * cout_g..], cout, 1);
             let first_channel = group * shape.group_in;
             if by_taps {
-                matmul_by_columns((rows, patch, cout_g), &mut cols, g, kernel);
+                matmul_by_columns((rows, patch, cout_g), cols, g, kernel);
                 for (row, back) in back.chunks_mut(n_in).enumerate() {
                     col2im_by_taps(&shape, &cols[row * positions..], rows, first_channel, back);
                 }
             } else {
-                matmul((rows, patch, cout_g), (&mut cols, patch), g, kernel, false);
+                matmul((rows, patch, cout_g), (cols, patch), g, kernel, false);
                 for (cols, back) in cols.chunks(positions * patch).zip(back.chunks_mut(n_in)) {
                     col2im(&shape, &conv.readers, cols, first_channel, back);
                 }
@@ -315,8 +317,11 @@ fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads:
     };
     let chunks = out.chunks_mut(per_product * n_in).zip(grad.chunks(per_product * positions * cout));
     match threads {
-        Threads::Bands => chunks.collect::<Vec<_>>().into_par_iter().for_each(chunk),
-        _ => chunks.for_each(chunk),
+        Threads::Bands => chunks.collect::<Vec<_>>().into_par_iter().for_each_init(scratch, chunk),
+        _ => {
+            let mut cols = scratch();
+            chunks.for_each(|chunk_rows| chunk(&mut cols, chunk_rows))
+        }
     }
 }
 
