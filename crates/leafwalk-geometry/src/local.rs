@@ -47,6 +47,10 @@ pub struct PointGeometry {
     rows: Vec<f32>,
     /// J Jᵀ (C×C, f64), computed once.
     gram: OnceLock<DMatrix<f64>>,
+    /// The eigen-decompositions of the C×C matrices, computed once: a summary, the rank, the
+    /// spectrum and the leaf basis all read them, and for C = 1,000 each takes seconds.
+    spectrum: OnceLock<Spectrum>,
+    gram_svd: OnceLock<(Vec<f64>, DMatrix<f64>)>,
 }
 
 /// Eigen-decomposition of G through its C×C twin.
@@ -69,7 +73,14 @@ impl PointGeometry {
             )));
         }
         let log_probs = DVector::from_column_slice(log_probs);
-        Ok(PointGeometry { probs: log_probs.map(f64::exp), log_probs, rows: jacobian, gram: OnceLock::new() })
+        Ok(PointGeometry {
+            probs: log_probs.map(f64::exp),
+            log_probs,
+            rows: jacobian,
+            gram: OnceLock::new(),
+            spectrum: OnceLock::new(),
+            gram_svd: OnceLock::new(),
+        })
     }
 
     pub fn classes(&self) -> usize {
@@ -88,6 +99,15 @@ impl PointGeometry {
     /// J as an f64 matrix (C×n): for moderate n; a copy.
     pub fn jacobian(&self) -> DMatrix<f64> {
         DMatrix::from_row_iterator(self.classes(), self.dim(), self.rows.iter().map(|&v| v as f64))
+    }
+
+    /// A = D^{1/2} J as an f64 matrix (C×n): G = AᵀA.
+    fn weighted_jacobian(&self) -> DMatrix<f64> {
+        let mut a = self.jacobian();
+        for (i, mut row) in a.row_iter_mut().enumerate() {
+            row *= self.probs[i].sqrt();
+        }
+        a
     }
 
     /// Columns `columns` of J as f64 (C × len).
@@ -165,8 +185,12 @@ impl PointGeometry {
     }
 
     pub fn spectrum(&self) -> Spectrum {
-        let (eigenvalues, m_eigenvectors) = descending(SymmetricEigen::new(self.twin()));
-        Spectrum { eigenvalues, m_eigenvectors }
+        self.spectrum
+            .get_or_init(|| {
+                let (eigenvalues, m_eigenvectors) = descending(SymmetricEigen::new(self.twin()));
+                Spectrum { eigenvalues, m_eigenvectors }
+            })
+            .clone()
     }
 
     /// log₁₀ of G's C−1 largest eigenvalues (the rest is 0 up to rounding), each floored at
@@ -190,18 +214,13 @@ impl PointGeometry {
     pub fn eigenvectors(&self, k: usize) -> DMatrix<f32> {
         let k = k.min(self.rank());
         let (n, c) = (self.dim(), self.classes());
-        let root = self.probs.map(f64::sqrt);
         if n * c <= WHOLE_LIMIT {
-            let mut a = self.jacobian();
-            for (i, mut row) in a.row_iter_mut().enumerate() {
-                row *= root[i];
-            }
-            let qr = a.transpose().qr();
+            let qr = self.weighted_jacobian().transpose().qr();
             let r = qr.r();
             let (_, w) = descending(SymmetricEigen::new(&r * r.transpose()));
             return (qr.q() * w.columns(0, k)).map(|v| v as f32);
         }
-        let spectrum = self.spectrum();
+        let (spectrum, root) = (self.spectrum(), self.probs.map(f64::sqrt));
         // Aᵀ u / √λ = Jᵀ (D^{1/2} u / √λ).
         let scaled = DMatrix::from_fn(c, k, |i, j| {
             root[i] * spectrum.m_eigenvectors[(i, j)] / spectrum.eigenvalues[j].max(f64::MIN_POSITIVE).sqrt()
@@ -226,19 +245,21 @@ impl PointGeometry {
     /// Singular values of J (descending, length C) and the matching right singular vectors
     /// (columns), from the C×C Gram matrix: exact to f64 rounding for σₖ ≳ 1e-8 σ₀, far below
     /// the rank tolerance.
-    fn gram_svd(&self) -> (Vec<f64>, DMatrix<f64>) {
-        let (values, vectors) = descending(SymmetricEigen::new(self.gram().clone()));
-        (values.iter().map(|&v| v.max(0.0).sqrt()).collect(), vectors)
+    fn gram_svd(&self) -> &(Vec<f64>, DMatrix<f64>) {
+        self.gram_svd.get_or_init(|| {
+            let (values, vectors) = descending(SymmetricEigen::new(self.gram().clone()));
+            (values.iter().map(|&v| v.max(0.0).sqrt()).collect(), vectors)
+        })
     }
 
     /// Singular values of J, descending (length C).
     pub fn jacobian_singular_values(&self) -> Vec<f64> {
-        self.gram_svd().0
+        self.gram_svd().0.clone()
     }
 
     /// Dimension of ker G⊥ (see the module docs for the tolerance).
     pub fn rank(&self) -> usize {
-        rank_of(&self.jacobian_singular_values(), self.classes())
+        rank_of(&self.gram_svd().0, self.classes())
     }
 
     /// Orthonormal basis of ker G⊥ and the projections it gives (n×r in f64: for the walks'
@@ -250,7 +271,7 @@ impl PointGeometry {
     /// rounding.)
     pub fn leaf_projector(&self) -> LeafProjector {
         let (singular, vectors) = self.gram_svd();
-        let rank = rank_of(&singular, self.classes());
+        let rank = rank_of(singular, self.classes());
         let directions = self.jacobian().transpose() * vectors.columns(0, rank);
         LeafProjector { basis: directions.qr().q() }
     }
@@ -263,10 +284,7 @@ impl PointGeometry {
                 n = self.dim()
             )));
         }
-        let mut a = self.jacobian();
-        for (i, mut row) in a.row_iter_mut().enumerate() {
-            row *= self.probs[i].sqrt();
-        }
+        let a = self.weighted_jacobian();
         Ok(a.transpose() * a)
     }
 }
