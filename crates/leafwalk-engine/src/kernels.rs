@@ -512,16 +512,18 @@ with_wide_vectors!(col2im => col2im_kernel(
 /// first layer).
 #[inline(always)]
 fn col2im_by_taps_kernel(shape: &ConvShape, cols: &[f32], stride: usize, first_channel: usize, input: &mut [f32]) {
-    let ([height, width, channels], [out_h, out_w]) = (shape.input, shape.output);
+    let ([_, width, channels], [out_h, out_w]) = (shape.input, shape.output);
     let positions = out_h * out_w;
+    // Per kernel column kx, the outputs whose tap lands inside the image along x, with the input
+    // column it lands on.
+    let columns: Vec<Vec<(usize, usize)>> = (0..shape.kernel[1])
+        .map(|kx| (0..out_w).filter_map(|ox| shape.source(ox, kx, 1).map(|ix| (ox, ix))).collect())
+        .collect();
     for c in 0..shape.group_in {
         for ky in 0..shape.kernel[0] {
-            for kx in 0..shape.kernel[1] {
+            for (kx, xs) in columns.iter().enumerate() {
                 let tap = ky * shape.kernel[1] + kx;
                 let plane = &cols[(tap * shape.group_in + c) * stride..][..positions];
-                // The outputs whose tap (ky, kx) lands inside the image, along x.
-                let xs: Vec<(usize, usize)> =
-                    (0..out_w).filter_map(|ox| shape.source(ox, kx, 1).map(|ix| (ox, ix))).collect();
                 let Some(&(first_ox, first_ix)) = xs.first() else { continue };
                 for oy in 0..out_h {
                     let Some(iy) = shape.source(oy, ky, 0) else { continue };
@@ -533,12 +535,11 @@ fn col2im_by_taps_kernel(shape: &ConvShape, cols: &[f32], stride: usize, first_c
                             *t += v;
                         }
                     } else {
-                        for &(ox, ix) in &xs {
+                        for &(ox, ix) in xs {
                             target[ix * channels] += row[ox];
                         }
                     }
                 }
-                debug_assert!(height > 0);
             }
         }
     }
@@ -584,25 +585,35 @@ impl ActiveUnits {
 
     /// From a listed gradient (units `p·channels + c` and their K values), grouped by position.
     pub(crate) fn from_listed(listed: &Listed, positions: usize, channels: usize, k: usize) -> Self {
-        let mut starts = vec![0u32; positions + 1];
-        for &unit in &listed.units {
-            starts[unit as usize / channels + 1] += 1;
-        }
-        for p in 0..positions {
-            starts[p + 1] += starts[p];
-        }
-        let mut next = starts.clone();
+        let (starts, slots) = bucket_slots(positions, listed.units.iter().map(|&unit| unit as usize / channels));
         let mut active = vec![0u32; listed.units.len()];
         let mut coefficients = vec![0f32; listed.units.len() * k];
-        for (&unit, values) in listed.units.iter().zip(listed.values.chunks_exact(k)) {
-            let p = unit as usize / channels;
-            let at = next[p] as usize;
-            active[at] = unit % channels as u32;
-            coefficients[at * k..][..k].copy_from_slice(values);
-            next[p] += 1;
+        for ((&unit, values), &at) in listed.units.iter().zip(listed.values.chunks_exact(k)).zip(&slots) {
+            active[at as usize] = unit % channels as u32;
+            coefficients[at as usize * k..][..k].copy_from_slice(values);
         }
         ActiveUnits { starts, channels: active, coefficients }
     }
+}
+
+/// A stable counting sort of items into `buckets` by their keys: each bucket's first slot
+/// (`buckets + 1` values, the last the item count) and, per item in order, its slot.
+fn bucket_slots(buckets: usize, keys: impl Iterator<Item = usize> + Clone) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; buckets + 1];
+    for key in keys.clone() {
+        starts[key + 1] += 1;
+    }
+    for bucket in 0..buckets {
+        starts[bucket + 1] += starts[bucket];
+    }
+    let mut next = starts.clone();
+    let slots = keys
+        .map(|key| {
+            next[key] += 1;
+            next[key] - 1
+        })
+        .collect();
+    (starts, slots)
 }
 
 /// For each input coordinate along one axis and each kernel tap, the output coordinate that
@@ -680,46 +691,21 @@ pub(crate) struct UnitsByChannel {
 impl UnitsByChannel {
     /// From a listed gradient with one row (units `p·channels + c`).
     pub(crate) fn from_listed(listed: &Listed, channels: usize) -> Self {
-        let mut starts = vec![0u32; channels + 1];
-        for &unit in &listed.units {
-            starts[unit as usize % channels + 1] += 1;
-        }
-        for o in 0..channels {
-            starts[o + 1] += starts[o];
-        }
-        let mut next = starts.clone();
-        let (mut positions, mut coefficients) = (vec![0u32; listed.units.len()], vec![0f32; listed.units.len()]);
-        for (&unit, &g) in listed.units.iter().zip(&listed.values) {
-            let o = unit as usize % channels;
-            let at = next[o] as usize;
-            (positions[at], coefficients[at]) = (unit / channels as u32, g);
-            next[o] += 1;
+        let (starts, slots) = bucket_slots(channels, listed.units.iter().map(|&unit| unit as usize % channels));
+        let (mut positions, mut coefficients) = (vec![0u32; slots.len()], vec![0f32; slots.len()]);
+        for ((&unit, &g), &at) in listed.units.iter().zip(&listed.values).zip(&slots) {
+            (positions[at as usize], coefficients[at as usize]) = (unit / channels as u32, g);
         }
         UnitsByChannel { starts, positions, coefficients }
     }
 
     /// From a point's output gradient `[positions][channels]` and its support.
     pub(crate) fn gather(gradient: &[f32], support: &[bool], channels: usize) -> Self {
-        let mut starts = vec![0u32; channels + 1];
-        for position in support.chunks(channels) {
-            for (o, &on) in position.iter().enumerate() {
-                starts[o + 1] += u32::from(on);
-            }
-        }
-        for o in 0..channels {
-            starts[o + 1] += starts[o];
-        }
-        let mut next = starts.clone();
-        let total = starts[channels] as usize;
-        let (mut positions, mut coefficients) = (vec![0u32; total], vec![0f32; total]);
-        for (p, (on, g)) in support.chunks(channels).zip(gradient.chunks(channels)).enumerate() {
-            for (o, (&on, &g)) in on.iter().zip(g).enumerate() {
-                if on {
-                    let at = next[o] as usize;
-                    (positions[at], coefficients[at]) = (p as u32, g);
-                    next[o] += 1;
-                }
-            }
+        let active = || support.iter().enumerate().filter(|&(_, &on)| on).map(|(unit, _)| unit);
+        let (starts, slots) = bucket_slots(channels, active().map(|unit| unit % channels));
+        let (mut positions, mut coefficients) = (vec![0u32; slots.len()], vec![0f32; slots.len()]);
+        for (unit, &at) in active().zip(&slots) {
+            (positions[at as usize], coefficients[at as usize]) = ((unit / channels) as u32, gradient[unit]);
         }
         UnitsByChannel { starts, positions, coefficients }
     }

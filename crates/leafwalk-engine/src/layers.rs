@@ -129,24 +129,22 @@ fn conv_input_batch(
     let runs = bands(points, POINT_RUNS, 1);
     split_runs(values, &runs, n_in).into_par_iter().zip(&runs).for_each(|(out, run)| {
         let mut cols = vec![0f32; step * positions * patch];
-        let mut b = run.start;
-        while b < run.end {
-            let point_out = &mut out[(b - run.start) * n_in..][..n_in];
-            if let Some(units) = &units[b] {
-                let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
-                conv_scatter(&shape, units, weights, *padded, &conv.sources, point_out);
-                b += 1;
-                continue;
-            }
-            // The dense points from here on, up to one product's worth (their gradients are
-            // consecutive rows).
-            let count = (b..run.end.min(b + step)).take_while(|&p| units[p].is_none()).count();
-            let rows = count * positions;
+        for chunk in point_chunks(run.clone(), step, units) {
+            let points = match chunk {
+                PointChunk::Sparse(b, units) => {
+                    let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
+                    let point_out = &mut out[(b - run.start) * n_in..][..n_in];
+                    conv_scatter(&shape, units, weights, *padded, &conv.sources, point_out);
+                    continue;
+                }
+                PointChunk::Dense(points) => points,
+            };
+            let rows = points.len() * positions;
             for group in 0..conv.conv.groups {
                 let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
-                let a = (&grad.values[b * n_out + group * cout_g..], cout, 1);
+                let a = (&grad.values[points.start * n_out + group * cout_g..], cout, 1);
                 matmul((rows, patch, cout_g), (&mut cols[..rows * patch], patch), a, (kernel, 1, cout_g), false);
-                for (p, cols) in (b..b + count).zip(cols.chunks(positions * patch)) {
+                for (p, cols) in points.clone().zip(cols.chunks(positions * patch)) {
                     col2im(
                         &shape,
                         &conv.readers,
@@ -156,9 +154,36 @@ fn conv_input_batch(
                     );
                 }
             }
-            b += count;
         }
     });
+}
+
+/// A run's points as the training reverse takes them: a point reversed over its active units
+/// alone, or the dense points from there on, up to `step` of them in one product (their
+/// gradient rows are consecutive).
+enum PointChunk<'u> {
+    Sparse(usize, &'u UnitsByChannel),
+    Dense(std::ops::Range<usize>),
+}
+
+fn point_chunks(
+    run: std::ops::Range<usize>,
+    step: usize,
+    units: &[Option<UnitsByChannel>],
+) -> impl Iterator<Item = PointChunk<'_>> {
+    let mut b = run.start;
+    std::iter::from_fn(move || {
+        let first = b;
+        if first >= run.end {
+            return None;
+        }
+        if let Some(point_units) = &units[first] {
+            b += 1;
+            return Some(PointChunk::Sparse(first, point_units));
+        }
+        b += (first..run.end.min(first + step)).take_while(|&p| units[p].is_none()).count();
+        Some(PointChunk::Dense(first..b))
+    })
 }
 
 /// The weight and bias gradients of a convolution over a batch (one row per point): per run of
@@ -181,20 +206,19 @@ fn conv_parameters(
         // `dense`: the forward kernel's layout; `by_unit`: `[out][patch]`.
         let (mut dense, mut by_unit) = (vec![0f32; conv.forward.len()], vec![0f32; conv.forward.len()]);
         let mut cols = vec![0f32; step * positions * patch];
-        let mut b = run.start;
-        while b < run.end {
-            if let Some(units) = &units[b] {
-                im2col(&shape, &x[b * n_in..][..n_in], 0, 0..positions, &mut cols[..positions * patch]);
-                unit_patches(units, &cols[..positions * patch], patch, &mut by_unit);
-                b += 1;
-                continue;
-            }
-            // The dense points from here on, up to one product's worth: their im2col rows
-            // and (consecutive) gradients in one product.
-            let count = (b..run.end.min(b + step)).take_while(|&p| units[p].is_none()).count();
-            let rows = count * positions;
+        for chunk in point_chunks(run.clone(), step, units) {
+            let points = match chunk {
+                PointChunk::Sparse(b, units) => {
+                    im2col(&shape, &x[b * n_in..][..n_in], 0, 0..positions, &mut cols[..positions * patch]);
+                    unit_patches(units, &cols[..positions * patch], patch, &mut by_unit);
+                    continue;
+                }
+                PointChunk::Dense(points) => points,
+            };
+            // The dense points' im2col rows and (consecutive) gradients in one product.
+            let rows = points.len() * positions;
             for group in 0..conv.conv.groups {
-                for (p, cols) in (b..b + count).zip(cols.chunks_mut(positions * patch)) {
+                for (p, cols) in points.clone().zip(cols.chunks_mut(positions * patch)) {
                     let x = &x[p * n_in..][..n_in];
                     match shape.is_pointwise() {
                         true => cols.copy_from_slice(x),
@@ -202,10 +226,9 @@ fn conv_parameters(
                     }
                 }
                 let dw = &mut dense[group * patch * cout_g..][..patch * cout_g];
-                let g = (&grad.values[b * n_out + group * cout_g..], cout, 1);
+                let g = (&grad.values[points.start * n_out + group * cout_g..], cout, 1);
                 matmul((patch, cout_g, rows), (dw, cout_g), (&cols[..rows * patch], 1, patch), g, true);
             }
-            b += count;
         }
         (dense, by_unit)
     };

@@ -239,12 +239,10 @@ impl Reverse<'_, '_, '_> {
             StepOp::Activation(_) if grad.listed.is_some() => {
                 // Each listed unit's values times f'(z) at the unit; a ReLU drops the units it
                 // switched off.
+                let output = self.pass.values[step.output].as_deref().unwrap_or(&[]);
                 let derivative = |b: usize, unit: usize| -> f32 {
                     match saved {
-                        Saved::PositiveOutput => {
-                            let output = self.pass.values[step.output].as_deref().unwrap_or(&[]);
-                            f32::from(u8::from(output[b * n_in + unit] > 0.0))
-                        }
+                        Saved::PositiveOutput => f32::from(u8::from(output[b * n_in + unit] > 0.0)),
                         Saved::Derivative { values, .. } => rows.own(values)[b * n_in + unit],
                         _ => 1.0,
                     }
