@@ -20,8 +20,7 @@ pub fn write_path_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     with_temporary(path, |temp_path| {
         write(temp_path)?;
         let file = File::open(temp_path).map_err(|error| DataError::io(temp_path, error))?;
-        file.sync_all().map_err(|error| DataError::io(temp_path, error))?;
-        std::fs::rename(temp_path, path).map_err(|error| DataError::io(path, error))
+        sync_then_rename(&file, temp_path, path)
     })
 }
 
@@ -50,6 +49,11 @@ fn write_then_rename(path: &Path, temp_path: &Path, write: impl FnOnce(&mut dyn 
     let mut writer = BufWriter::new(file);
     write(&mut writer)?;
     let file = writer.into_inner().map_err(|error| DataError::io(temp_path, error.into_error()))?;
+    sync_then_rename(&file, temp_path, path)
+}
+
+/// Puts the finished temporary file on disk, then moves it to `path`.
+fn sync_then_rename(file: &File, temp_path: &Path, path: &Path) -> Result<()> {
     file.sync_all().map_err(|error| DataError::io(temp_path, error))?;
     std::fs::rename(temp_path, path).map_err(|error| DataError::io(path, error))
 }
