@@ -495,9 +495,34 @@ fn col2im_kernel(shape: &ConvShape, readers: &TapReaders, cols: &[f32], first_ch
             target[0] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
             continue;
         }
+        if cin <= LANES {
+            // A whole vector per entry, of which the first `cin` values are its own, summed in
+            // two chains: adding `cin` values into memory one by one waits on each store.
+            let (mut even, mut odd) = ([0f32; LANES], [0f32; LANES]);
+            let (pairs, rest) = entries.as_chunks::<2>();
+            for &[first, second] in pairs {
+                add_entry(&mut even, cols, first as usize * cin, cin);
+                add_entry(&mut odd, cols, second as usize * cin, cin);
+            }
+            for &e in rest {
+                add_entry(&mut even, cols, e as usize * cin, cin);
+            }
+            target.iter_mut().zip(even.iter().zip(&odd)).for_each(|(t, (a, b))| *t += a + b);
+            continue;
+        }
         for &e in entries {
             target.iter_mut().zip(&cols[e as usize * cin..][..cin]).for_each(|(t, v)| *t += v);
         }
+    }
+}
+
+/// Adds the vector of columns from `at` on to `sums` (of which the caller keeps the first `cin`),
+/// or only those `cin` where the columns end sooner.
+#[inline(always)]
+fn add_entry(sums: &mut [f32; LANES], cols: &[f32], at: usize, cin: usize) {
+    match cols.get(at..at + LANES) {
+        Some(values) => sums.iter_mut().zip(values).for_each(|(s, v)| *s += v),
+        None => sums.iter_mut().zip(&cols[at..at + cin]).for_each(|(s, v)| *s += v),
     }
 }
 
@@ -547,6 +572,89 @@ fn col2im_by_taps_kernel(shape: &ConvShape, cols: &[f32], stride: usize, first_c
 
 with_wide_vectors!(col2im_by_taps => col2im_by_taps_kernel(
     shape: &ConvShape, cols: &[f32], stride: usize, first_channel: usize, input: &mut [f32]
+) -> ());
+
+/// Input columns [`transposed_rows`] sums at once, in registers: four AVX2 registers.
+const ROW_TILE: usize = 32;
+
+/// One class's output gradient laid out for [`transposed_rows`]: channel-first rows with a
+/// zero margin on both sides, so that each kernel column's shift is an offset and every tile
+/// it reads lies inside the row.
+#[derive(Clone, Copy)]
+pub(crate) struct ShiftedRows {
+    margin: usize,
+    row: usize,
+}
+
+impl ShiftedRows {
+    pub(crate) fn new(shape: &ConvShape) -> Self {
+        let margin = shape.dilation[1] * (shape.kernel[1] - 1);
+        let tiles = shape.input[1].div_ceil(ROW_TILE) * ROW_TILE;
+        ShiftedRows { margin, row: margin + (shape.padding[1] + tiles).max(shape.output[1]) }
+    }
+
+    /// Values of the layout for `channels` output channels.
+    pub(crate) fn len(&self, shape: &ConvShape, channels: usize) -> usize {
+        channels * shape.output[0] * self.row
+    }
+
+    /// Writes `gradient` (`[position][stride]`, the group's `channels` first) into `rows`.
+    pub(crate) fn fill(&self, shape: &ConvShape, gradient: &[f32], stride: usize, channels: usize, rows: &mut [f32]) {
+        rows.fill(0.0);
+        let [out_h, out_w] = shape.output;
+        for (o, plane) in rows.chunks_mut(out_h * self.row).take(channels).enumerate() {
+            for (row, line) in plane.chunks_mut(self.row).zip(gradient[o..].chunks(out_w * stride)) {
+                let targets = &mut row[self.margin..][..out_w];
+                targets.iter_mut().zip(line.iter().step_by(stride)).for_each(|(t, &v)| *t = v);
+            }
+        }
+    }
+}
+
+/// The input gradient of a convolution with stride 1 along x, computed directly from the
+/// output gradient (`rows`, laid out by [`ShiftedRows`]) and the forward kernel (`[tap][in of
+/// group][out of group]`): each input row's tile sums every tap's and output channel's shifted
+/// row in registers, then adds onto channel `first_channel + c` of `input` (`[H][W][C]`). For few
+/// input channels this replaces a product whose columns col2im would read back: the first layer
+/// of a network, whose maps are the largest.
+#[inline(always)]
+fn transposed_rows_kernel(
+    shape: &ConvShape,
+    kernel: &[f32],
+    layout: ShiftedRows,
+    rows: &[f32],
+    first_channel: usize,
+    input: &mut [f32],
+) {
+    let ([height, width, channels], out_h) = (shape.input, shape.output[0]);
+    let ([kh, kw], cin) = (shape.kernel, shape.group_in);
+    let cout = kernel.len() / (kh * kw * cin);
+    for c in 0..cin {
+        for iy in 0..height {
+            for x0 in (0..width).step_by(ROW_TILE) {
+                let mut sums = [0f32; ROW_TILE];
+                for ky in 0..kh {
+                    let Some(oy) = shape.reader(iy, ky, 0) else { continue };
+                    for kx in 0..kw {
+                        let start = layout.margin + x0 + shape.padding[1] - kx * shape.dilation[1];
+                        let weights = &kernel[((ky * kw + kx) * cin + c) * cout..][..cout];
+                        for (o, &w) in weights.iter().enumerate() {
+                            let source = &rows[(o * out_h + oy) * layout.row + start..][..ROW_TILE];
+                            sums.iter_mut().zip(source).for_each(|(s, v)| *s += w * v);
+                        }
+                    }
+                }
+                let line = &mut input[(iy * width + x0) * channels + first_channel + c..];
+                for (x, s) in sums[..ROW_TILE.min(width - x0)].iter().enumerate() {
+                    line[x * channels] += s;
+                }
+            }
+        }
+    }
+}
+
+with_wide_vectors!(transposed_rows => transposed_rows_kernel(
+    shape: &ConvShape, kernel: &[f32], layout: ShiftedRows, rows: &[f32], first_channel: usize, input: &mut [f32]
 ) -> ());
 
 /// The output units of a convolution or linear layer that carry gradient, by position: those at

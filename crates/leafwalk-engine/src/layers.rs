@@ -9,7 +9,8 @@ use rayon::prelude::*;
 use crate::forward::{product_points, Threads, POINT_RUNS};
 use crate::kernels::{
     bands, col2im, col2im_by_taps, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_by_columns,
-    matmul_parallel, rows_gather, split_runs, unit_patches, ActiveUnits, PointRows, UnitsByChannel, CHANNEL_PAD,
+    matmul_parallel, rows_gather, split_runs, transposed_rows, unit_patches, ActiveUnits, PointRows, ShiftedRows,
+    UnitsByChannel, CHANNEL_PAD,
 };
 use crate::plan::{ConvStep, LinearStep};
 use crate::reverse::{Grad, Rows};
@@ -296,9 +297,10 @@ fn gather_bands(
     }
 }
 
-/// Input channels up to which a dense reverse sums by taps ([`col2im_by_taps`]) rather than by
+/// Input channels up to which a dense reverse with stride 1 along x is summed directly
+/// ([`transposed_rows`]) and, with a longer stride, by taps ([`col2im_by_taps`]) rather than by
 /// input positions.
-const BY_TAPS_CHANNELS: usize = 4;
+const FEW_CHANNELS: usize = 4;
 
 /// Most rows (classes × positions) one dense reverse product takes, one class at least: its
 /// output, rows × patch values, is what col2im reads back, and it should stay in L2. lenet5's
@@ -306,34 +308,72 @@ const BY_TAPS_CHANNELS: usize = 4;
 /// than one class at a time (60 KB); vgg-bn-small and resnet-mini did not change.
 const DENSE_ROWS: usize = 128;
 
-/// One point's dense convolution reverse: the gradients of as many of its K rows as fit
-/// [`DENSE_ROWS`] times the kernel in one product, then col2im (`out`: `[K][H][W][C]`, zeros on
-/// entry). How the rows are chunked depends on the shapes only, so a point rounds the same
-/// anywhere.
+/// How a dense convolution reverse adds its gradient back onto the input.
+enum DenseReverse {
+    /// Few input channels, stride 1 along x: directly, no product.
+    Direct(ShiftedRows),
+    /// Few input channels, strided: a tap-major product, then col2im by taps.
+    ByTaps,
+    /// A position-major product, then col2im by input positions.
+    ByPositions,
+}
+
+/// One point's dense convolution reverse (`out`: `[K][H][W][C]`, zeros on entry): directly
+/// where the input has few channels and stride 1 along x, else the gradients of as many of its
+/// K rows as fit [`DENSE_ROWS`] times the kernel in one product, then col2im. How the rows are
+/// chunked depends on the shapes only, so a point rounds the same anywhere.
 fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads: Threads) {
     let shape = conv.shape;
     let (positions, cout, cout_g, patch) = (shape.positions(), conv.conv.out_channels, conv.group_out(), shape.patch());
     let n_in = out.len() / k;
-    let by_taps = shape.group_in <= BY_TAPS_CHANNELS;
-    let per_product = (DENSE_ROWS / positions).clamp(1, k);
+    let method = match (shape.group_in <= FEW_CHANNELS, shape.stride[1] == 1) {
+        (true, true) => DenseReverse::Direct(ShiftedRows::new(&shape)),
+        (true, false) => DenseReverse::ByTaps,
+        (false, _) => DenseReverse::ByPositions,
+    };
+    let per_product = match method {
+        DenseReverse::Direct(_) => 1,
+        _ => (DENSE_ROWS / positions).clamp(1, k),
+    };
     // The products overwrite their columns, so one scratch buffer serves every chunk of a thread.
-    let scratch = || vec![0f32; per_product * positions * patch];
+    let scratch = || match &method {
+        DenseReverse::Direct(layout) => vec![0f32; layout.len(&shape, cout_g)],
+        _ => vec![0f32; per_product * positions * patch],
+    };
     let chunk = |cols: &mut Vec<f32>, (back, g): (&mut [f32], &[f32])| {
         let rows = g.len() / cout;
-        let cols = &mut cols[..rows * patch];
         for group in 0..conv.conv.groups {
-            let kernel = (&conv.forward[group * patch * cout_g..][..patch * cout_g], 1, cout_g);
-            let g = (&g[group * cout_g..], cout, 1);
+            let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
             let first_channel = group * shape.group_in;
-            if by_taps {
-                matmul_by_columns((rows, patch, cout_g), cols, g, kernel);
-                for (row, back) in back.chunks_mut(n_in).enumerate() {
-                    col2im_by_taps(&shape, &cols[row * positions..], rows, first_channel, back);
+            match &method {
+                DenseReverse::Direct(layout) => {
+                    layout.fill(&shape, &g[group * cout_g..], cout, cout_g, cols);
+                    transposed_rows(&shape, kernel, *layout, cols, first_channel, back);
                 }
-            } else {
-                matmul((rows, patch, cout_g), (cols, patch), g, kernel, false);
-                for (cols, back) in cols.chunks(positions * patch).zip(back.chunks_mut(n_in)) {
-                    col2im(&shape, &conv.readers, cols, first_channel, back);
+                DenseReverse::ByTaps => {
+                    let cols = &mut cols[..rows * patch];
+                    matmul_by_columns(
+                        (rows, patch, cout_g),
+                        cols,
+                        (&g[group * cout_g..], cout, 1),
+                        (kernel, 1, cout_g),
+                    );
+                    for (row, back) in back.chunks_mut(n_in).enumerate() {
+                        col2im_by_taps(&shape, &cols[row * positions..], rows, first_channel, back);
+                    }
+                }
+                DenseReverse::ByPositions => {
+                    let cols = &mut cols[..rows * patch];
+                    matmul(
+                        (rows, patch, cout_g),
+                        (cols, patch),
+                        (&g[group * cout_g..], cout, 1),
+                        (kernel, 1, cout_g),
+                        false,
+                    );
+                    for (cols, back) in cols.chunks(positions * patch).zip(back.chunks_mut(n_in)) {
+                        col2im(&shape, &conv.readers, cols, first_channel, back);
+                    }
                 }
             }
         }

@@ -21,7 +21,12 @@ const CLASSES: usize = 5;
 
 /// `body` on a 3×9×9 input, then flatten and a linear layer to 5 classes.
 fn network(body: impl FnOnce(&mut GraphBuilder, usize) -> usize) -> Description {
-    let mut g = GraphBuilder::new(INPUT);
+    network_on(INPUT, body)
+}
+
+/// [`network`] on another input.
+fn network_on(input: Dims, body: impl FnOnce(&mut GraphBuilder, usize) -> usize) -> Description {
+    let mut g = GraphBuilder::new(input);
     let x = body(&mut g, GraphBuilder::INPUT);
     let x = g.flatten("flatten", x);
     let features = g.shapes_so_far().unwrap()[x].channels;
@@ -92,6 +97,15 @@ fn variants() -> Vec<(&'static str, Description)> {
         ("conv groups 3", network(|g, x| conv(g, "c", x, Conv2d::new(3, 6, 3).groups(3)))),
         ("conv non-square kernel, stride and padding", network(|g, x| conv(g, "c", x, non_square))),
         ("conv 1×1", network(|g, x| conv(g, "c", x, Conv2d::new(3, 5, 1)))),
+        (
+            // Wider than the direct reverse's row tile, padded past the kernel's reach.
+            "conv on a wide map, padding 3",
+            network_on(Dims::new(2, 5, 70), |g, x| conv(g, "c", x, Conv2d::new(2, 3, 3).padding(3))),
+        ),
+        (
+            "conv on a wide map, dilation 2",
+            network_on(Dims::new(2, 5, 70), |g, x| conv(g, "c", x, Conv2d::new(2, 3, 3).padding(1).dilation(2))),
+        ),
         (
             "conv + batch norm (folded) + ReLU, sparse",
             network(|g, x| {
@@ -203,7 +217,11 @@ fn variants() -> Vec<(&'static str, Description)> {
 /// A fresh model of `description` whose batch norms hold random statistics and whose output is
 /// scaled to a trained model's sensitivity.
 fn model(description: &Description, seed: u64) -> Classifier {
-    let meta = CheckpointMeta::without_dataset(Architecture::Custom(Box::new(description.clone())), INPUT, CLASSES);
+    let meta = CheckpointMeta::without_dataset(
+        Architecture::Custom(Box::new(description.clone())),
+        description.input,
+        CLASSES,
+    );
     let fresh = Classifier::fresh(meta.clone(), seed, &Device::Cpu, DType::F32).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
     let tensors: HashMap<String, Tensor> = fresh
@@ -234,10 +252,10 @@ fn model(description: &Description, seed: u64) -> Classifier {
     Classifier::from_tensors(std::path::Path::new("test"), meta, tensors, &Device::Cpu).unwrap()
 }
 
-fn pixels(batch: usize, seed: u64, dtype: DType) -> Tensor {
+fn pixels(batch: usize, seed: u64, dtype: DType, input: Dims) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let values: Vec<f64> = (0..batch * INPUT.len()).map(|_| rng.random_range(0.05..0.95)).collect();
-    Tensor::from_vec(values, (batch, INPUT.channels, INPUT.height, INPUT.width), &Device::Cpu)
+    let values: Vec<f64> = (0..batch * input.len()).map(|_| rng.random_range(0.05..0.95)).collect();
+    Tensor::from_vec(values, (batch, input.channels, input.height, input.width), &Device::Cpu)
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
@@ -254,7 +272,9 @@ fn max_abs(v: &[f64]) -> f64 {
 /// J by candle's autograd with the batch replicated per class.
 fn autograd_jacobian(model: &Classifier, x: &Tensor) -> Vec<f64> {
     let (b, c) = (x.dim(0).unwrap(), CLASSES);
-    let replicated = x.unsqueeze(1).unwrap().broadcast_as((b, c, 3, 9, 9)).unwrap().reshape((b * c, 3, 9, 9)).unwrap();
+    let (_, ch, h, w) = x.dims4().unwrap();
+    let replicated =
+        x.unsqueeze(1).unwrap().broadcast_as((b, c, ch, h, w)).unwrap().reshape((b * c, ch, h, w)).unwrap();
     let input = Var::from_tensor(&replicated).unwrap();
     let log_probs = model.log_probs_t(input.as_tensor(), false).unwrap();
     let selector = Tensor::eye(c, model.dtype(), &Device::Cpu).unwrap().repeat((b, 1)).unwrap();
@@ -267,7 +287,7 @@ fn every_operation_matches_autograd_finite_differences_and_its_invariants() {
     for (index, (name, description)) in variants().into_iter().enumerate() {
         let seed = 100 + index as u64;
         let model = model(&description, seed);
-        let x = pixels(3, seed, DType::F32);
+        let x = pixels(3, seed, DType::F32, description.input);
 
         // The engine against autograd, f32.
         let engine = input_jacobian(&model, &x, Coordinates::Pixels).unwrap();
@@ -284,7 +304,7 @@ fn every_operation_matches_autograd_finite_differences_and_its_invariants() {
         assert!(worst_lp <= tolerance, "{name}: log p off by {worst_lp:e}");
 
         // Σ pᵢ Jᵢ = 0 at each point.
-        let n = INPUT.len();
+        let n = description.input.len();
         for b in 0..3 {
             let p: Vec<f64> = log_probs[b * CLASSES..][..CLASSES].iter().map(|l| l.exp()).collect();
             let rows = &j[b * CLASSES * n..][..CLASSES * n];
@@ -316,7 +336,8 @@ fn every_operation_matches_autograd_finite_differences_and_its_invariants() {
 /// J of the f64 tensor backend against central differences at a few pixels (the best of three
 /// step sizes: a ReLU or max-pool kink inside one step spoils it).
 fn finite_differences(name: &str, model: &Classifier, seed: u64) {
-    let x = pixels(1, seed + 7, DType::F64);
+    let shape = model.input_shape();
+    let x = pixels(1, seed + 7, DType::F64, Dims::new(shape.channels, shape.height, shape.width));
     let j = values(&tensor::input_jacobian(model, &x, Coordinates::Pixels).unwrap().jacobian);
     let scale = max_abs(&j);
     let base = values(&x);
@@ -344,7 +365,7 @@ fn finite_differences(name: &str, model: &Classifier, seed: u64) {
 /// The engine's NLL gradients against autograd's, batch norm in training mode.
 fn training_gradients(name: &str, description: &Description, seed: u64) {
     let (engine_model, autograd_model) = (model(description, seed), model(description, seed));
-    let x = pixels(4, seed + 3, DType::F32);
+    let x = pixels(4, seed + 3, DType::F32, description.input);
     let labels = Tensor::new(&[0u32, 3, 1, 4], &Device::Cpu).unwrap();
     let pass = nll_gradients(&engine_model, &x, &labels).unwrap().expect("the CPU engine runs f32 on the CPU");
     let log_probs = autograd_model.log_probs_t(&x, true).unwrap();
