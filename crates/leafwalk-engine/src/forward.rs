@@ -201,7 +201,7 @@ fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (V
         StepOp::AvgPool(pool) => {
             let mut y = vec![0f32; out_len];
             let (input, output) = (context.input, context.output);
-            context.each_point(x, &mut y, |_, x, y| avg_pool(pool, x, input, output, y));
+            context.each_point(x, &mut y, |_, x, y| avg_pool(&pool.pool, x, input, output, y));
             (y, Saved::None)
         }
         StepOp::GlobalAvgPool => {

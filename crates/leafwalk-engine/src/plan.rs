@@ -11,6 +11,7 @@ use std::borrow::Cow;
 
 use leafwalk_models::description::{Activation, Arith, BatchNorm, Conv2d, Description, Dims, Op, Pool};
 
+use crate::forward::avg_window;
 use crate::kernels::{tap_sources, ConvShape, TapReaders, CHANNEL_PAD};
 use crate::{EngineError, Result};
 
@@ -126,7 +127,7 @@ pub(crate) enum StepOp<'w> {
     BatchNorm(BatchNormStep<'w>),
     Activation(Activation),
     MaxPool(Pool),
-    AvgPool(Pool),
+    AvgPool(AvgPoolStep),
     GlobalAvgPool,
     /// Channel-last map to channel-first order: PyTorch's flatten (and any reshape) runs in
     /// channel-first order.
@@ -139,6 +140,37 @@ pub(crate) enum StepOp<'w> {
         constant_first: bool,
     },
     Identity,
+}
+
+/// An average pool and, for each input position, the outputs whose windows hold it with their
+/// shares, so that the reverse sums into each input once (found once here, not per point).
+pub(crate) struct AvgPoolStep {
+    pub(crate) pool: Pool,
+    /// Input position q's readers are `readers[starts[q]..starts[q + 1]]`: (output position,
+    /// share).
+    pub(crate) starts: Vec<u32>,
+    pub(crate) readers: Vec<(u32, f32)>,
+}
+
+impl AvgPoolStep {
+    fn new(pool: Pool, input: Dims, output: Dims) -> Self {
+        let mut entries: Vec<(u32, u32, f32)> = Vec::with_capacity(output.plane() * pool.kernel[0] * pool.kernel[1]);
+        for o in 0..output.plane() {
+            let at = (o / output.width, o % output.width);
+            let share = 1.0 / pool.divisor(at, (input.height, input.width)) as f32;
+            entries.extend(avg_window(&pool, at, input).map(|q| (q as u32, o as u32, share)));
+        }
+        entries.sort_by_key(|&(q, o, _)| (q, o));
+        let mut starts = vec![0u32; input.plane() + 1];
+        for &(q, _, _) in &entries {
+            starts[q as usize + 1] += 1;
+        }
+        for q in 0..input.plane() {
+            starts[q + 1] += starts[q];
+        }
+        let readers = entries.into_iter().map(|(_, o, share)| (o, share)).collect();
+        AvgPoolStep { pool, starts, readers }
+    }
 }
 
 pub(crate) struct Step<'w> {
@@ -227,7 +259,7 @@ impl<'w> Plan<'w> {
                 }
                 Op::Activation(a) => StepOp::Activation(*a),
                 Op::MaxPool2d(p) => StepOp::MaxPool(*p),
-                Op::AvgPool2d(p) => StepOp::AvgPool(*p),
+                Op::AvgPool2d(p) => StepOp::AvgPool(AvgPoolStep::new(*p, input, shapes[output])),
                 Op::GlobalAvgPool => StepOp::GlobalAvgPool,
                 Op::Flatten if input.is_flat() => StepOp::Identity,
                 Op::Flatten => StepOp::Flatten,

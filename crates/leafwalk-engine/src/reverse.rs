@@ -10,12 +10,12 @@
 
 use std::sync::OnceLock;
 
-use leafwalk_models::description::{Arith, Dims, Pool};
+use leafwalk_models::description::{Arith, Dims};
 use rayon::prelude::*;
 
-use crate::forward::{avg_window, to_channel_first, to_channel_last, Forward, Saved, Threads};
+use crate::forward::{to_channel_first, to_channel_last, Forward, Saved, Threads};
 use crate::layers::{conv_backward, linear_backward, Gradients};
-use crate::plan::{BatchNormStep, Plan, StepOp};
+use crate::plan::{AvgPoolStep, BatchNormStep, Plan, StepOp};
 
 /// A gradient for some points and K rows each, and the units it can be nonzero at.
 pub(crate) struct Grad {
@@ -412,22 +412,15 @@ fn batch_norm_backward(
 }
 
 /// Spreads each output gradient evenly over its window: each input position sums the shares of
-/// the windows that hold it (listed once for all rows).
-fn through_avg_pool(values: &[f32], pool: &Pool, input: Dims, output: Dims) -> Vec<f32> {
+/// the windows that hold it.
+fn through_avg_pool(values: &[f32], pool: &AvgPoolStep, input: Dims, output: Dims) -> Vec<f32> {
     let (n_in, n_out, c) = (input.len(), output.len(), input.channels);
-    // (input position, output, share) sorted by input position: each input's readers in a run.
-    let mut entries: Vec<(usize, usize, f32)> = Vec::with_capacity(output.plane() * pool.kernel[0] * pool.kernel[1]);
-    for o in 0..output.plane() {
-        let at = (o / output.width, o % output.width);
-        let share = 1.0 / pool.divisor(at, (input.height, input.width)) as f32;
-        entries.extend(avg_window(pool, at, input).map(|position| (position, o, share)));
-    }
-    entries.sort_by_key(|&(position, o, _)| (position, o));
     let mut back = vec![0f32; values.len() / n_out * n_in];
     for (back, g) in back.chunks_mut(n_in).zip(values.chunks(n_out)) {
-        for &(position, o, share) in &entries {
-            let (target, source) = (&mut back[position * c..(position + 1) * c], &g[o * c..(o + 1) * c]);
-            target.iter_mut().zip(source).for_each(|(b, g)| *b += g * share);
+        for (target, bounds) in back.chunks_mut(c).zip(pool.starts.windows(2)) {
+            for &(o, share) in &pool.readers[bounds[0] as usize..bounds[1] as usize] {
+                target.iter_mut().zip(&g[o as usize * c..][..c]).for_each(|(b, g)| *b += g * share);
+            }
         }
     }
     back
