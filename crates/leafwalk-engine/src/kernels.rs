@@ -79,13 +79,139 @@ fn portable_strip_sums<const K: usize>(
     acc
 }
 
+/// Adds `w · rows[start + shift ..][..ROW_TILE]` to `sums` for each term `(w, start)`: the
+/// inner loop of [`transposed_rows`].
+type TileSums = fn(&[f32], &[(f32, usize)], usize, &mut [f32; ROW_TILE]);
+
+/// The fastest [`TileSums`] this CPU runs (see [`strip_sums`]).
+fn tile_sums() -> TileSums {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return avx2::tile_sums;
+    }
+    portable_tile_sums
+}
+
+fn portable_tile_sums(rows: &[f32], terms: &[(f32, usize)], shift: usize, sums: &mut [f32; ROW_TILE]) {
+    for &(w, start) in terms {
+        sums.iter_mut().zip(&rows[start + shift..][..ROW_TILE]).for_each(|(s, v)| *s += w * v);
+    }
+}
+
+/// The sum over `entries` of the vector of [`LANES`] columns at `entry · cin` (of which the
+/// caller keeps the first `cin`; the columns' end is padded with zeros): [`col2im`] for up to
+/// 8 channels, a vector per entry, where adding `cin` values into memory one by one would wait
+/// on each store.
+type EntrySums = fn(&[f32], &[u32], usize) -> [f32; LANES];
+
+/// The fastest [`EntrySums`] this CPU runs (see [`strip_sums`]).
+fn entry_sums() -> EntrySums {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return avx2::entry_sums;
+    }
+    portable_entry_sums
+}
+
+fn portable_entry_sums(cols: &[f32], entries: &[u32], cin: usize) -> [f32; LANES] {
+    let mut sums = [0f32; LANES];
+    for &e in entries {
+        let at = e as usize * cin;
+        sums.iter_mut().zip(&cols[at..cols.len().min(at + LANES)]).for_each(|(s, v)| *s += v);
+    }
+    sums
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
         _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
 
-    use super::LANES;
+    use super::{LANES, ROW_TILE};
+
+    /// Vectors in a row tile.
+    const TILE_VECTORS: usize = ROW_TILE / LANES;
+
+    /// [`super::TileSums`] with AVX2 and FMA. Only [`super::tile_sums`] hands it out, after
+    /// checking that the CPU has both.
+    pub(super) fn tile_sums(rows: &[f32], terms: &[(f32, usize)], shift: usize, sums: &mut [f32; ROW_TILE]) {
+        // SAFETY: only reachable through `super::tile_sums`, which checked AVX2 and FMA.
+        unsafe { tile(rows, terms, shift, sums) }
+    }
+
+    /// [`super::EntrySums`] with AVX2. Only [`super::entry_sums`] hands it out, after checking
+    /// that the CPU has it.
+    pub(super) fn entry_sums(cols: &[f32], entries: &[u32], cin: usize) -> [f32; LANES] {
+        // SAFETY: only reachable through `super::entry_sums`, which checked AVX2.
+        unsafe { sum_entries(cols, entries, cin) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn sum_entries(cols: &[f32], entries: &[u32], cin: usize) -> [f32; LANES] {
+        // Entries whose vector would run past the columns' end add their `cin` values here.
+        let mut tail = [0f32; LANES];
+        macro_rules! add {
+            ($chain:ident, $e:expr) => {{
+                let at = $e as usize * cin;
+                match cols.get(at..at + LANES) {
+                    // SAFETY: `values` holds LANES values.
+                    Some(values) => $chain = _mm256_add_ps($chain, unsafe { _mm256_loadu_ps(values.as_ptr()) }),
+                    None => tail.iter_mut().zip(&cols[at..at + cin]).for_each(|(s, v)| *s += v),
+                }
+            }};
+        }
+        // Two chains over alternate entries, so that the additions do not wait on each other.
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (pairs, rest) = entries.as_chunks::<2>();
+        for &[first, second] in pairs {
+            add!(even, first);
+            add!(odd, second);
+        }
+        for &e in rest {
+            add!(even, e);
+        }
+        // SAFETY: `tail` holds LANES values.
+        let sum = _mm256_add_ps(_mm256_add_ps(even, odd), unsafe { _mm256_loadu_ps(tail.as_ptr()) });
+        let mut sums = [0f32; LANES];
+        // SAFETY: `sums` holds the LANES values stored.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), sum) };
+        sums
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn tile(rows: &[f32], terms: &[(f32, usize)], shift: usize, sums: &mut [f32; ROW_TILE]) {
+        // Sums in registers, not in the array: a bounds check's exit would otherwise store them
+        // after every term. Two sets over alternate terms, so that the FMAs do not wait on each
+        // other.
+        let (mut even, mut odd) = ([_mm256_setzero_ps(); TILE_VECTORS], [_mm256_setzero_ps(); TILE_VECTORS]);
+        macro_rules! add {
+            ($set:ident, $w:expr, $start:expr) => {{
+                let source = &rows[$start + shift..][..ROW_TILE];
+                let w = _mm256_set1_ps($w);
+                for (j, sum) in $set.iter_mut().enumerate() {
+                    // SAFETY: `source` holds ROW_TILE = TILE_VECTORS · LANES values.
+                    *sum = _mm256_fmadd_ps(w, unsafe { _mm256_loadu_ps(source.as_ptr().add(j * LANES)) }, *sum);
+                }
+            }};
+        }
+        let (pairs, rest) = terms.as_chunks::<2>();
+        for &[(w0, start0), (w1, start1)] in pairs {
+            add!(even, w0, start0);
+            add!(odd, w1, start1);
+        }
+        for &(w, start) in rest {
+            add!(even, w, start);
+        }
+        for (j, (a, b)) in even.iter().zip(&odd).enumerate() {
+            let target = &mut sums[j * LANES..][..LANES];
+            // SAFETY: `target` holds the LANES values loaded and stored.
+            unsafe {
+                let sum = _mm256_add_ps(_mm256_add_ps(*a, *b), _mm256_loadu_ps(target.as_ptr()));
+                _mm256_storeu_ps(target.as_mut_ptr(), sum);
+            }
+        }
+    }
 
     /// Up to this many classes the sums run in two interleaved sets.
     const TWO_CHAINS: usize = 6;
@@ -479,6 +605,7 @@ impl TapReaders {
 #[inline(always)]
 fn col2im_kernel(shape: &ConvShape, readers: &TapReaders, cols: &[f32], first_channel: usize, input: &mut [f32]) {
     let (channels, cin) = (shape.input[2], shape.group_in);
+    let sum_entries = entry_sums();
     for (q, bounds) in readers.starts.windows(2).enumerate() {
         let entries = &readers.entries[bounds[0] as usize..bounds[1] as usize];
         let target = &mut input[q * channels + first_channel..][..cin];
@@ -496,33 +623,13 @@ fn col2im_kernel(shape: &ConvShape, readers: &TapReaders, cols: &[f32], first_ch
             continue;
         }
         if cin <= LANES {
-            // A whole vector per entry, of which the first `cin` values are its own, summed in
-            // two chains: adding `cin` values into memory one by one waits on each store.
-            let (mut even, mut odd) = ([0f32; LANES], [0f32; LANES]);
-            let (pairs, rest) = entries.as_chunks::<2>();
-            for &[first, second] in pairs {
-                add_entry(&mut even, cols, first as usize * cin, cin);
-                add_entry(&mut odd, cols, second as usize * cin, cin);
-            }
-            for &e in rest {
-                add_entry(&mut even, cols, e as usize * cin, cin);
-            }
-            target.iter_mut().zip(even.iter().zip(&odd)).for_each(|(t, (a, b))| *t += a + b);
+            let sums = sum_entries(cols, entries, cin);
+            target.iter_mut().zip(&sums).for_each(|(t, s)| *t += s);
             continue;
         }
         for &e in entries {
             target.iter_mut().zip(&cols[e as usize * cin..][..cin]).for_each(|(t, v)| *t += v);
         }
-    }
-}
-
-/// Adds the vector of columns from `at` on to `sums` (of which the caller keeps the first `cin`),
-/// or only those `cin` where the columns end sooner.
-#[inline(always)]
-fn add_entry(sums: &mut [f32; LANES], cols: &[f32], at: usize, cin: usize) {
-    match cols.get(at..at + LANES) {
-        Some(values) => sums.iter_mut().zip(values).for_each(|(s, v)| *s += v),
-        None => sums.iter_mut().zip(&cols[at..at + cin]).for_each(|(s, v)| *s += v),
     }
 }
 
@@ -600,12 +707,14 @@ impl ShiftedRows {
 
     /// Writes `gradient` (`[position][stride]`, the group's `channels` first) into `rows`.
     pub(crate) fn fill(&self, shape: &ConvShape, gradient: &[f32], stride: usize, channels: usize, rows: &mut [f32]) {
-        rows.fill(0.0);
         let [out_h, out_w] = shape.output;
         for (o, plane) in rows.chunks_mut(out_h * self.row).take(channels).enumerate() {
             for (row, line) in plane.chunks_mut(self.row).zip(gradient[o..].chunks(out_w * stride)) {
-                let targets = &mut row[self.margin..][..out_w];
+                let (margin, rest) = row.split_at_mut(self.margin);
+                let (targets, end) = rest.split_at_mut(out_w);
+                margin.fill(0.0);
                 targets.iter_mut().zip(line.iter().step_by(stride)).for_each(|(t, &v)| *t = v);
+                end.fill(0.0);
             }
         }
     }
@@ -617,8 +726,8 @@ impl ShiftedRows {
 /// row in registers, then adds onto channel `first_channel + c` of `input` (`[H][W][C]`). For few
 /// input channels this replaces a product whose columns col2im would read back: the first layer
 /// of a network, whose maps are the largest.
-#[inline(always)]
-fn transposed_rows_kernel(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn transposed_rows(
     shape: &ConvShape,
     kernel: &[f32],
     layout: ShiftedRows,
@@ -629,33 +738,34 @@ fn transposed_rows_kernel(
     let ([height, width, channels], out_h) = (shape.input, shape.output[0]);
     let ([kh, kw], cin) = (shape.kernel, shape.group_in);
     let cout = kernel.len() / (kh * kw * cin);
+    // Per input channel, each (tap, output channel)'s weight and where its shifted row starts
+    // (output row 0, tile 0), kernel row by kernel row: one flat loop per kernel row keeps the
+    // sums in registers.
+    let mut terms: Vec<(f32, usize)> = Vec::with_capacity(kh * kw * cout);
+    let add_tiles = tile_sums();
     for c in 0..cin {
+        terms.clear();
+        for tap in 0..kh * kw {
+            let start = layout.margin + shape.padding[1] - (tap % kw) * shape.dilation[1];
+            let weights = &kernel[(tap * cin + c) * cout..][..cout];
+            terms.extend(weights.iter().enumerate().map(|(o, &w)| (w, o * out_h * layout.row + start)));
+        }
         for iy in 0..height {
             for x0 in (0..width).step_by(ROW_TILE) {
                 let mut sums = [0f32; ROW_TILE];
-                for ky in 0..kh {
-                    let Some(oy) = shape.reader(iy, ky, 0) else { continue };
-                    for kx in 0..kw {
-                        let start = layout.margin + x0 + shape.padding[1] - kx * shape.dilation[1];
-                        let weights = &kernel[((ky * kw + kx) * cin + c) * cout..][..cout];
-                        for (o, &w) in weights.iter().enumerate() {
-                            let source = &rows[(o * out_h + oy) * layout.row + start..][..ROW_TILE];
-                            sums.iter_mut().zip(source).for_each(|(s, v)| *s += w * v);
-                        }
+                for (ky, row_terms) in terms.chunks_exact(kw * cout).enumerate() {
+                    if let Some(oy) = shape.reader(iy, ky, 0) {
+                        add_tiles(rows, row_terms, oy * layout.row + x0, &mut sums);
                     }
                 }
                 let line = &mut input[(iy * width + x0) * channels + first_channel + c..];
-                for (x, s) in sums[..ROW_TILE.min(width - x0)].iter().enumerate() {
+                for (x, s) in sums.iter().take(width - x0).enumerate() {
                     line[x * channels] += s;
                 }
             }
         }
     }
 }
-
-with_wide_vectors!(transposed_rows => transposed_rows_kernel(
-    shape: &ConvShape, kernel: &[f32], layout: ShiftedRows, rows: &[f32], first_channel: usize, input: &mut [f32]
-) -> ());
 
 /// The output units of a convolution or linear layer that carry gradient, by position: those at
 /// position p are `channels[starts[p]..starts[p + 1]]`, with their K class gradients in
@@ -966,4 +1076,53 @@ pub(crate) fn split_runs<'a>(values: &'a mut [f32], runs: &[Range<usize>], len: 
 pub(crate) fn bands(items: usize, parts: usize, granule: usize) -> Vec<Range<usize>> {
     let len = items.div_ceil(parts.max(1)).div_ceil(granule.max(1)) * granule.max(1);
     (0..items).step_by(len.max(1)).map(|start| start..(start + len).min(items)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The vector kernels this CPU picks against their portable twins, which a CPU without AVX2
+    //! runs and the test machines would otherwise never exercise.
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    fn assert_close(fast: &[f32], portable: &[f32], what: &str) {
+        for (a, b) in fast.iter().zip(portable) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn strip_sums_match_the_portable_kernel() {
+        let (coefficients, weights) = (values(64 * 3, 1), values(64 * LANES + 40, 2));
+        let coefficient_at: Vec<u32> = (0..61).map(|i| i * 3).collect();
+        let weight_at: Vec<u32> = (0..61).map(|i| (i * 37 % 64) * LANES as u32).collect();
+        let fast = strip_sums::<3>()(&coefficients, &coefficient_at, &weights, &weight_at, 5);
+        let portable = portable_strip_sums::<3>(&coefficients, &coefficient_at, &weights, &weight_at, 5);
+        assert_close(fast.as_flattened(), portable.as_flattened(), "strip sums");
+    }
+
+    #[test]
+    fn tile_sums_match_the_portable_kernel() {
+        let rows = values(500, 3);
+        let terms: Vec<(f32, usize)> = (0..13).map(|i| (values(13, 4)[i], i * 31 % 400)).collect();
+        let (mut fast, mut portable) = ([0.5f32; ROW_TILE], [0.5f32; ROW_TILE]);
+        tile_sums()(&rows, &terms, 17, &mut fast);
+        portable_tile_sums(&rows, &terms, 17, &mut portable);
+        assert_close(&fast, &portable, "tile sums");
+    }
+
+    #[test]
+    fn entry_sums_match_the_portable_kernel() {
+        for cin in [2, 6, 8] {
+            let cols = values(40 * cin, 5);
+            // The last entries' vectors run past the columns' end.
+            let entries: Vec<u32> = (0..40).rev().step_by(3).collect();
+            let (fast, portable) = (entry_sums()(&cols, &entries, cin), portable_entry_sums(&cols, &entries, cin));
+            assert_close(&fast[..cin], &portable[..cin], "entry sums");
+        }
+    }
 }

@@ -415,11 +415,20 @@ fn batch_norm_backward(
 /// the windows that hold it.
 fn through_avg_pool(values: &[f32], pool: &AvgPoolStep, input: Dims, output: Dims) -> Vec<f32> {
     let (n_in, n_out, c) = (input.len(), output.len(), input.channels);
-    let mut back = vec![0f32; values.len() / n_out * n_in];
-    for (back, g) in back.chunks_mut(n_in).zip(values.chunks(n_out)) {
-        for (target, bounds) in back.chunks_mut(c).zip(pool.starts.windows(2)) {
-            for &(o, share) in &pool.readers[bounds[0] as usize..bounds[1] as usize] {
-                target.iter_mut().zip(&g[o as usize * c..][..c]).for_each(|(b, g)| *b += g * share);
+    // Written position by position, not zeroed first: most inputs have one reader.
+    let mut back = Vec::with_capacity(values.len() / n_out * n_in);
+    for g in values.chunks(n_out) {
+        for bounds in pool.starts.windows(2) {
+            let start = back.len();
+            match &pool.readers[bounds[0] as usize..bounds[1] as usize] {
+                [] => back.resize(start + c, 0.0),
+                [(o, share), others @ ..] => {
+                    back.extend(g[*o as usize * c..][..c].iter().map(|g| g * share));
+                    for &(o, share) in others {
+                        let target = &mut back[start..];
+                        target.iter_mut().zip(&g[o as usize * c..][..c]).for_each(|(b, g)| *b += g * share);
+                    }
+                }
             }
         }
     }
