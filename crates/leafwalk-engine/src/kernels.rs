@@ -98,28 +98,35 @@ fn portable_tile_sums(rows: &[f32], terms: &[(f32, usize)], shift: usize, sums: 
     }
 }
 
-/// The sum over `entries` of the vector of [`LANES`] columns at `entry · cin` (of which the
-/// caller keeps the first `cin`; the columns' end is padded with zeros): [`col2im`] for up to
-/// 8 channels, a vector per entry, where adding `cin` values into memory one by one would wait
-/// on each store.
-type EntrySums = fn(&[f32], &[u32], usize) -> [f32; LANES];
+/// [`col2im`] for two input channels or more: each input position's channels (`cin` of them
+/// from `first_channel`, `channels` a position) add the columns of the entries that read it.
+/// Adding into memory entry by entry waits on each store; the vector kernel keeps the sums in
+/// registers.
+type GatherColumns = fn(&TapReaders, &[f32], usize, usize, usize, &mut [f32]);
 
-/// The fastest [`EntrySums`] this CPU runs (see [`strip_sums`]).
-fn entry_sums() -> EntrySums {
+/// The fastest [`GatherColumns`] this CPU runs (see [`strip_sums`]).
+fn gather_columns() -> GatherColumns {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return avx2::entry_sums;
+        return avx2::gather_columns;
     }
-    portable_entry_sums
+    portable_gather_columns
 }
 
-fn portable_entry_sums(cols: &[f32], entries: &[u32], cin: usize) -> [f32; LANES] {
-    let mut sums = [0f32; LANES];
-    for &e in entries {
-        let at = e as usize * cin;
-        sums.iter_mut().zip(&cols[at..cols.len().min(at + LANES)]).for_each(|(s, v)| *s += v);
+fn portable_gather_columns(
+    readers: &TapReaders,
+    cols: &[f32],
+    cin: usize,
+    channels: usize,
+    first_channel: usize,
+    input: &mut [f32],
+) {
+    for (q, bounds) in readers.starts.windows(2).enumerate() {
+        let target = &mut input[q * channels + first_channel..][..cin];
+        for &e in &readers.entries[bounds[0] as usize..bounds[1] as usize] {
+            target.iter_mut().zip(&cols[e as usize * cin..][..cin]).for_each(|(t, v)| *t += v);
+        }
     }
-    sums
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -128,7 +135,7 @@ mod avx2 {
         _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
 
-    use super::{LANES, ROW_TILE};
+    use super::{TapReaders, LANES, ROW_TILE};
 
     /// Vectors in a row tile.
     const TILE_VECTORS: usize = ROW_TILE / LANES;
@@ -140,43 +147,89 @@ mod avx2 {
         unsafe { tile(rows, terms, shift, sums) }
     }
 
-    /// [`super::EntrySums`] with AVX2. Only [`super::entry_sums`] hands it out, after checking
-    /// that the CPU has it.
-    pub(super) fn entry_sums(cols: &[f32], entries: &[u32], cin: usize) -> [f32; LANES] {
-        // SAFETY: only reachable through `super::entry_sums`, which checked AVX2.
-        unsafe { sum_entries(cols, entries, cin) }
+    /// Channels [`entry_block`] sums at once: four vectors.
+    const ENTRY_BLOCK: usize = 4 * LANES;
+
+    /// [`super::GatherColumns`] with AVX2. Only [`super::gather_columns`] hands it out, after
+    /// checking that the CPU has it.
+    pub(super) fn gather_columns(
+        readers: &TapReaders,
+        cols: &[f32],
+        cin: usize,
+        channels: usize,
+        first_channel: usize,
+        input: &mut [f32],
+    ) {
+        // SAFETY: only reachable through `super::gather_columns`, which checked AVX2.
+        unsafe { gather(readers, cols, cin, channels, first_channel, input) }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn sum_entries(cols: &[f32], entries: &[u32], cin: usize) -> [f32; LANES] {
-        // Entries whose vector would run past the columns' end add their `cin` values here.
-        let mut tail = [0f32; LANES];
+    fn gather(
+        readers: &TapReaders,
+        cols: &[f32],
+        cin: usize,
+        channels: usize,
+        first_channel: usize,
+        input: &mut [f32],
+    ) {
+        for (q, bounds) in readers.starts.windows(2).enumerate() {
+            let entries = &readers.entries[bounds[0] as usize..bounds[1] as usize];
+            let target = &mut input[q * channels + first_channel..][..cin];
+            for first in (0..cin).step_by(ENTRY_BLOCK) {
+                let block = &mut target[first..cin.min(first + ENTRY_BLOCK)];
+                match block.len().div_ceil(LANES) {
+                    1 => entry_block::<1>(cols, entries, cin, first, block),
+                    2 => entry_block::<2>(cols, entries, cin, first, block),
+                    3 => entry_block::<3>(cols, entries, cin, first, block),
+                    _ => entry_block::<4>(cols, entries, cin, first, block),
+                }
+            }
+        }
+    }
+
+    /// Channels `first ..` of one input position in [`gather`], `V` vectors wide (`block`: up
+    /// to V·8 of them; a vector may read past them, into the next entry's, which it leaves out).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn entry_block<const V: usize>(cols: &[f32], entries: &[u32], cin: usize, first: usize, block: &mut [f32]) {
+        let width = block.len();
+        // Entries whose vectors would run past the columns' end add their values here.
+        let mut tail = [0f32; ENTRY_BLOCK];
         macro_rules! add {
-            ($chain:ident, $e:expr) => {{
-                let at = $e as usize * cin;
-                match cols.get(at..at + LANES) {
-                    // SAFETY: `values` holds LANES values.
-                    Some(values) => $chain = _mm256_add_ps($chain, unsafe { _mm256_loadu_ps(values.as_ptr()) }),
-                    None => tail.iter_mut().zip(&cols[at..at + cin]).for_each(|(s, v)| *s += v),
+            ($set:ident, $e:expr) => {{
+                let at = $e as usize * cin + first;
+                match cols.get(at..at + V * LANES) {
+                    Some(values) => {
+                        for (j, sum) in $set.iter_mut().enumerate() {
+                            // SAFETY: `values` holds V·LANES values.
+                            *sum = _mm256_add_ps(*sum, unsafe { _mm256_loadu_ps(values.as_ptr().add(j * LANES)) });
+                        }
+                    }
+                    None => tail.iter_mut().zip(&cols[at..at + width]).for_each(|(s, v)| *s += v),
                 }
             }};
         }
-        // Two chains over alternate entries, so that the additions do not wait on each other.
-        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        // Two sets over alternate entries, so that the additions do not wait on each other.
+        let (mut even, mut odd) = ([_mm256_setzero_ps(); V], [_mm256_setzero_ps(); V]);
         let (pairs, rest) = entries.as_chunks::<2>();
-        for &[first, second] in pairs {
-            add!(even, first);
-            add!(odd, second);
+        for &[e0, e1] in pairs {
+            add!(even, e0);
+            add!(odd, e1);
         }
         for &e in rest {
             add!(even, e);
         }
-        // SAFETY: `tail` holds LANES values.
-        let sum = _mm256_add_ps(_mm256_add_ps(even, odd), unsafe { _mm256_loadu_ps(tail.as_ptr()) });
-        let mut sums = [0f32; LANES];
-        // SAFETY: `sums` holds the LANES values stored.
-        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), sum) };
-        sums
+        let mut sums = [0f32; ENTRY_BLOCK];
+        for j in 0..V {
+            let (sum, out) = (&tail[j * LANES..][..LANES], &mut sums[j * LANES..][..LANES]);
+            // SAFETY: `sum` and `out` hold the LANES values read and written.
+            unsafe {
+                let total = _mm256_add_ps(_mm256_add_ps(even[j], odd[j]), _mm256_loadu_ps(sum.as_ptr()));
+                _mm256_storeu_ps(out.as_mut_ptr(), total);
+            }
+        }
+        block.iter_mut().zip(&sums).for_each(|(t, s)| *t += s);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -605,31 +658,21 @@ impl TapReaders {
 #[inline(always)]
 fn col2im_kernel(shape: &ConvShape, readers: &TapReaders, cols: &[f32], first_channel: usize, input: &mut [f32]) {
     let (channels, cin) = (shape.input[2], shape.group_in);
-    let sum_entries = entry_sums();
+    if cin > 1 {
+        return gather_columns()(readers, cols, cin, channels, first_channel, input);
+    }
     for (q, bounds) in readers.starts.windows(2).enumerate() {
         let entries = &readers.entries[bounds[0] as usize..bounds[1] as usize];
-        let target = &mut input[q * channels + first_channel..][..cin];
-        if cin == 1 {
-            // Four partial sums: one chain of dependent additions would wait on each other.
-            let mut lanes = [0f32; 4];
-            let (quads, rest) = entries.as_chunks::<4>();
-            for quad in quads {
-                for (lane, &e) in lanes.iter_mut().zip(quad) {
-                    *lane += cols[e as usize];
-                }
+        // Four partial sums: one chain of dependent additions would wait on each other.
+        let mut lanes = [0f32; 4];
+        let (quads, rest) = entries.as_chunks::<4>();
+        for quad in quads {
+            for (lane, &e) in lanes.iter_mut().zip(quad) {
+                *lane += cols[e as usize];
             }
-            let tail: f32 = rest.iter().map(|&e| cols[e as usize]).sum();
-            target[0] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
-            continue;
         }
-        if cin <= LANES {
-            let sums = sum_entries(cols, entries, cin);
-            target.iter_mut().zip(&sums).for_each(|(t, s)| *t += s);
-            continue;
-        }
-        for &e in entries {
-            target.iter_mut().zip(&cols[e as usize * cin..][..cin]).for_each(|(t, v)| *t += v);
-        }
+        let tail: f32 = rest.iter().map(|&e| cols[e as usize]).sum();
+        input[q * channels + first_channel] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
     }
 }
 
@@ -1116,13 +1159,26 @@ mod tests {
     }
 
     #[test]
-    fn entry_sums_match_the_portable_kernel() {
-        for cin in [2, 6, 8] {
-            let cols = values(40 * cin, 5);
-            // The last entries' vectors run past the columns' end.
-            let entries: Vec<u32> = (0..40).rev().step_by(3).collect();
-            let (fast, portable) = (entry_sums()(&cols, &entries, cin), portable_entry_sums(&cols, &entries, cin));
-            assert_close(&fast[..cin], &portable[..cin], "entry sums");
+    fn gathered_columns_match_the_portable_kernel() {
+        // A 3×3 convolution, padding 1, on a 5×6 map: 1 to 9 entries per input position.
+        let shape = ConvShape {
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            input: [5, 6, 0],
+            output: [5, 6],
+            group_in: 0,
+        };
+        let readers = TapReaders::new(&shape, &tap_sources(&shape));
+        for cin in [2, 6, 8, 13, 32, 70] {
+            // The last entries' vectors run past the columns' end; the map has 3 more channels.
+            let cols = values(30 * 9 * cin, 5);
+            let channels = cin + 3;
+            let (mut fast, mut portable) = (values(30 * channels, 6), values(30 * channels, 6));
+            gather_columns()(&readers, &cols, cin, channels, 2, &mut fast);
+            portable_gather_columns(&readers, &cols, cin, channels, 2, &mut portable);
+            assert_close(&fast, &portable, "gathered columns");
         }
     }
 }
