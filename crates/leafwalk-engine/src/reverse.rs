@@ -173,7 +173,10 @@ impl Reverse<'_, '_, '_> {
             }
             out.copy_from_slice(&self.input_grad(&mut own, single));
         };
-        input.par_chunks_mut(rows.k * n).enumerate().for_each(continue_point);
+        match rows.threads {
+            Threads::Caller => input.chunks_mut(rows.k * n).enumerate().for_each(continue_point),
+            _ => input.par_chunks_mut(rows.k * n).enumerate().for_each(continue_point),
+        }
         (input, parameters)
     }
 

@@ -317,6 +317,15 @@ fn every_operation_matches_autograd_finite_differences_and_its_invariants() {
         let alone = input_jacobian(&model, &x.narrow(0, 1, 1).unwrap(), Coordinates::Pixels).unwrap();
         assert_eq!(values(&alone.jacobian), j[CLASSES * n..2 * CLASSES * n], "{name}: batch changes J");
         assert_eq!(values(&alone.log_probs), log_probs[CLASSES..2 * CLASSES], "{name}: batch changes log p");
+        // So does it in larger batches, cut into sub-batches by the number of threads.
+        let copies = Tensor::cat(&[&x, &x, &x], 0).unwrap();
+        let repeated = [j.clone(), j.clone(), j.clone()].concat();
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for threads in [None, Some(&one_thread)] {
+            let run = || values(&input_jacobian(&model, &copies, Coordinates::Pixels).unwrap().jacobian);
+            let j_copies = threads.map_or_else(run, |pool| pool.install(run));
+            assert!(j_copies == repeated, "{name}: a batch of 9 on {threads:?} changes J");
+        }
 
         // The tensor backend (f32) against the engine, and (f64) against finite differences.
         if name.starts_with("conv non-square") {
