@@ -763,6 +763,65 @@ impl ShiftedRows {
     }
 }
 
+/// A stride-1 convolution's input gradient as one product per tap, without columns: on a
+/// canvas as wide as the padded input, tap (ky, kx) moves every output by the same offset, so
+/// its contribution `G · W_tapᵀ` lands on the canvas rows from `ky·dy·width + kx·dx` on. Output
+/// rows are laid out canvas-wide (zeros past the map's width), which costs `rows / positions`
+/// more products than im2col's columns but writes and re-reads no columns.
+#[derive(Clone, Copy)]
+pub(crate) struct Canvas {
+    width: usize,
+    /// Canvas rows, the last tap's overhang included.
+    rows: usize,
+}
+
+impl Canvas {
+    /// The canvas of a stride-1 convolution whose outputs, laid out canvas-wide, are at most a
+    /// quarter more than its output positions (a 3×3 convolution on maps of 18 or more; the
+    /// extra products would outweigh the columns saved on smaller ones).
+    pub(crate) fn new(shape: &ConvShape) -> Option<Self> {
+        let ([kh, kw], [dy, dx], [out_h, out_w]) = (shape.kernel, shape.dilation, shape.output);
+        let width = out_w + (kw - 1) * dx;
+        let rows = (out_h + (kh - 1) * dy) * width + (kw - 1) * dx;
+        (shape.stride == [1, 1] && 4 * out_h * width <= 5 * shape.positions()).then_some(Canvas { width, rows })
+    }
+
+    /// Values of the output gradient's canvas (`cout` channels) and of the input's (`cin`).
+    pub(crate) fn lens(&self, cout: usize, cin: usize) -> (usize, usize) {
+        (self.rows * cout, self.rows * cin)
+    }
+
+    /// The product's rows: the output rows, canvas-wide.
+    pub(crate) fn output_rows(&self, shape: &ConvShape) -> usize {
+        shape.output[0] * self.width
+    }
+
+    /// Where tap `tap`'s contribution starts, in canvas rows.
+    pub(crate) fn offset(&self, shape: &ConvShape, tap: usize) -> usize {
+        let (ky, kx) = (tap / shape.kernel[1], tap % shape.kernel[1]);
+        ky * shape.dilation[0] * self.width + kx * shape.dilation[1]
+    }
+
+    /// Lays `gradient` (`[position][cout]`) out canvas-wide in `rows`, zeros past the map's width.
+    pub(crate) fn lay_out(&self, shape: &ConvShape, gradient: &[f32], cout: usize, rows: &mut [f32]) {
+        let line = shape.output[1] * cout;
+        let canvas_rows = rows[..self.output_rows(shape) * cout].chunks_mut(self.width * cout);
+        for (row, values) in canvas_rows.zip(gradient.chunks(line)) {
+            let (inside, past) = row.split_at_mut(line);
+            inside.copy_from_slice(values);
+            past.fill(0.0);
+        }
+    }
+
+    /// The input map (`[H][W][cin]`, written) cut out of the input canvas.
+    pub(crate) fn cut_out(&self, shape: &ConvShape, canvas: &[f32], input: &mut [f32]) {
+        let ([height, width, cin], [py, px]) = (shape.input, shape.padding);
+        for (iy, line) in input.chunks_mut(width * cin).take(height).enumerate() {
+            line.copy_from_slice(&canvas[((iy + py) * self.width + px) * cin..][..width * cin]);
+        }
+    }
+}
+
 /// The input gradient of a convolution with stride 1 along x, computed directly from the
 /// output gradient (`rows`, laid out by [`ShiftedRows`]) and the forward kernel (`[tap][in of
 /// group][out of group]`): each input row's tile sums every tap's and output channel's shifted

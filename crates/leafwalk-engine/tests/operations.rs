@@ -103,6 +103,15 @@ fn variants() -> Vec<(&'static str, Description)> {
             network_on(Dims::new(2, 5, 70), |g, x| conv(g, "c", x, Conv2d::new(2, 3, 3).padding(3))),
         ),
         (
+            // Dense (tanh) into a grouped convolution reversed one product per tap on a canvas.
+            "grouped conv after tanh on a wide map",
+            network_on(Dims::new(2, 5, 70), |g, x| {
+                let x = conv(g, "c", x, Conv2d::new(2, 10, 3).padding(1));
+                let x = g.activation("t", x, Activation::Tanh);
+                conv(g, "c2", x, Conv2d::new(10, 6, 3).padding(1).groups(2))
+            }),
+        ),
+        (
             "conv on a wide map, dilation 2",
             network_on(Dims::new(2, 5, 70), |g, x| conv(g, "c", x, Conv2d::new(2, 3, 3).padding(1).dilation(2))),
         ),
