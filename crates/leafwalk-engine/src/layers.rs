@@ -9,8 +9,8 @@ use rayon::prelude::*;
 use crate::forward::{product_points, Threads, POINT_RUNS};
 use crate::kernels::{
     bands, col2im, col2im_by_taps, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_by_columns,
-    matmul_parallel, rows_gather, split_runs, transposed_rows, unit_patches, ActiveUnits, Canvas, PointRows,
-    ShiftedRows, UnitsByChannel, CHANNEL_PAD,
+    matmul_parallel, rows_gather, split_runs, transposed_rows, unit_patches, with_scratch, ActiveUnits, Canvas,
+    PointRows, ShiftedRows, UnitsByChannel, CHANNEL_PAD,
 };
 use crate::plan::{ConvStep, LinearStep};
 use crate::reverse::{Grad, Rows};
@@ -129,33 +129,34 @@ fn conv_input_batch(
     let step = product_points(positions);
     let runs = bands(points, POINT_RUNS, 1);
     split_runs(values, &runs, n_in).into_par_iter().zip(&runs).for_each(|(out, run)| {
-        let mut cols = vec![0f32; step * positions * patch];
-        for chunk in point_chunks(run.clone(), step, units) {
-            let points = match chunk {
-                PointChunk::Sparse(b, units) => {
-                    let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
-                    let point_out = &mut out[(b - run.start) * n_in..][..n_in];
-                    conv_scatter(&shape, units, weights, *padded, &conv.sources, point_out);
-                    continue;
-                }
-                PointChunk::Dense(points) => points,
-            };
-            let rows = points.len() * positions;
-            for group in 0..conv.conv.groups {
-                let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
-                let a = (&grad.values[points.start * n_out + group * cout_g..], cout, 1);
-                matmul((rows, patch, cout_g), (&mut cols[..rows * patch], patch), a, (kernel, 1, cout_g), false);
-                for (p, cols) in points.clone().zip(cols.chunks(positions * patch)) {
-                    col2im(
-                        &shape,
-                        &conv.readers,
-                        cols,
-                        group * shape.group_in,
-                        &mut out[(p - run.start) * n_in..][..n_in],
-                    );
+        with_scratch(step * positions * patch, |cols| {
+            for chunk in point_chunks(run.clone(), step, units) {
+                let points = match chunk {
+                    PointChunk::Sparse(b, units) => {
+                        let (weights, padded) = reverse_weights.get_or_init(|| conv.reverse_weights());
+                        let point_out = &mut out[(b - run.start) * n_in..][..n_in];
+                        conv_scatter(&shape, units, weights, *padded, &conv.sources, point_out);
+                        continue;
+                    }
+                    PointChunk::Dense(points) => points,
+                };
+                let rows = points.len() * positions;
+                for group in 0..conv.conv.groups {
+                    let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
+                    let a = (&grad.values[points.start * n_out + group * cout_g..], cout, 1);
+                    matmul((rows, patch, cout_g), (&mut cols[..rows * patch], patch), a, (kernel, 1, cout_g), false);
+                    for (p, cols) in points.clone().zip(cols.chunks(positions * patch)) {
+                        col2im(
+                            &shape,
+                            &conv.readers,
+                            cols,
+                            group * shape.group_in,
+                            &mut out[(p - run.start) * n_in..][..n_in],
+                        );
+                    }
                 }
             }
-        }
+        })
     });
 }
 
@@ -206,31 +207,32 @@ fn conv_parameters(
     let run = |run: &std::ops::Range<usize>| {
         // `dense`: the forward kernel's layout; `by_unit`: `[out][patch]`.
         let (mut dense, mut by_unit) = (vec![0f32; conv.forward.len()], vec![0f32; conv.forward.len()]);
-        let mut cols = vec![0f32; step * positions * patch];
-        for chunk in point_chunks(run.clone(), step, units) {
-            let points = match chunk {
-                PointChunk::Sparse(b, units) => {
-                    im2col(&shape, &x[b * n_in..][..n_in], 0, 0..positions, &mut cols[..positions * patch]);
-                    unit_patches(units, &cols[..positions * patch], patch, &mut by_unit);
-                    continue;
-                }
-                PointChunk::Dense(points) => points,
-            };
-            // The dense points' im2col rows and (consecutive) gradients in one product.
-            let rows = points.len() * positions;
-            for group in 0..conv.conv.groups {
-                for (p, cols) in points.clone().zip(cols.chunks_mut(positions * patch)) {
-                    let x = &x[p * n_in..][..n_in];
-                    match shape.is_pointwise() {
-                        true => cols.copy_from_slice(x),
-                        false => im2col(&shape, x, group * shape.group_in, 0..positions, cols),
+        with_scratch(step * positions * patch, |cols| {
+            for chunk in point_chunks(run.clone(), step, units) {
+                let points = match chunk {
+                    PointChunk::Sparse(b, units) => {
+                        im2col(&shape, &x[b * n_in..][..n_in], 0, 0..positions, &mut cols[..positions * patch]);
+                        unit_patches(units, &cols[..positions * patch], patch, &mut by_unit);
+                        continue;
                     }
+                    PointChunk::Dense(points) => points,
+                };
+                // The dense points' im2col rows and (consecutive) gradients in one product.
+                let rows = points.len() * positions;
+                for group in 0..conv.conv.groups {
+                    for (p, cols) in points.clone().zip(cols.chunks_mut(positions * patch)) {
+                        let x = &x[p * n_in..][..n_in];
+                        match shape.is_pointwise() {
+                            true => cols.copy_from_slice(x),
+                            false => im2col(&shape, x, group * shape.group_in, 0..positions, cols),
+                        }
+                    }
+                    let dw = &mut dense[group * patch * cout_g..][..patch * cout_g];
+                    let g = (&grad.values[points.start * n_out + group * cout_g..], cout, 1);
+                    matmul((patch, cout_g, rows), (dw, cout_g), (&cols[..rows * patch], 1, patch), g, true);
                 }
-                let dw = &mut dense[group * patch * cout_g..][..patch * cout_g];
-                let g = (&grad.values[points.start * n_out + group * cout_g..], cout, 1);
-                matmul((patch, cout_g, rows), (dw, cout_g), (&cols[..rows * patch], 1, patch), g, true);
             }
-        }
+        });
         (dense, by_unit)
     };
     let partials: Vec<(Vec<f32>, Vec<f32>)> = bands(points, POINT_RUNS, 1).par_iter().map(run).collect();
