@@ -11,7 +11,7 @@
 use leafwalk_models::description::{Activation, Arith, Dims, GeluForm, Pool};
 use rayon::prelude::*;
 
-use crate::kernels::{bands, dot_rows, im2col, matmul, matmul_parallel, split_runs};
+use crate::kernels::{bands, dot_rows, im2col, matmul, matmul_parallel, split_runs, with_scratch};
 use crate::plan::{ConvStep, LinearStep, Plan, StepOp};
 
 /// What a forward pass is for.
@@ -314,34 +314,35 @@ fn conv_forward_batch(conv: &ConvStep, x: &[f32], context: &Context) -> Vec<f32>
     let step = product_points(positions);
     let runs = bands(context.points, POINT_RUNS, step);
     split_runs(&mut y, &runs, n_out).into_par_iter().zip(&runs).for_each(|(y, run)| {
-        let mut cols = vec![0f32; step * positions * patch];
-        for (first, y) in run.clone().step_by(step).zip(y.chunks_mut(step * n_out)) {
-            let count = step.min(run.end - first);
-            let rows = count * positions;
-            for group in 0..conv.conv.groups {
-                let a: &[f32] = if shape.is_pointwise() {
-                    &x[first * n_in..][..count * n_in]
-                } else {
-                    for (b, cols) in (first..first + count).zip(cols.chunks_mut(positions * patch)) {
-                        im2col(&shape, &x[b * n_in..][..n_in], group * shape.group_in, 0..positions, cols);
+        with_scratch(step * positions * patch, |cols| {
+            for (first, y) in run.clone().step_by(step).zip(y.chunks_mut(step * n_out)) {
+                let count = step.min(run.end - first);
+                let rows = count * positions;
+                for group in 0..conv.conv.groups {
+                    let a: &[f32] = if shape.is_pointwise() {
+                        &x[first * n_in..][..count * n_in]
+                    } else {
+                        for (b, cols) in (first..first + count).zip(cols.chunks_mut(positions * patch)) {
+                            im2col(&shape, &x[b * n_in..][..n_in], group * shape.group_in, 0..positions, cols);
+                        }
+                        &cols[..rows * patch]
+                    };
+                    let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
+                    matmul(
+                        (rows, cout_g, patch),
+                        (&mut y[group * cout_g..], cout),
+                        (a, patch, 1),
+                        (kernel, cout_g, 1),
+                        false,
+                    );
+                }
+                if let Some(bias) = &conv.bias {
+                    for position in y.chunks_mut(cout) {
+                        position.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                     }
-                    &cols[..rows * patch]
-                };
-                let kernel = &conv.forward[group * patch * cout_g..][..patch * cout_g];
-                matmul(
-                    (rows, cout_g, patch),
-                    (&mut y[group * cout_g..], cout),
-                    (a, patch, 1),
-                    (kernel, cout_g, 1),
-                    false,
-                );
-            }
-            if let Some(bias) = &conv.bias {
-                for position in y.chunks_mut(cout) {
-                    position.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                 }
             }
-        }
+        })
     });
     y
 }
@@ -608,30 +609,50 @@ fn affine(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Training-mode batch norm over the batch and positions of each channel.
+/// Per channel of channel-last `x` (`c` channels), the sum of `term(value, channel)` over all
+/// positions: fixed runs of positions in parallel, their sums added in order.
+fn channel_sums(
+    x: &[f32],
+    c: usize,
+    runs: &[std::ops::Range<usize>],
+    term: impl Fn(f32, usize) -> f64 + Sync,
+) -> Vec<f64> {
+    let partials: Vec<Vec<f64>> = runs
+        .par_iter()
+        .map(|run| {
+            let mut sums = vec![0f64; c];
+            for position in x[run.start * c..run.end * c].chunks(c) {
+                sums.iter_mut().zip(position).enumerate().for_each(|(ch, (s, &v))| *s += term(v, ch));
+            }
+            sums
+        })
+        .collect();
+    (0..c).map(|ch| partials.iter().map(|p| p[ch]).sum::<f64>()).collect()
+}
+
+/// Training-mode batch norm over the batch and positions of each channel: the sums over fixed
+/// runs of positions in parallel, added in order (the same rounding on any number of threads),
+/// and the normalisation in parallel.
 fn batch_norm_train(norm: &crate::plan::BatchNormStep, x: &[f32], dims: Dims, points: usize) -> (Vec<f32>, Saved) {
     let c = dims.channels;
     let count = (x.len() / c) as f64;
-    let mut mean = vec![0f64; c];
-    for position in x.chunks(c) {
-        mean.iter_mut().zip(position).for_each(|(m, &v)| *m += v as f64);
-    }
-    mean.iter_mut().for_each(|m| *m /= count);
-    let mut var = vec![0f64; c];
-    for position in x.chunks(c) {
-        var.iter_mut().zip(position).zip(&mean).for_each(|((s, &v), m)| *s += (v as f64 - m).powi(2));
-    }
-    var.iter_mut().for_each(|v| *v /= count);
+    let runs = bands(x.len() / c, POINT_RUNS, 1);
+    let mean: Vec<f64> = channel_sums(x, c, &runs, |v, _| v as f64).iter().map(|s| s / count).collect();
+    let var: Vec<f64> =
+        channel_sums(x, c, &runs, |v, ch| (v as f64 - mean[ch]).powi(2)).iter().map(|s| s / count).collect();
     let inv_std: Vec<f32> = var.iter().map(|v| (1.0 / (v + norm.norm.eps).sqrt()) as f32).collect();
     let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
     let mut normalised = vec![0f32; x.len()];
     let mut y = vec![0f32; x.len()];
-    for ((n, y), x) in normalised.chunks_mut(c).zip(y.chunks_mut(c)).zip(x.chunks(c)) {
-        for ch in 0..c {
-            n[ch] = (x[ch] - mean32[ch]) * inv_std[ch];
-            y[ch] = n[ch] * norm.weight[ch] + norm.bias[ch];
+    let rows = (c * 1024).min(x.len().max(1));
+    normalised.par_chunks_mut(rows).zip(y.par_chunks_mut(rows)).zip(x.par_chunks(rows)).for_each(|((n, y), x)| {
+        for ((n, y), x) in n.chunks_mut(c).zip(y.chunks_mut(c)).zip(x.chunks(c)) {
+            for ch in 0..c {
+                n[ch] = (x[ch] - mean32[ch]) * inv_std[ch];
+                y[ch] = n[ch] * norm.weight[ch] + norm.bias[ch];
+            }
         }
-    }
+    });
     debug_assert_eq!(x.len(), points * dims.len());
     let var = var.iter().map(|&v| v as f32).collect();
     (y, Saved::BatchNorm { normalised, inv_std, mean: mean32, var, count: count as usize })
