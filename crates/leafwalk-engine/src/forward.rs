@@ -11,7 +11,7 @@
 use leafwalk_models::description::{Activation, Arith, Dims, GeluForm, Pool};
 use rayon::prelude::*;
 
-use crate::kernels::{bands, dot_rows, im2col, matmul, matmul_parallel, split_runs, with_scratch};
+use crate::kernels::{bands, dot_rows, im2col, matmul, matmul_parallel, split_runs, with_scratch, zeros};
 use crate::plan::{ConvStep, LinearStep, Plan, StepOp};
 
 /// What a forward pass is for.
@@ -310,7 +310,7 @@ fn conv_forward_batch(conv: &ConvStep, x: &[f32], context: &Context) -> Vec<f32>
     let shape = conv.shape;
     let (cout, cout_g, patch, positions) = (conv.conv.out_channels, conv.group_out(), shape.patch(), shape.positions());
     let (n_in, n_out) = (context.input.len(), context.output.len());
-    let mut y = vec![0f32; n_out * context.points];
+    let mut y = zeros(n_out * context.points);
     let step = product_points(positions);
     let runs = bands(context.points, POINT_RUNS, step);
     split_runs(&mut y, &runs, n_out).into_par_iter().zip(&runs).for_each(|(y, run)| {
@@ -642,8 +642,7 @@ fn batch_norm_train(norm: &crate::plan::BatchNormStep, x: &[f32], dims: Dims, po
         channel_sums(x, c, &runs, |v, ch| (v as f64 - mean[ch]).powi(2)).iter().map(|s| s / count).collect();
     let inv_std: Vec<f32> = var.iter().map(|v| (1.0 / (v + norm.norm.eps).sqrt()) as f32).collect();
     let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let mut normalised = vec![0f32; x.len()];
-    let mut y = vec![0f32; x.len()];
+    let (mut normalised, mut y) = (zeros(x.len()), zeros(x.len()));
     let rows = (c * 1024).min(x.len().max(1));
     normalised.par_chunks_mut(rows).zip(y.par_chunks_mut(rows)).zip(x.par_chunks(rows)).for_each(|((n, y), x)| {
         for ((n, y), x) in n.chunks_mut(c).zip(y.chunks_mut(c)).zip(x.chunks(c)) {

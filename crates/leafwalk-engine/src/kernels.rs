@@ -5,6 +5,8 @@
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 /// Defines `$name`, which runs `$kernel` compiled for AVX-512 or AVX2 when the CPU has them.
 /// The loops here are written for LLVM to vectorise, but a portable build may only use SSE2 —
 /// 4 lanes where AVX2 has 8. `$kernel` and what it calls are `#[inline(always)]` and free of
@@ -1157,6 +1159,18 @@ pub(crate) fn rows_gather<const K: usize>(
         }
         block += block_len;
     }
+}
+
+/// `len` zeros, written by rayon's threads when there are many: a training batch's maps are
+/// megabytes, and zeroing them (with the page faults of memory the allocator had handed back)
+/// on the calling thread left the workers idle.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < crate::reverse::PARALLEL_VALUES {
+        return vec![0.0; len];
+    }
+    let mut values = Vec::with_capacity(len);
+    values.par_extend(rayon::iter::repeat_n(0f32, len));
+    values
 }
 
 thread_local! {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::forward::{product_points, Threads, POINT_RUNS};
 use crate::kernels::{
     bands, col2im, col2im_by_taps, conv_gather, conv_scatter, dispatch_classes, im2col, matmul, matmul_by_columns,
-    matmul_parallel, rows_gather, split_runs, transposed_rows, unit_patches, with_scratch, ActiveUnits, Canvas,
+    matmul_parallel, rows_gather, split_runs, transposed_rows, unit_patches, with_scratch, zeros, ActiveUnits, Canvas,
     PointRows, ShiftedRows, UnitsByChannel, CHANNEL_PAD,
 };
 use crate::plan::{ConvStep, LinearStep};
@@ -77,7 +77,7 @@ pub(crate) fn conv_backward(
         if !wants_input {
             return None;
         }
-        let mut values = vec![0f32; rows.points * n_in];
+        let mut values = zeros(rows.points * n_in);
         conv_input_batch(conv, reverse_weights, &grad, &units, &mut values);
         return Some(Grad::dense(values));
     }
@@ -423,7 +423,7 @@ pub(crate) fn linear_backward(
     let (n_in, n_out, k, points) = (linear.inputs, linear.outputs, rows.k, rows.points);
     if training {
         let x = x?;
-        let mut weight = vec![0f32; n_out * n_in];
+        let mut weight = zeros(n_out * n_in);
         matmul_parallel((n_out, n_in, points), (&mut weight, n_in), (&grad.values, 1, n_out), (x, n_in, 1), false);
         parameters.push((linear.weight_name.clone(), weight));
         if let Some(name) = &linear.bias_name {
@@ -433,7 +433,7 @@ pub(crate) fn linear_backward(
             }
             parameters.push((name.clone(), bias));
         }
-        let mut back = vec![0f32; points * n_in];
+        let mut back = zeros(points * n_in);
         let w = (&linear.weight[..], n_in, 1);
         matmul_parallel((points, n_in, n_out), (&mut back, n_in), (&grad.values, n_out, 1), w, false);
         return Some(Grad::dense(back));
