@@ -319,30 +319,31 @@ const DENSE_ROWS: usize = 128;
 enum DenseReverse {
     /// Few input and output channels, stride 1 along x: directly, no product.
     Direct(ShiftedRows),
-    /// Stride 1 on a map not much smaller than its canvas: one product per tap on the canvas.
+    /// More input channels, stride 1 on a map not much smaller than its canvas: one product per
+    /// tap on the canvas.
     Canvas(Canvas),
-    /// Few input channels, strided: a tap-major product, then col2im by taps.
+    /// Few input channels, strided or with many outputs: a tap-major product, then col2im by
+    /// taps.
     ByTaps,
     /// A position-major product, then col2im by input positions.
     ByPositions,
 }
 
-/// One point's dense convolution reverse (`out`: `[K][H][W][C]`, zeros on entry): directly
-/// where the input has few channels and stride 1 along x, else the gradients of as many of its
-/// K rows as fit [`DENSE_ROWS`] times the kernel in one product, then col2im. How the rows are
-/// chunked depends on the shapes only, so a point rounds the same anywhere.
+/// One point's dense convolution reverse (`out`: `[K][H][W][C]`, zeros on entry), in the
+/// [`DenseReverse`] form its shape picks: a class at a time directly or on a canvas, else the
+/// gradients of as many of its K rows as fit [`DENSE_ROWS`] times the kernel in one product,
+/// then col2im. How the rows are chunked depends on the shapes only, so a point rounds the same
+/// anywhere.
 fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads: Threads) {
     let shape = conv.shape;
     let (positions, cout, cout_g, patch) = (shape.positions(), conv.conv.out_channels, conv.group_out(), shape.patch());
     let n_in = out.len() / k;
-    let few_channels = shape.group_in <= FEW_CHANNELS;
-    let method = match Canvas::new(&shape) {
-        _ if few_channels && shape.stride[1] == 1 && cout_g <= DIRECT_OUTPUTS => {
-            DenseReverse::Direct(ShiftedRows::new(&shape))
-        }
-        _ if few_channels => DenseReverse::ByTaps,
-        Some(canvas) => DenseReverse::Canvas(canvas),
-        None => DenseReverse::ByPositions,
+    let method = if shape.group_in > FEW_CHANNELS {
+        Canvas::new(&shape).map_or(DenseReverse::ByPositions, DenseReverse::Canvas)
+    } else if shape.stride[1] == 1 && cout_g <= DIRECT_OUTPUTS {
+        DenseReverse::Direct(ShiftedRows::new(&shape))
+    } else {
+        DenseReverse::ByTaps
     };
     // A class at a time on a canvas: resnet-mini's classes stacked two to ten on one canvas ran
     // 1-8 % slower.
@@ -350,17 +351,18 @@ fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads:
         DenseReverse::Direct(_) | DenseReverse::Canvas(_) => 1,
         _ => (DENSE_ROWS / positions).clamp(1, k),
     };
-    // The products overwrite their columns, so one scratch buffer serves every chunk of a thread.
-    let scratch = || match &method {
-        DenseReverse::Direct(layout) => vec![0f32; layout.len(&shape, cout_g)],
+    // Every form writes its scratch in full before reading it, so the thread's reused buffer
+    // serves.
+    let scratch = match &method {
+        DenseReverse::Direct(layout) => layout.len(&shape, cout_g),
         DenseReverse::Canvas(canvas) => {
             let (gradient, input) = canvas.lens(cout, shape.input[2]);
-            vec![0f32; gradient + input]
+            gradient + input
         }
-        _ => vec![0f32; per_product * positions * patch],
+        _ => per_product * positions * patch,
     };
     let kernel = |group: usize| &conv.forward[group * patch * cout_g..][..patch * cout_g];
-    let chunk = |cols: &mut Vec<f32>, (back, g): (&mut [f32], &[f32])| {
+    let chunk = |cols: &mut [f32], (back, g): (&mut [f32], &[f32])| {
         let rows = g.len() / cout;
         match &method {
             DenseReverse::Direct(layout) => {
@@ -409,11 +411,11 @@ fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads:
     };
     let chunks = out.chunks_mut(per_product * n_in).zip(grad.chunks(per_product * positions * cout));
     match threads {
-        Threads::Bands => chunks.collect::<Vec<_>>().into_par_iter().for_each_init(scratch, chunk),
-        _ => {
-            let mut cols = scratch();
-            chunks.for_each(|chunk_rows| chunk(&mut cols, chunk_rows))
-        }
+        Threads::Bands => chunks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|chunk_rows| with_scratch(scratch, |cols| chunk(cols, chunk_rows))),
+        _ => with_scratch(scratch, |cols| chunks.for_each(|chunk_rows| chunk(cols, chunk_rows))),
     }
 }
 
