@@ -50,15 +50,23 @@ pub(crate) const LANES: usize = 8;
 /// sums stay in registers.
 type StripSums<const K: usize> = fn(&[f32], &[u32], &[f32], &[u32], usize) -> [[f32; LANES]; K];
 
+/// `$avx2` where the CPU has AVX2 and FMA, else `$portable`: the vector kernels in [`avx2`]
+/// are handed out only through this check.
+macro_rules! fastest {
+    ($avx2:expr, $portable:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return $avx2;
+        }
+        $portable
+    }};
+}
+
 /// The fastest [`StripSums`] this CPU runs: fused multiply-adds on AVX2 (Rust never contracts
 /// `a * b + c` by itself, and LLVM vectorises `mul_add` over arrays poorly), portable code
 /// elsewhere.
 fn strip_sums<const K: usize>() -> StripSums<K> {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return avx2::strip_sums::<K>;
-    }
-    portable_strip_sums::<K>
+    fastest!(avx2::strip_sums::<K>, portable_strip_sums::<K>)
 }
 
 fn portable_strip_sums<const K: usize>(
@@ -87,11 +95,7 @@ type TileSums = fn(&[f32], &[(f32, usize)], usize, &mut [f32; ROW_TILE]);
 
 /// The fastest [`TileSums`] this CPU runs (see [`strip_sums`]).
 fn tile_sums() -> TileSums {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return avx2::tile_sums;
-    }
-    portable_tile_sums
+    fastest!(avx2::tile_sums, portable_tile_sums)
 }
 
 fn portable_tile_sums(rows: &[f32], terms: &[(f32, usize)], shift: usize, sums: &mut [f32; ROW_TILE]) {
@@ -108,11 +112,7 @@ type GatherColumns = fn(&TapReaders, &[f32], usize, usize, usize, &mut [f32]);
 
 /// The fastest [`GatherColumns`] this CPU runs (see [`strip_sums`]).
 fn gather_columns() -> GatherColumns {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return avx2::gather_columns;
-    }
-    portable_gather_columns
+    fastest!(avx2::gather_columns, portable_gather_columns)
 }
 
 fn portable_gather_columns(
@@ -637,19 +637,11 @@ pub(crate) struct TapReaders {
 
 impl TapReaders {
     pub(crate) fn new(shape: &ConvShape, sources: &[u32]) -> Self {
-        let inputs = shape.input[0] * shape.input[1];
-        let mut starts = vec![0u32; inputs + 1];
-        for &q in sources.iter().filter(|&&q| q != u32::MAX) {
-            starts[q as usize + 1] += 1;
-        }
-        for q in 0..inputs {
-            starts[q + 1] += starts[q];
-        }
-        let mut next = starts.clone();
-        let mut entries = vec![0u32; starts[inputs] as usize];
-        for (entry, &q) in sources.iter().enumerate().filter(|&(_, &q)| q != u32::MAX) {
-            entries[next[q as usize] as usize] = entry as u32;
-            next[q as usize] += 1;
+        let inside = || sources.iter().enumerate().filter(|&(_, &q)| q != u32::MAX);
+        let (starts, slots) = bucket_slots(shape.input[0] * shape.input[1], inside().map(|(_, &q)| q as usize));
+        let mut entries = vec![0u32; slots.len()];
+        for ((entry, _), &at) in inside().zip(&slots) {
+            entries[at as usize] = entry as u32;
         }
         TapReaders { starts, entries }
     }
@@ -830,7 +822,6 @@ impl Canvas {
 /// row in registers, then adds onto channel `first_channel + c` of `input` (`[H][W][C]`). For few
 /// input channels this replaces a product whose columns col2im would read back: the first layer
 /// of a network, whose maps are the largest.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn transposed_rows(
     shape: &ConvShape,
     kernel: &[f32],
@@ -920,7 +911,7 @@ impl ActiveUnits {
 
 /// A stable counting sort of items into `buckets` by their keys: each bucket's first slot
 /// (`buckets + 1` values, the last the item count) and, per item in order, its slot.
-fn bucket_slots(buckets: usize, keys: impl Iterator<Item = usize> + Clone) -> (Vec<u32>, Vec<u32>) {
+pub(crate) fn bucket_slots(buckets: usize, keys: impl Iterator<Item = usize> + Clone) -> (Vec<u32>, Vec<u32>) {
     let mut starts = vec![0u32; buckets + 1];
     for key in keys.clone() {
         starts[key + 1] += 1;

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use leafwalk_models::description::{Activation, Arith, BatchNorm, Conv2d, Description, Dims, Op, Pool};
 
 use crate::forward::avg_window;
-use crate::kernels::{tap_sources, ConvShape, TapReaders, CHANNEL_PAD};
+use crate::kernels::{bucket_slots, tap_sources, ConvShape, TapReaders, CHANNEL_PAD};
 use crate::{EngineError, Result};
 
 /// Evaluation (batch norm from running statistics, folded where it can be) or training (batch
@@ -160,15 +160,12 @@ impl AvgPoolStep {
             let share = 1.0 / pool.divisor(at, (input.height, input.width)) as f32;
             entries.extend(avg_window(&pool, at, input).map(|q| (q as u32, o as u32, share)));
         }
-        entries.sort_by_key(|&(q, o, _)| (q, o));
-        let mut starts = vec![0u32; input.plane() + 1];
-        for &(q, _, _) in &entries {
-            starts[q as usize + 1] += 1;
+        // A stable sort of entries made output by output: each input's readers in output order.
+        let (starts, slots) = bucket_slots(input.plane(), entries.iter().map(|&(q, _, _)| q as usize));
+        let mut readers = vec![(0u32, 0f32); slots.len()];
+        for (&(_, o, share), &at) in entries.iter().zip(&slots) {
+            readers[at as usize] = (o, share);
         }
-        for q in 0..input.plane() {
-            starts[q + 1] += starts[q];
-        }
-        let readers = entries.into_iter().map(|(_, o, share)| (o, share)).collect();
         AvgPoolStep { pool, starts, readers }
     }
 }
