@@ -66,27 +66,43 @@ macro_rules! fastest {
 /// `a * b + c` by itself, and LLVM vectorises `mul_add` over arrays poorly), portable code
 /// elsewhere.
 fn strip_sums<const K: usize>() -> StripSums<K> {
-    fastest!(avx2::strip_sums::<K>, portable_strip_sums::<K>)
+    fastest!(avx2::strip_sums::<K>, portable_strip_sums::<K, LANES>)
 }
 
-fn portable_strip_sums<const K: usize>(
+fn portable_strip_sums<const K: usize, const L: usize>(
     coefficients: &[f32],
     coefficient_at: &[u32],
     weights: &[f32],
     weight_at: &[u32],
     base: usize,
-) -> [[f32; LANES]; K] {
-    let mut acc = [[0f32; LANES]; K];
+) -> [[f32; L]; K] {
+    let mut acc = [[0f32; L]; K];
     for (&c, &w) in coefficient_at.iter().zip(weight_at) {
         let g = &coefficients[c as usize..][..K];
-        let w = &weights[base + w as usize..][..LANES];
+        let w = &weights[base + w as usize..][..L];
         for k in 0..K {
-            for s in 0..LANES {
+            for s in 0..L {
                 acc[k][s] += g[k] * w[s];
             }
         }
     }
     acc
+}
+
+/// [`StripSums`] over a strip of 16·V columns, V AVX-512 registers per class (V = 1 or 2):
+/// each term's K coefficients are broadcast once for all L columns, not once per 8 — with 8-lane
+/// strips the broadcasts cost as much as the multiply-adds. Each column's sum is the same
+/// chain of fused multiply-adds as in the 8-lane kernel, so a wide strip rounds as four or two
+/// narrow ones.
+type WideStripSums<const K: usize, const V: usize> = fn(&[f32], &[u32], &[f32], &[u32], usize) -> [[[f32; 16]; V]; K];
+
+/// The [`WideStripSums`] of V registers (16·V columns) on this CPU, where it has AVX-512F.
+fn wide_strip_sums<const K: usize, const V: usize>() -> Option<WideStripSums<K, V>> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        return Some(avx512::strip_sums::<K, V>);
+    }
+    None
 }
 
 /// Adds `w · rows[start + shift ..][..ROW_TILE]` to `sums` for each term `(w, start)`: the
@@ -269,7 +285,7 @@ mod avx2 {
     }
 
     /// Up to this many classes the sums run in two interleaved sets.
-    const TWO_CHAINS: usize = 6;
+    pub(super) const TWO_CHAINS: usize = 6;
 
     /// [`super::StripSums`] with AVX2 and FMA. Only [`super::strip_sums`] hands it out, after
     /// checking that the CPU has both.
@@ -335,6 +351,94 @@ mod avx2 {
         for (row, sums) in out.iter_mut().zip(acc) {
             // SAFETY: `row` holds exactly the 8 values written.
             unsafe { _mm256_storeu_ps(row.as_mut_ptr(), sums) };
+        }
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+
+    use super::avx2::TWO_CHAINS;
+
+    /// [`super::WideStripSums`] with AVX-512F. Only [`super::wide_strip_sums`] hands it out,
+    /// after checking that the CPU has it.
+    pub(super) fn strip_sums<const K: usize, const V: usize>(
+        coefficients: &[f32],
+        coefficient_at: &[u32],
+        weights: &[f32],
+        weight_at: &[u32],
+        base: usize,
+    ) -> [[[f32; 16]; V]; K] {
+        // SAFETY: only reachable through `super::wide_strip_sums`, which checked AVX-512F.
+        unsafe { sums(coefficients, coefficient_at, weights, weight_at, base) }
+    }
+
+    /// The chains of [`super::avx2`]'s kernel, V registers of 16 columns wide.
+    #[target_feature(enable = "avx512f")]
+    fn sums<const K: usize, const V: usize>(
+        coefficients: &[f32],
+        coefficient_at: &[u32],
+        weights: &[f32],
+        weight_at: &[u32],
+        base: usize,
+    ) -> [[[f32; 16]; V]; K] {
+        // A macro, not a closure: a closure would be compiled on its own, without AVX-512.
+        macro_rules! term {
+            ($i:expr) => {{
+                let g = &coefficients[coefficient_at[$i] as usize..][..K];
+                let w = &weights[base + weight_at[$i] as usize..][..16 * V];
+                let mut vectors = [_mm512_setzero_ps(); V];
+                for (v, vector) in vectors.iter_mut().enumerate() {
+                    // SAFETY: `w` holds the 16·V values read.
+                    *vector = unsafe { _mm512_loadu_ps(w.as_ptr().add(16 * v)) };
+                }
+                (g, vectors)
+            }};
+        }
+        macro_rules! add_term {
+            ($acc:expr, $g:expr, $w:expr) => {
+                for k in 0..K {
+                    let g = _mm512_set1_ps($g[k]);
+                    for v in 0..V {
+                        $acc[k][v] = _mm512_fmadd_ps(g, $w[v], $acc[k][v]);
+                    }
+                }
+            };
+        }
+        let terms = coefficient_at.len().min(weight_at.len());
+        let mut acc: [[__m512; V]; K] = [[_mm512_setzero_ps(); V]; K];
+        if K <= TWO_CHAINS {
+            let mut odd: [[__m512; V]; K] = [[_mm512_setzero_ps(); V]; K];
+            for i in (0..terms - terms % 2).step_by(2) {
+                let ((g0, w0), (g1, w1)) = (term!(i), term!(i + 1));
+                add_term!(acc, g0, w0);
+                add_term!(odd, g1, w1);
+            }
+            if terms % 2 == 1 {
+                let (g, w) = term!(terms - 1);
+                add_term!(acc, g, w);
+            }
+            for k in 0..K {
+                for v in 0..V {
+                    acc[k][v] = _mm512_add_ps(acc[k][v], odd[k][v]);
+                }
+            }
+        } else {
+            for i in 0..terms {
+                let (g, w) = term!(i);
+                add_term!(acc, g, w);
+            }
+        }
+        let mut out = [[[0f32; 16]; V]; K];
+        for (row, sums) in out.iter_mut().zip(acc) {
+            for (values, sum) in row.iter_mut().zip(sums) {
+                // SAFETY: `values` holds exactly the 16 values written.
+                unsafe { _mm512_storeu_ps(values.as_mut_ptr(), sum) };
+            }
         }
         out
     }
@@ -938,7 +1042,8 @@ fn readers(shape: &ConvShape, axis: usize) -> Vec<u32> {
 
 /// The reverse of a convolution for K classes over the active output units only, as a gather:
 /// each input position lists, once, the (unit, kernel tap) pairs that read it, then each strip
-/// of 8 input channels sums the units' K gradients times the taps' strips ([`StripSums`]).
+/// of 8, 16 or 32 input channels sums the units' K gradients times the taps' strips
+/// ([`StripSums`], [`WideStripSums`]).
 /// `weights` is `[out][tap][padded in]`; writes `out[class][(row − rows.start)·W·C + …]` for
 /// the input rows `rows`.
 pub(crate) fn conv_gather<const K: usize>(
@@ -953,7 +1058,7 @@ pub(crate) fn conv_gather<const K: usize>(
     let band = rows.len() * width * channels;
     let (taps, [kh, kw]) = (shape.taps(), shape.kernel);
     let (readers_y, readers_x) = (readers(shape, 0), readers(shape, 1));
-    let sums = strip_sums::<K>();
+    let (sums, wide, half) = (strip_sums::<K>(), wide_strip_sums::<K, 2>(), wide_strip_sums::<K, 1>());
     // The coefficient and weight offsets of every term of the current position.
     let (mut coefficient_at, mut weight_at) = (Vec::with_capacity(taps * 64), Vec::with_capacity(taps * 64));
     for qy in rows.clone() {
@@ -979,16 +1084,43 @@ pub(crate) fn conv_gather<const K: usize>(
                     }
                 }
             }
-            let base = ((qy - rows.start) * width + qx) * channels;
-            for strip in (0..channels).step_by(LANES) {
-                let acc = sums(&units.coefficients, &coefficient_at, weights, &weight_at, strip);
-                let width_here = LANES.min(channels - strip);
-                for (k, sums) in acc.iter().enumerate() {
-                    out[k * band + base + strip..][..width_here].copy_from_slice(&sums[..width_here]);
-                }
+            let (base, terms) = (((qy - rows.start) * width + qx) * channels, (&coefficient_at[..], &weight_at[..]));
+            let mut strip = 0;
+            while strip < channels {
+                // The widest strip the padded weights hold from here.
+                let (at, room, padding) = (base + strip, channels - strip, padded_in - strip);
+                let (c, (ct, wt)) = (&units.coefficients[..], terms);
+                strip += match (wide, half) {
+                    (Some(wide), _) if padding >= 32 => {
+                        put_strip(out, band, at, room, wide(c, ct, weights, wt, strip).iter().map(|r| r.as_flattened()))
+                    }
+                    (_, Some(half)) if padding >= 16 => {
+                        put_strip(out, band, at, room, half(c, ct, weights, wt, strip).iter().map(|r| r.as_flattened()))
+                    }
+                    _ => put_strip(out, band, at, room, sums(c, ct, weights, wt, strip).iter().map(|r| &r[..])),
+                };
             }
         }
     }
+}
+
+/// Writes each class's sums over one strip to `out` (`band` values a class) from `at`, at most
+/// `room` of them (a strip may run past the channels into the weights' padding); the strip's
+/// width.
+fn put_strip<'a>(
+    out: &mut [f32],
+    band: usize,
+    at: usize,
+    room: usize,
+    classes: impl Iterator<Item = &'a [f32]>,
+) -> usize {
+    let mut lanes = 0;
+    for (k, sums) in classes.enumerate() {
+        lanes = sums.len();
+        let width = lanes.min(room);
+        out[k * band + at..][..width].copy_from_slice(&sums[..width]);
+    }
+    lanes
 }
 
 /// One point's active output units of a convolution for one row (a training loss), by output
@@ -1231,8 +1363,29 @@ mod tests {
         let coefficient_at: Vec<u32> = (0..61).map(|i| i * 3).collect();
         let weight_at: Vec<u32> = (0..61).map(|i| (i * 37 % 64) * LANES as u32).collect();
         let fast = strip_sums::<3>()(&coefficients, &coefficient_at, &weights, &weight_at, 5);
-        let portable = portable_strip_sums::<3>(&coefficients, &coefficient_at, &weights, &weight_at, 5);
+        let portable = portable_strip_sums::<3, LANES>(&coefficients, &coefficient_at, &weights, &weight_at, 5);
         assert_close(fast.as_flattened(), portable.as_flattened(), "strip sums");
+    }
+
+    /// Where the CPU has AVX-512F (elsewhere there is no wide kernel to check).
+    #[test]
+    fn wide_strip_sums_match_the_portable_kernel() {
+        fn check<const K: usize, const V: usize>() {
+            let Some(fast) = wide_strip_sums::<K, V>() else { return };
+            let (coefficients, weights) = (values(64 * K, 7), values(64 * 32 + 40, 8));
+            let coefficient_at: Vec<u32> = (0..61).map(|i| i * K as u32).collect();
+            let weight_at: Vec<u32> = (0..61).map(|i| (i * 37 % 64) * 32).collect();
+            let fast = fast(&coefficients, &coefficient_at, &weights, &weight_at, 5);
+            let portable = portable_strip_sums::<K, 32>(&coefficients, &coefficient_at, &weights, &weight_at, 5);
+            for (fast, portable) in fast.iter().zip(&portable) {
+                assert_close(fast.as_flattened(), &portable[..16 * V], "wide strip sums");
+            }
+        }
+        // Two chains (K ≤ 6) and one, an odd term count, one and two registers.
+        check::<3, 1>();
+        check::<3, 2>();
+        check::<10, 1>();
+        check::<10, 2>();
     }
 
     #[test]
