@@ -195,14 +195,16 @@ pub(crate) fn in_coordinates(model: &Classifier, jacobian: Tensor, coordinates: 
 
 /// Compiles `model`'s description against its weights, borrowed in place from the model's
 /// CPU f32 tensors (copying large linear layers on every walk step would cost more than the
-/// step), and runs `f` on the plan.
-fn with_plan<T>(model: &Classifier, mode: Mode, f: impl FnOnce(&Plan) -> Result<T>) -> Result<T> {
+/// step), and runs `f` on the plan — on one of rayon's threads: the caller's thread is usually
+/// not one, and each parallel step would otherwise be handed to the pool and waited for through
+/// the kernel (a fifth of a lone point's Jacobian went to futex and sched_yield).
+fn with_plan<T: Send>(model: &Classifier, mode: Mode, f: impl FnOnce(&Plan) -> Result<T> + Send) -> Result<T> {
     let tensors = model.named_tensors();
     let guards: Vec<_> = tensors.iter().map(|(_, t)| t.storage_and_layout()).collect();
     let slices = guards.iter().map(|(storage, layout)| cpu_f32(storage, layout)).collect::<Result<Vec<_>>>()?;
-    let lookup = |name: &str| tensors.iter().position(|(n, _)| n == name).map(|i| slices[i]);
-    let plan = Plan::compile(model.description(), &lookup, mode)?;
-    f(&plan)
+    let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_str()).collect();
+    let lookup = |name: &str| names.iter().position(|n| *n == name).map(|i| slices[i]);
+    rayon::scope(|_| f(&Plan::compile(model.description(), &lookup, mode)?))
 }
 
 /// A contiguous f32 CPU tensor's values, borrowed.
