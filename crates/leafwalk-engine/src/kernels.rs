@@ -1228,9 +1228,9 @@ pub(crate) struct PointRows {
 /// The reverse of a linear layer for K classes over its active outputs, for several points:
 /// `out[point][class][i − columns.start] = Σ_unit g[unit][class] · W[row(unit)][i]`. Each block
 /// of columns of the batch's active rows (`union`, ascending) is first packed strip by strip
-/// (`[strip][row][8]`), so the sums ([`StripSums`]) read one contiguous stream — read in place,
-/// 64 rows at one offset each are 64 streams no prefetcher follows — and W comes from memory
-/// once per batch. A point sums its own rows in ascending order whatever the batch holds.
+/// (`[strip][row][8 or 32]`), so the sums ([`StripSums`], [`WideStripSums`]) read one
+/// contiguous stream — read in place, 64 rows at one offset each are 64 streams no prefetcher
+/// follows — and W comes from memory once per batch. A point sums its own rows in ascending order whatever the batch holds.
 pub(crate) fn rows_gather<const K: usize>(
     weights: &[f32],
     inputs: usize,
@@ -1240,44 +1240,49 @@ pub(crate) fn rows_gather<const K: usize>(
     out: &mut [f32],
 ) {
     let band = columns.len();
-    let sums = strip_sums::<K>();
+    let (sums, wide) = (strip_sums::<K>(), wide_strip_sums::<K, 2>());
+    // Strips as wide as the CPU's widest kernel sums.
+    let lanes = if wide.is_some() { 32 } else { LANES };
     let mut packed = vec![0f32; union.len() * PACKED_COLUMNS];
     // Per point: where its units' coefficients and strips are.
     let offsets: Vec<(Vec<u32>, Vec<u32>)> = points
         .iter()
         .map(|p| {
             let coefficient_at = (0..p.positions.len() as u32).map(|i| i * K as u32).collect();
-            (coefficient_at, p.positions.iter().map(|&r| r * LANES as u32).collect())
+            (coefficient_at, p.positions.iter().map(|&r| r * lanes as u32).collect())
         })
         .collect();
     let mut block = columns.start;
     while block < columns.end {
         let block_len = PACKED_COLUMNS.min(columns.end - block);
-        let strips = block_len.div_ceil(LANES);
+        let strips = block_len.div_ceil(lanes);
         for (position, &row) in union.iter().enumerate() {
             let source = &weights[row as usize * inputs + block..][..block_len];
-            let (whole, rest) = source.as_chunks::<LANES>();
-            for (strip, chunk) in whole.iter().enumerate() {
-                let at = (strip * union.len() + position) * LANES;
-                let target: &mut [f32; LANES] = (&mut packed[at..at + LANES]).try_into().unwrap();
-                *target = *chunk;
-            }
-            if !rest.is_empty() {
-                let target = &mut packed[(whole.len() * union.len() + position) * LANES..][..LANES];
-                target[..rest.len()].copy_from_slice(rest);
-                target[rest.len()..].fill(0.0);
+            for (strip, chunk) in source.chunks(lanes).enumerate() {
+                let target = &mut packed[(strip * union.len() + position) * lanes..][..lanes];
+                target[..chunk.len()].copy_from_slice(chunk);
+                target[chunk.len()..].fill(0.0);
             }
         }
         for ((point, (coefficient_at, weight_at)), out) in
             points.iter().zip(&offsets).zip(out.chunks_exact_mut(K * band))
         {
             for strip in 0..strips {
-                let acc = sums(&point.coefficients, coefficient_at, &packed, weight_at, strip * union.len() * LANES);
-                let start = block + strip * LANES;
-                let width_here = LANES.min(block + block_len - start);
-                for (k, sums) in acc.iter().enumerate() {
-                    out[k * band + start - columns.start..][..width_here].copy_from_slice(&sums[..width_here]);
-                }
+                let (start, base) = (block + strip * lanes, strip * union.len() * lanes);
+                let (at, room, c) = (start - columns.start, block + block_len - start, &point.coefficients[..]);
+                match wide {
+                    Some(wide) => {
+                        let acc = wide(c, coefficient_at, &packed, weight_at, base);
+                        put_strip(out, band, at, room, acc.iter().map(|r| r.as_flattened()))
+                    }
+                    None => put_strip(
+                        out,
+                        band,
+                        at,
+                        room,
+                        sums(c, coefficient_at, &packed, weight_at, base).iter().map(|r| &r[..]),
+                    ),
+                };
             }
         }
         block += block_len;
