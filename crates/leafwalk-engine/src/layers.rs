@@ -50,13 +50,13 @@ pub(crate) fn conv_backward(
     let gathers = |grad: &Grad, b: usize| {
         conv.conv.groups == 1 && active(grad, b) * padded * GATHER_COST < positions * cout * channels
     };
-    // A listed gradient stays listed only where every point is reversed over its units.
-    let grad = match grad.listed.is_some() && (0..rows.points).any(|b| !gathers(&grad, b)) {
-        true => grad.densify(k, n_out),
-        false => grad,
-    };
-    let sparse: Vec<bool> = (0..rows.points).map(|b| gathers(&grad, b)).collect();
     if training {
+        // A listed gradient stays listed only where every point is reversed over its units.
+        let grad = match grad.listed.is_some() && (0..rows.points).any(|b| !gathers(&grad, b)) {
+            true => grad.densify(k, n_out),
+            false => grad,
+        };
+        let sparse: Vec<bool> = (0..rows.points).map(|b| gathers(&grad, b)).collect();
         // One row per point: each sparse point's active units, by output channel, once for both
         // the weight gradient and the input's.
         let units: Vec<Option<UnitsByChannel>> = (0..rows.points)
@@ -84,10 +84,15 @@ pub(crate) fn conv_backward(
     if !wants_input {
         return None;
     }
+    // Each point by its own gradient alone, so that it rounds the same in any batch (a unit that
+    // won two overlapping pool windows is listed twice; densified, its entries are summed first).
     let mut values = vec![0f32; rows.points * k * n_in];
     let point = |b: usize, out: &mut [f32], threads: Threads| {
-        if !sparse[b] {
-            return conv_dense(conv, &grad.values[b * k * n_out..][..k * n_out], k, out, threads);
+        if !gathers(&grad, b) {
+            return match &grad.listed {
+                Some(_) => conv_dense(conv, &grad.point(b, k, n_out).densify(k, n_out).values, k, out, threads),
+                None => conv_dense(conv, &grad.values[b * k * n_out..][..k * n_out], k, out, threads),
+            };
         }
         let units = match (&grad.listed, &grad.support) {
             (Some(listed), _) => ActiveUnits::from_listed(&listed[b], positions, cout, k),

@@ -59,7 +59,7 @@ impl Grad {
     }
 
     /// Point `b`'s part (`len` values per row, K rows per point).
-    fn point(&self, b: usize, k: usize, len: usize) -> Grad {
+    pub(crate) fn point(&self, b: usize, k: usize, len: usize) -> Grad {
         match &self.listed {
             Some(listed) => Grad { values: Vec::new(), support: None, listed: Some(vec![listed[b].clone()]) },
             None => Grad {

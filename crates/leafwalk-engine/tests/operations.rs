@@ -112,6 +112,16 @@ fn variants() -> Vec<(&'static str, Description)> {
             }),
         ),
         (
+            // Maps past the size from which a lone point's activation and max-pool are spread
+            // over the threads (in bands of rows).
+            "GELU and max-pool on a large map",
+            network_on(Dims::new(2, 30, 70), |g, x| {
+                let x = conv(g, "c", x, Conv2d::new(2, 8, 3).padding(1));
+                let x = g.activation("g", x, Activation::Gelu { form: GeluForm::Erf });
+                g.max_pool("p", x, Pool::new(3).stride(2).padding(1))
+            }),
+        ),
+        (
             "conv on a wide map, dilation 2",
             network_on(Dims::new(2, 5, 70), |g, x| conv(g, "c", x, Conv2d::new(2, 3, 3).padding(1).dilation(2))),
         ),
