@@ -141,7 +141,23 @@ pub(crate) struct Context {
     pub(crate) output: Dims,
 }
 
+/// Bands a lone point's max-pool is cut into.
+const POOL_BANDS: usize = 4;
+
+/// Values from which a lone point's element-wise step is worth spreading over the threads.
+const SPREAD_VALUES: usize = 1 << 14;
+
 impl Context {
+    /// Whether a step over `len` values runs on rayon's threads: a batch's points, or a lone
+    /// point's large map (its elements or rows; the values do not depend on the split).
+    fn spread(&self, len: usize) -> bool {
+        match self.threads {
+            Threads::Points => true,
+            Threads::Bands => len >= SPREAD_VALUES,
+            Threads::Caller => false,
+        }
+    }
+
     /// `f(point, input, output)` for every point, in parallel when the points are spread.
     fn each_point(&self, input: &[f32], out: &mut [f32], f: impl Fn(usize, &[f32], &mut [f32]) + Sync + Send) {
         let (n_in, n_out) = (self.input.len(), self.output.len());
@@ -172,7 +188,7 @@ fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (V
             // Training keeps every value: a ReLU's derivative is where its output is positive.
             let (relu, purpose) = (matches!(activation, Activation::Relu), context.purpose);
             let keep = purpose == Purpose::Jacobian || (purpose == Purpose::Train && !relu);
-            let (y, derivative) = activate(*activation, x, keep, context.threads == Threads::Points);
+            let (y, derivative) = activate(*activation, x, keep, context.spread(x.len()));
             match (keep, purpose) {
                 (true, _) => (y, Saved::Derivative { values: derivative, gates: activation.gates() }),
                 (false, Purpose::Train) => (y, Saved::PositiveOutput),
@@ -183,13 +199,28 @@ fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (V
             let mut y = vec![0f32; out_len];
             let mut winners = vec![0u32; out_len];
             let (n_out, input) = (context.output.len(), context.input);
-            let each = |((y, w), x): ((&mut [f32], &mut [u32]), &[f32])| max_pool(pool, x, input, context.output, y, w);
+            let output = context.output;
+            let each = |((y, w), x): ((&mut [f32], &mut [u32]), &[f32])| {
+                max_pool(pool, x, input, output, 0..output.height, y, w)
+            };
             match context.threads {
                 Threads::Points => y
                     .par_chunks_mut(n_out)
                     .zip(winners.par_chunks_mut(n_out))
                     .zip(x.par_chunks(input.len()))
                     .for_each(each),
+                // A lone point's output rows in bands.
+                Threads::Bands if points == 1 && context.spread(x.len()) => {
+                    let row = output.width * output.channels;
+                    let rows = bands(output.height, POOL_BANDS, 1);
+                    let y_bands = split_runs(&mut y, &rows, row);
+                    let w_bands = split_runs(&mut winners, &rows, row);
+                    y_bands
+                        .into_par_iter()
+                        .zip(w_bands)
+                        .zip(rows.par_iter())
+                        .for_each(|((y, w), rows)| max_pool(pool, x, input, output, rows.clone(), y, w));
+                }
                 _ => y.chunks_mut(n_out).zip(winners.chunks_mut(n_out)).zip(x.chunks(input.len())).for_each(each),
             }
             let keep = match context.purpose {
@@ -523,12 +554,21 @@ fn apply(
     }
 }
 
-/// One point's max-pool (channel-last), recording the first maximum of each window.
-fn max_pool(pool: &Pool, x: &[f32], input: Dims, output: Dims, y: &mut [f32], winners: &mut [u32]) {
+/// Output rows `rows` of one point's max-pool (channel-last; `y` and `winners` hold those rows),
+/// recording the first maximum of each window.
+fn max_pool(
+    pool: &Pool,
+    x: &[f32],
+    input: Dims,
+    output: Dims,
+    rows: std::ops::Range<usize>,
+    y: &mut [f32],
+    winners: &mut [u32],
+) {
     let c = input.channels;
-    for oy in 0..output.height {
+    for oy in rows.clone() {
         for ox in 0..output.width {
-            let at = (oy * output.width + ox) * c;
+            let at = ((oy - rows.start) * output.width + ox) * c;
             let (best, arg) = (&mut y[at..][..c], &mut winners[at..][..c]);
             best.fill(f32::NEG_INFINITY);
             let mut first = true;

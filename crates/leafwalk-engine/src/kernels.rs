@@ -1326,7 +1326,7 @@ pub(crate) fn with_scratch<R>(len: usize, work: impl FnOnce(&mut [f32]) -> R) ->
 
 /// `values` cut into the consecutive slices of `runs`, each item `len` values long: one mutable
 /// slice per run, for runs computed in parallel.
-pub(crate) fn split_runs<'a>(values: &'a mut [f32], runs: &[Range<usize>], len: usize) -> Vec<&'a mut [f32]> {
+pub(crate) fn split_runs<'a, T>(values: &'a mut [T], runs: &[Range<usize>], len: usize) -> Vec<&'a mut [T]> {
     let mut parts = Vec::with_capacity(runs.len());
     let mut rest = values;
     for run in runs {
