@@ -594,14 +594,38 @@ fn max_pool(
                         first = false;
                         continue;
                     }
-                    for ch in 0..c {
-                        if values[ch] > best[ch] {
-                            best[ch] = values[ch];
-                            arg[ch] = (base + ch) as u32;
-                        }
-                    }
+                    keep_larger(best, arg, values, base as u32);
                 }
             }
+        }
+    }
+}
+
+/// Where `values` beat `best`, takes them and their indices `base + channel` into `arg`, by bit
+/// masks on 8-wide arrays, which vectorise: as branches, random maps mispredicted half the
+/// comparisons (a lone mnist-cnn point spent 4 % of its Jacobian here).
+#[inline(always)]
+fn keep_larger(best: &mut [f32], arg: &mut [u32], values: &[f32], base: u32) {
+    let lanes = |chunk: usize| std::array::from_fn::<u32, 8, _>(|i| base + (chunk * 8 + i) as u32);
+    let first = (best.len() / 8 * 8) as u32;
+    let (best_chunks, best_rest) = best.as_chunks_mut::<8>();
+    let (arg_chunks, arg_rest) = arg.as_chunks_mut::<8>();
+    let (value_chunks, value_rest) = values.as_chunks::<8>();
+    for (chunk, ((best, arg), values)) in
+        best_chunks.iter_mut().zip(arg_chunks.iter_mut()).zip(value_chunks).enumerate()
+    {
+        let indices = lanes(chunk);
+        for i in 0..8 {
+            // All ones where the value is larger: bit masks, which LLVM does not turn into branches.
+            let take = u32::from(values[i] > best[i]).wrapping_neg();
+            let bits = best[i].to_bits();
+            best[i] = f32::from_bits(bits ^ ((bits ^ values[i].to_bits()) & take));
+            arg[i] ^= (arg[i] ^ indices[i]) & take;
+        }
+    }
+    for (i, ((best, arg), &v)) in best_rest.iter_mut().zip(arg_rest.iter_mut()).zip(value_rest).enumerate() {
+        if v > *best {
+            (*best, *arg) = (v, base + first + i as u32);
         }
     }
 }
