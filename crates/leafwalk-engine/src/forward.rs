@@ -210,7 +210,7 @@ fn run_step(op: &StepOp, ins: &[&[f32]], dims: &[Dims], context: &Context) -> (V
                     .zip(x.par_chunks(input.len()))
                     .for_each(each),
                 // A lone point's output rows in bands.
-                Threads::Bands if points == 1 && context.spread(x.len()) => {
+                Threads::Bands if context.spread(x.len()) => {
                     let row = output.width * output.channels;
                     let rows = bands(output.height, POOL_BANDS, 1);
                     let y_bands = split_runs(&mut y, &rows, row);
