@@ -386,9 +386,9 @@ fn batch_norm_backward(
             let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
             let (g, n) = (&values[run.start * c..run.end * c], &normalised[run.start * c..run.end * c]);
             for (g, n) in g.chunks(c).zip(n.chunks(c)) {
-                for ch in 0..c {
-                    sum_g[ch] += g[ch] as f64;
-                    sum_gx[ch] += (g[ch] * n[ch]) as f64;
+                for (((sum_g, sum_gx), &g), &n) in sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(g).zip(n) {
+                    *sum_g += g as f64;
+                    *sum_gx += (g * n) as f64;
                 }
             }
             (sum_g, sum_gx)
@@ -406,9 +406,11 @@ fn batch_norm_backward(
     let (sum_g, sum_gx): (Vec<f32>, Vec<f32>) = sum_g.iter().zip(&sum_gx).map(|(&a, &b)| (a as f32, b as f32)).unzip();
     let factor: Vec<f32> = (0..c).map(|ch| norm.weight[ch] * inv_std[ch] / n).collect();
     let mut back = values;
+    // Zipped, not indexed by channel, so that the loops vectorise.
     back.par_chunks_mut(c).zip(normalised.par_chunks(c)).for_each(|(g, x_hat)| {
-        for ch in 0..c {
-            g[ch] = factor[ch] * (n * g[ch] - sum_g[ch] - x_hat[ch] * sum_gx[ch]);
+        let channels = factor.iter().zip(&sum_g).zip(&sum_gx);
+        for ((g, &x_hat), ((&factor, &sum_g), &sum_gx)) in g.iter_mut().zip(x_hat).zip(channels) {
+            *g = factor * (n * *g - sum_g - x_hat * sum_gx);
         }
     });
     Grad::dense(back)
