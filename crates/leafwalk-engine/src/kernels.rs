@@ -1076,12 +1076,12 @@ pub(crate) fn conv_gather<const K: usize>(
                         continue;
                     }
                     let p = oy as usize * shape.output[1] + ox as usize;
-                    let tap = ky * kw + kx;
-                    for unit in units.starts[p] as usize..units.starts[p + 1] as usize {
-                        let o = units.channels[unit] as usize;
-                        coefficient_at.push((unit * K) as u32);
-                        weight_at.push(((o * taps + tap) * padded_in) as u32);
-                    }
+                    let (tap, span) = (ky * kw + kx, units.starts[p]..units.starts[p + 1]);
+                    // Extended, not pushed one by one: one capacity check per span, and the
+                    // offsets vectorise.
+                    coefficient_at.extend(span.clone().map(|unit| unit * K as u32));
+                    let channels = &units.channels[span.start as usize..span.end as usize];
+                    weight_at.extend(channels.iter().map(|&o| (o * taps as u32 + tap as u32) * padded_in as u32));
                 }
             }
             let (base, terms) = (((qy - rows.start) * width + qx) * channels, (&coefficient_at[..], &weight_at[..]));
