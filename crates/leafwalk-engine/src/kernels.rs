@@ -90,10 +90,10 @@ fn portable_strip_sums<const K: usize, const L: usize>(
 }
 
 /// [`StripSums`] over a strip of 16·V columns, V AVX-512 registers per class (V = 1 or 2):
-/// each term's K coefficients are broadcast once for all L columns, not once per 8 — with 8-lane
-/// strips the broadcasts cost as much as the multiply-adds. Each column's sum is the same
-/// chain of fused multiply-adds as in the 8-lane kernel, so a wide strip rounds as four or two
-/// narrow ones.
+/// each term's K coefficients are broadcast once for all 16·V columns, not once per 8 — with
+/// 8-lane strips the broadcasts cost as much as the multiply-adds. Each column's sum is the
+/// same chain of fused multiply-adds as in the 8-lane kernel, so a wide strip rounds as four or
+/// two narrow ones.
 type WideStripSums<const K: usize, const V: usize> = fn(&[f32], &[u32], &[f32], &[u32], usize) -> [[[f32; 16]; V]; K];
 
 /// The [`WideStripSums`] of V registers (16·V columns) on this CPU, where it has AVX-512F.
