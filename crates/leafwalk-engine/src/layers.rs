@@ -153,7 +153,7 @@ fn conv_input_batch(
                     for (p, cols) in points.clone().zip(cols.chunks(positions * patch)) {
                         col2im(
                             &shape,
-                            &conv.readers,
+                            conv.readers(),
                             cols,
                             group * shape.group_in,
                             &mut out[(p - run.start) * n_in..][..n_in],
@@ -408,7 +408,7 @@ fn conv_dense(conv: &ConvStep, grad: &[f32], k: usize, out: &mut [f32], threads:
                     let g = (&g[group * cout_g..], cout, 1);
                     matmul((rows, patch, cout_g), (cols, patch), g, (kernel(group), 1, cout_g), false);
                     for (cols, back) in cols.chunks(positions * patch).zip(back.chunks_mut(n_in)) {
-                        col2im(&shape, &conv.readers, cols, group * shape.group_in, back);
+                        col2im(&shape, conv.readers(), cols, group * shape.group_in, back);
                     }
                 }
             }

@@ -8,10 +8,12 @@
 //! end in log-softmax of the logits.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use leafwalk_models::description::{Activation, Arith, BatchNorm, Conv2d, Description, Dims, Op, Pool};
 
 use crate::forward::avg_window;
+
 use crate::kernels::{bucket_slots, tap_sources, ConvShape, TapReaders, CHANNEL_PAD};
 use crate::{EngineError, Result};
 
@@ -33,14 +35,19 @@ pub(crate) struct ConvStep {
     pub(crate) bias: Option<Vec<f32>>,
     /// The input position each (output position, tap) reads ([`tap_sources`]).
     pub(crate) sources: Vec<u32>,
-    /// The same, inverted.
-    pub(crate) readers: TapReaders,
+    /// The same, inverted; built on first use (only col2im reads it, and a walk's lone point
+    /// compiles its plan every step).
+    readers: OnceLock<TapReaders>,
     /// Names of the weight and bias tensors, for training.
     pub(crate) weight_name: String,
     pub(crate) bias_name: Option<String>,
 }
 
 impl ConvStep {
+    pub(crate) fn readers(&self) -> &TapReaders {
+        self.readers.get_or_init(|| TapReaders::new(&self.shape, &self.sources))
+    }
+
     pub(crate) fn group_out(&self) -> usize {
         self.conv.out_channels / self.conv.groups
     }
@@ -370,7 +377,6 @@ fn conv_step<'w>(
         output: [output.height, output.width],
         group_in: cin,
     };
-    let sources = tap_sources(&shape);
-    let readers = TapReaders::new(&shape, &sources);
+    let (sources, readers) = (tap_sources(&shape), OnceLock::new());
     Ok(ConvStep { conv: *conv, shape, forward, bias, sources, readers, weight_name, bias_name })
 }
