@@ -202,8 +202,7 @@ fn with_plan<T: Send>(model: &Classifier, mode: Mode, f: impl FnOnce(&Plan) -> R
     let tensors = model.named_tensors();
     let guards: Vec<_> = tensors.iter().map(|(_, t)| t.storage_and_layout()).collect();
     let slices = guards.iter().map(|(storage, layout)| cpu_f32(storage, layout)).collect::<Result<Vec<_>>>()?;
-    let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_str()).collect();
-    let lookup = |name: &str| names.iter().position(|n| *n == name).map(|i| slices[i]);
+    let lookup = |name: &str| tensors.iter().position(|(n, _)| n == name).map(|i| slices[i]);
     rayon::scope(|_| f(&Plan::compile(model.description(), &lookup, mode)?))
 }
 

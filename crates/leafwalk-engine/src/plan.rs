@@ -13,7 +13,6 @@ use std::sync::OnceLock;
 use leafwalk_models::description::{Activation, Arith, BatchNorm, Conv2d, Description, Dims, Op, Pool};
 
 use crate::forward::avg_window;
-
 use crate::kernels::{bucket_slots, tap_sources, ConvShape, TapReaders, CHANNEL_PAD};
 use crate::{EngineError, Result};
 
