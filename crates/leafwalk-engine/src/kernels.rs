@@ -105,6 +105,56 @@ fn wide_strip_sums<const K: usize, const V: usize>() -> Option<WideStripSums<K, 
     None
 }
 
+/// The strip kernels this CPU runs for K classes: 8 lanes everywhere, 32 and 16 where it has
+/// AVX-512. The sparse gathers of convolutions and linear layers sum every strip through
+/// [`StripKernels::sum_into`].
+#[derive(Clone, Copy)]
+struct StripKernels<const K: usize> {
+    narrow: StripSums<K>,
+    wide: Option<WideStripSums<K, 2>>,
+    half: Option<WideStripSums<K, 1>>,
+}
+
+impl<const K: usize> StripKernels<K> {
+    fn new() -> Self {
+        StripKernels { narrow: strip_sums::<K>(), wide: wide_strip_sums::<K, 2>(), half: wide_strip_sums::<K, 1>() }
+    }
+
+    /// The widest strip this CPU sums.
+    fn widest(&self) -> usize {
+        if self.wide.is_some() {
+            32
+        } else {
+            LANES
+        }
+    }
+
+    /// Sums `terms` (coefficients, their offsets, weights, the strips' offsets, the strip's
+    /// column) over the widest strip the `padding` weight columns from there hold, and writes
+    /// each class's sums to `out` (`band` values a class) from `at`, at most `room` of them; the
+    /// strip's width.
+    fn sum_into(
+        &self,
+        (coefficients, coefficient_at, weights, weight_at, column): (&[f32], &[u32], &[f32], &[u32], usize),
+        padding: usize,
+        out: &mut [f32],
+        band: usize,
+        at: usize,
+        room: usize,
+    ) -> usize {
+        let (c, ct, w, wt) = (coefficients, coefficient_at, weights, weight_at);
+        match (self.wide, self.half) {
+            (Some(wide), _) if padding >= 32 => {
+                put_strip(out, band, at, room, wide(c, ct, w, wt, column).iter().map(|r| r.as_flattened()))
+            }
+            (_, Some(half)) if padding >= 16 => {
+                put_strip(out, band, at, room, half(c, ct, w, wt, column).iter().map(|r| r.as_flattened()))
+            }
+            _ => put_strip(out, band, at, room, (self.narrow)(c, ct, w, wt, column).iter().map(|r| &r[..])),
+        }
+    }
+}
+
 /// Adds `w · rows[start + shift ..][..ROW_TILE]` to `sums` for each term `(w, start)`: the
 /// inner loop of [`transposed_rows`].
 type TileSums = fn(&[f32], &[(f32, usize)], usize, &mut [f32; ROW_TILE]);
@@ -1058,7 +1108,7 @@ pub(crate) fn conv_gather<const K: usize>(
     let band = rows.len() * width * channels;
     let (taps, [kh, kw]) = (shape.taps(), shape.kernel);
     let (readers_y, readers_x) = (readers(shape, 0), readers(shape, 1));
-    let (sums, wide, half) = (strip_sums::<K>(), wide_strip_sums::<K, 2>(), wide_strip_sums::<K, 1>());
+    let kernels = StripKernels::<K>::new();
     // The coefficient and weight offsets of every term of the current position.
     let (mut coefficient_at, mut weight_at) = (Vec::with_capacity(taps * 64), Vec::with_capacity(taps * 64));
     for qy in rows.clone() {
@@ -1084,21 +1134,11 @@ pub(crate) fn conv_gather<const K: usize>(
                     weight_at.extend(channels.iter().map(|&o| (o * taps as u32 + tap as u32) * padded_in as u32));
                 }
             }
-            let (base, terms) = (((qy - rows.start) * width + qx) * channels, (&coefficient_at[..], &weight_at[..]));
+            let base = ((qy - rows.start) * width + qx) * channels;
             let mut strip = 0;
             while strip < channels {
-                // The widest strip the padded weights hold from here.
-                let (at, room, padding) = (base + strip, channels - strip, padded_in - strip);
-                let (c, (ct, wt)) = (&units.coefficients[..], terms);
-                strip += match (wide, half) {
-                    (Some(wide), _) if padding >= 32 => {
-                        put_strip(out, band, at, room, wide(c, ct, weights, wt, strip).iter().map(|r| r.as_flattened()))
-                    }
-                    (_, Some(half)) if padding >= 16 => {
-                        put_strip(out, band, at, room, half(c, ct, weights, wt, strip).iter().map(|r| r.as_flattened()))
-                    }
-                    _ => put_strip(out, band, at, room, sums(c, ct, weights, wt, strip).iter().map(|r| &r[..])),
-                };
+                let terms = (&units.coefficients[..], &coefficient_at[..], weights, &weight_at[..], strip);
+                strip += kernels.sum_into(terms, padded_in - strip, out, band, base + strip, channels - strip);
             }
         }
     }
@@ -1240,9 +1280,8 @@ pub(crate) fn rows_gather<const K: usize>(
     out: &mut [f32],
 ) {
     let band = columns.len();
-    let (sums, wide) = (strip_sums::<K>(), wide_strip_sums::<K, 2>());
-    // Strips as wide as the CPU's widest kernel sums.
-    let lanes = if wide.is_some() { 32 } else { LANES };
+    let kernels = StripKernels::<K>::new();
+    let lanes = kernels.widest();
     let mut packed = vec![0f32; union.len() * PACKED_COLUMNS];
     // Per point: where its units' coefficients and strips are.
     let offsets: Vec<(Vec<u32>, Vec<u32>)> = points
@@ -1269,20 +1308,8 @@ pub(crate) fn rows_gather<const K: usize>(
         {
             for strip in 0..strips {
                 let (start, base) = (block + strip * lanes, strip * union.len() * lanes);
-                let (at, room, c) = (start - columns.start, block + block_len - start, &point.coefficients[..]);
-                match wide {
-                    Some(wide) => {
-                        let acc = wide(c, coefficient_at, &packed, weight_at, base);
-                        put_strip(out, band, at, room, acc.iter().map(|r| r.as_flattened()))
-                    }
-                    None => put_strip(
-                        out,
-                        band,
-                        at,
-                        room,
-                        sums(c, coefficient_at, &packed, weight_at, base).iter().map(|r| &r[..]),
-                    ),
-                };
+                let terms = (&point.coefficients[..], &coefficient_at[..], &packed[..], &weight_at[..], base);
+                kernels.sum_into(terms, lanes, out, band, start - columns.start, block + block_len - start);
             }
         }
         block += block_len;
