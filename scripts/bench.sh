@@ -2,7 +2,7 @@
 # The benchmark suite, one JSON line per benchmark. Speed targets live here, never in timed tests.
 #
 #   scripts/bench.sh [train|geometry|scale|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV]
-#                                                                            (default: all, cpu)
+#                    [--rounds R]                                            (default: all, cpu, 1)
 #
 #   train      training images/s at batch 60 (SGD) of mnist-cnn and resnet-mini
 #   geometry   input-Jacobian points/s through the engine: mnist-cnn at B = 1 … 1,024 (autograd
@@ -24,6 +24,11 @@
 # target/bench-baseline, its own target folder: a full build the first time) and reports them
 # beside this tree's, measured in the same run — how a change is compared with what it replaces.
 #
+# --rounds R repeats `train` and `geometry` R times, leafwalk, the baseline and PyTorch taking
+# turns, and prints one line with every round and each ratio's median over the rounds: on a
+# shared machine whose speed drifts by 20 % within minutes, a ratio of two measurements taken
+# minutes apart is mostly drift, and a ratio of neighbours, repeated, is not.
+#
 # Environment: LEAFWALK_DATA (default data/), REF_PY (default ../shared/reference/ref.py),
 # REF_MODELS (default ../shared/models), REF_VENV (default ~/.venv-ref), THREADS (default: all
 # cores), CARGO_TARGET_DIR and the cargo features (CARGO_FEATURES, e.g. "cuda") of the benchmark
@@ -31,10 +36,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: scripts/bench.sh [train|geometry|scale|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV]" >&2; exit 2; }
+usage() { echo "usage: scripts/bench.sh [train|geometry|scale|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV] [--rounds R]" >&2; exit 2; }
 what=all
 device=cpu
 baseline=
+rounds=1
 while (($#)); do
   case $1 in
     train|geometry|jacobian|scale|path|ood|all) what=$1; shift ;;
@@ -42,10 +48,13 @@ while (($#)); do
     --device=*) device=${1#*=}; shift ;;
     --baseline) (($# >= 2)) || usage; baseline=$2; shift 2 ;;
     --baseline=*) baseline=${1#*=}; shift ;;
+    --rounds) (($# >= 2)) || usage; rounds=$2; shift 2 ;;
+    --rounds=*) rounds=${1#*=}; shift ;;
     *) usage ;;
   esac
 done
 [[ $what == jacobian ]] && what=geometry
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds wants a positive whole number, not '$rounds'" >&2; exit 2; }
 threads=${THREADS:-$(nproc)}
 ref_py=${REF_PY:-../shared/reference/ref.py}
 ref_python=${REF_VENV:-$HOME/.venv-ref}/bin/python
@@ -191,7 +200,28 @@ PY
 
 ood() { ours leafwalk-ood ood; }
 
+# `$1` (train or geometry) $rounds times, ref.py's figures measured afresh after the first
+# round; with more than one round, one line: every round's and each ratio's median.
+in_rounds() {
+  local lines=()
+  for ((round = 0; round < rounds; round++)); do
+    ((round == 0)) || : >"$ref_cache"
+    lines+=("$("$1")")
+  done
+  ((rounds == 1)) && { echo "${lines[0]}"; return; }
+  printf '%s\n' "${lines[@]}" | python3 -c '
+import json, statistics, sys
+rounds = [json.loads(line) for line in sys.stdin]
+medians = {}
+for key in rounds[0]:
+    if key.startswith("ratio_"):
+        names = rounds[0][key]
+        medians[key] = {n: statistics.median(r[key][n] for r in rounds if n in r.get(key, {})) for n in names}
+print(json.dumps({"rounds": rounds, "median_over_rounds": medians}))'
+}
+
 case $what in
-  all) train; geometry; path; ood ;;
+  all) in_rounds train; in_rounds geometry; path; ood ;;
+  train|geometry) in_rounds "$what" ;;
   *) "$what" ;;
 esac
