@@ -10,9 +10,19 @@ use rayon::prelude::*;
 /// Defines `$name`, which runs `$kernel` compiled for AVX-512 or AVX2 when the CPU has them.
 /// The loops here are written for LLVM to vectorise, but a portable build may only use SSE2 —
 /// 4 lanes where AVX2 has 8. `$kernel` and what it calls are `#[inline(always)]` and free of
-/// closures (a closure is compiled on its own, without the features).
+/// closures (a closure is compiled on its own, without the features). A `$kernel::<Axpy>`
+/// is generic over its `y += g·x` update ([`Axpy`]): 16-lane FMAs in the AVX-512 build (LLVM
+/// vectorises the plain loop 8 lanes wide even there, and the scatter kernels are bound by
+/// their loads and stores).
 macro_rules! with_wide_vectors {
+    ($name:ident => $kernel:ident::<Axpy>($($arg:ident: $ty:ty),*) -> $out:ty) => {
+        with_wide_vectors!(@dispatch $name, $out, [$($arg: $ty),*],
+            $kernel::<avx512::FusedAxpy>, $kernel::<PlainAxpy>, $kernel::<PlainAxpy>);
+    };
     ($name:ident => $kernel:ident($($arg:ident: $ty:ty),*) -> $out:ty) => {
+        with_wide_vectors!(@dispatch $name, $out, [$($arg: $ty),*], $kernel, $kernel, $kernel);
+    };
+    (@dispatch $name:ident, $out:ty, [$($arg:ident: $ty:ty),*], $wide:path, $narrow:path, $portable:path) => {
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $name($($arg: $ty),*) -> $out {
             #[cfg(target_arch = "x86_64")]
@@ -20,12 +30,12 @@ macro_rules! with_wide_vectors {
                 #[target_feature(enable = "avx512f")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx512($($arg: $ty),*) -> $out {
-                    $kernel($($arg),*)
+                    $wide($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) -> $out {
-                    $kernel($($arg),*)
+                    $narrow($($arg),*)
                 }
                 if is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512F, checked on the line above.
@@ -36,9 +46,24 @@ macro_rules! with_wide_vectors {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $kernel($($arg),*)
+            $portable($($arg),*)
         }
     };
+}
+
+/// `y += g·x` over the shorter of the two, the update of the scatter kernels.
+trait Axpy {
+    fn axpy(g: f32, x: &[f32], y: &mut [f32]);
+}
+
+/// The plain loop, vectorised as the build allows (rounded as a multiply, then an add).
+struct PlainAxpy;
+
+impl Axpy for PlainAxpy {
+    #[inline(always)]
+    fn axpy(g: f32, x: &[f32], y: &mut [f32]) {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y += g * x);
+    }
 }
 
 /// Lanes of the sparse kernels' strips: one AVX2 register.
@@ -413,6 +438,37 @@ mod avx512 {
     };
 
     use super::avx2::TWO_CHAINS;
+
+    /// [`super::Axpy`] in 16-lane FMAs (one rounding per update; the tail, under 16 values, as
+    /// scalar FMAs). Only the AVX-512 build of `with_wide_vectors!` uses it.
+    pub(super) struct FusedAxpy;
+
+    impl super::Axpy for FusedAxpy {
+        #[inline(always)]
+        fn axpy(g: f32, x: &[f32], y: &mut [f32]) {
+            // SAFETY: called only by `with_wide_vectors!`'s AVX-512 build and a test, both after
+            // checking that the CPU has AVX-512F.
+            unsafe { fused_axpy(g, x, y) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn fused_axpy(g: f32, x: &[f32], y: &mut [f32]) {
+        let len = x.len().min(y.len());
+        let whole = len - len % 16;
+        let g16 = _mm512_set1_ps(g);
+        for i in (0..whole).step_by(16) {
+            // SAFETY: i + 16 ≤ len, within both slices.
+            unsafe {
+                let sum = _mm512_fmadd_ps(g16, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(y.as_ptr().add(i)));
+                _mm512_storeu_ps(y.as_mut_ptr().add(i), sum);
+            }
+        }
+        for (y, x) in y[whole..len].iter_mut().zip(&x[whole..len]) {
+            *y = g.mul_add(*x, *y);
+        }
+    }
 
     /// [`super::WideStripSums`] with AVX-512F. Only [`super::wide_strip_sums`] hands it out,
     /// after checking that the CPU has it.
@@ -1206,7 +1262,7 @@ impl UnitsByChannel {
 /// in]`, the channel's in L1) to the input positions it read (`sources`, from
 /// [`tap_sources`]); `out` is `[H][W][C]`, zeros on entry.
 #[inline(always)]
-fn conv_scatter_kernel(
+fn conv_scatter_kernel<A: Axpy>(
     shape: &ConvShape,
     units: &UnitsByChannel,
     weights: &[f32],
@@ -1222,17 +1278,13 @@ fn conv_scatter_kernel(
                 if source == u32::MAX {
                     continue;
                 }
-                let w = &kernel[tap * padded_in..][..channels];
-                let target = &mut out[source as usize * channels..][..channels];
-                for (t, w) in target.iter_mut().zip(w) {
-                    *t += g * w;
-                }
+                A::axpy(g, &kernel[tap * padded_in..][..channels], &mut out[source as usize * channels..][..channels]);
             }
         }
     }
 }
 
-with_wide_vectors!(conv_scatter => conv_scatter_kernel(
+with_wide_vectors!(conv_scatter => conv_scatter_kernel::<Axpy>(
     shape: &ConvShape, units: &UnitsByChannel, weights: &[f32], padded_in: usize, sources: &[u32], out: &mut [f32]
 ) -> ());
 
@@ -1240,17 +1292,15 @@ with_wide_vectors!(conv_scatter => conv_scatter_kernel(
 /// `rows[o] += g · patch` over channel o's units (the row in L1), `cols[p]` the im2col patch of
 /// the unit's position; `rows` is `[out][patch]`.
 #[inline(always)]
-fn unit_patches_kernel(units: &UnitsByChannel, cols: &[f32], patch: usize, rows: &mut [f32]) {
+fn unit_patches_kernel<A: Axpy>(units: &UnitsByChannel, cols: &[f32], patch: usize, rows: &mut [f32]) {
     for (o, row) in rows.chunks_exact_mut(patch).enumerate() {
         for (p, g) in units.channel(o) {
-            for (r, v) in row.iter_mut().zip(&cols[p * patch..][..patch]) {
-                *r += g * v;
-            }
+            A::axpy(g, &cols[p * patch..][..patch], row);
         }
     }
 }
 
-with_wide_vectors!(unit_patches => unit_patches_kernel(
+with_wide_vectors!(unit_patches => unit_patches_kernel::<Axpy>(
     units: &UnitsByChannel, cols: &[f32], patch: usize, rows: &mut [f32]
 ) -> ());
 
@@ -1418,6 +1468,22 @@ mod tests {
         check::<3, 2>();
         check::<10, 1>();
         check::<10, 2>();
+    }
+
+    /// Where the CPU has AVX-512F: whole vectors, a tail and a slice shorter than one vector.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fused_axpy_matches_the_plain_loop() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        for len in [0, 5, 16, 32, 45, 288] {
+            let (x, y) = (values(len, 9), values(len, 10));
+            let (mut fused, mut plain) = (y.clone(), y.clone());
+            avx512::FusedAxpy::axpy(0.37, &x, &mut fused);
+            PlainAxpy::axpy(0.37, &x, &mut plain);
+            assert_close(&fused, &plain, "axpy");
+        }
     }
 
     #[test]
