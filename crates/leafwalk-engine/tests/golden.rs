@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use leafwalk_engine::{input_jacobian, tensor, Coordinates, Jacobians};
-use leafwalk_models::{Arch, Classifier, LoadOptions, Normalisation};
+use leafwalk_models::{Arch, Classifier, LoadOptions};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
@@ -14,12 +14,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The fixture `arch` as `--arch NAME --mean 0 --std 1` loads it.
 pub fn fixture_model(arch: Arch) -> Classifier {
-    let options = LoadOptions {
-        arch: Some(arch),
-        dataset: None,
-        normalisation: Some(Normalisation { mean: vec![0.0], std: vec![1.0] }),
-    };
-    Classifier::load(&fixture(&format!("{arch}.safetensors")), options, &Device::Cpu).unwrap()
+    Classifier::load(&fixture(&format!("{arch}.safetensors")), LoadOptions::pixels(arch), &Device::Cpu).unwrap()
 }
 
 struct Golden {

@@ -19,7 +19,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use leafwalk_data::{data_root, dataset_info, Dataset, Split};
 use leafwalk_geometry::{input_jacobian, input_jacobian_autograd, Jacobians};
-use leafwalk_models::{Arch, Classifier, DeviceChoice, LoadOptions, Normalisation};
+use leafwalk_models::{Arch, Classifier, DeviceChoice, LoadOptions};
 use serde_json::{json, Map, Value};
 
 #[global_allocator]
@@ -109,11 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     models.insert("mnist-cnn".into(), json!({ "weights": "fresh, seed 42", "data": data, "results": results }));
 
     for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini] {
-        let options = LoadOptions {
-            arch: Some(arch),
-            dataset: None,
-            normalisation: Some(Normalisation { mean: vec![0.0], std: vec![1.0] }),
-        };
+        let options = LoadOptions::pixels(arch);
         let model = Classifier::load(&fixtures.join(format!("{arch}.safetensors")), options, &device)?;
         let s = model.input_shape();
         let pixels = Tensor::rand(0f32, 1f32, (64, s.channels, s.height, s.width), &device)?;

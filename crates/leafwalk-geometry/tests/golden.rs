@@ -130,13 +130,8 @@ fn golden_rank_matches_point_geometry_definition() {
 /// trace and eigenvalues of G within 1e-4 of PyTorch's float64 values.
 #[test]
 fn pytorch_fixtures_give_the_golden_trace_and_spectrum() {
-    use leafwalk_models::Normalisation;
     for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini] {
-        let options = LoadOptions {
-            arch: Some(arch),
-            dataset: None,
-            normalisation: Some(Normalisation { mean: vec![0.0], std: vec![1.0] }),
-        };
+        let options = LoadOptions::pixels(arch);
         let model = Classifier::load(&fixture(&format!("{arch}.safetensors")), options, &Device::Cpu).unwrap();
         let (golden, _) = checkpoint::read(&fixture(&format!("{arch}.golden.safetensors")), &Device::Cpu).unwrap();
         let f64s = |name: &str| -> Vec<f64> {

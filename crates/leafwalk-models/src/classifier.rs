@@ -6,7 +6,7 @@ use candle_nn::{VarBuilder, VarMap};
 use leafwalk_data::{DatasetInfo, ImageShape};
 
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::description::{Description, ParamRole};
+use crate::description::{Description, Dims, ParamRole};
 use crate::network::GraphNet;
 use crate::params::ParamSource;
 use crate::{Arch, Architecture, ModelError, Result};
@@ -40,19 +40,32 @@ impl Normalisation {
 }
 
 /// What `Classifier::load` should assume when a file lacks leafwalk metadata (a plain PyTorch
-/// `state_dict`), or insist on when it has it.
+/// `state_dict`, an ONNX export), or insist on when it has it.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
+    /// A built-in architecture for a plain `state_dict`.
     pub arch: Option<Arch>,
+    /// A layer description for a plain `state_dict` of any other network (`--layers`).
+    pub layers: Option<Description>,
     pub dataset: Option<&'static DatasetInfo>,
-    /// Overrides the dataset's normalisation for a file without leafwalk metadata.
+    /// Class names, in the order of the network's outputs (default: the dataset's, else 0 …
+    /// C−1).
+    pub classes: Option<Vec<String>>,
+    /// Overrides the normalisation for a file without leafwalk metadata: a built-in
+    /// architecture's default is its dataset's, any other network's none (pixels in [0, 1]).
     pub normalisation: Option<Normalisation>,
 }
 
 impl LoadOptions {
     /// A built-in architecture on a registered dataset, the dataset's normalisation.
     pub fn new(arch: Arch, dataset: &'static DatasetInfo) -> Self {
-        LoadOptions { arch: Some(arch), dataset: Some(dataset), normalisation: None }
+        LoadOptions { arch: Some(arch), dataset: Some(dataset), ..Default::default() }
+    }
+
+    /// A built-in architecture whose network takes pixels in [0, 1] (`--mean 0 --std 1`).
+    pub fn pixels(arch: Arch) -> Self {
+        let normalisation = Some(Normalisation { mean: vec![0.0], std: vec![1.0] });
+        LoadOptions { arch: Some(arch), normalisation, ..Default::default() }
     }
 }
 
@@ -83,54 +96,103 @@ impl Classifier {
     }
 
     /// Loads a checkpoint. leafwalk metadata is used when present (and must agree with
-    /// `options`); otherwise `options.arch` is required and the dataset is `options.dataset` or
-    /// the architecture's usual one.
+    /// `options`); otherwise `options.arch` or `options.layers` names the network, as in
+    /// [`Classifier::from_foreign`].
     pub fn load(path: &Path, options: LoadOptions, device: &Device) -> Result<Self> {
         let (tensors, metadata) = checkpoint::read(path, device)?;
-        let meta = match CheckpointMeta::from_metadata(path, &metadata)? {
-            Some(meta) => {
-                if let Some(arch) = options.arch.filter(|a| Architecture::Builtin(*a) != meta.arch) {
-                    return Err(ModelError::checkpoint(path, format!("is a {} checkpoint, not {arch}", meta.arch)));
-                }
-                if let Some(ds) = options.dataset.filter(|d| Some(d.name) != meta.dataset.as_deref()) {
-                    let trained = meta.dataset.as_deref().unwrap_or("no registered dataset");
-                    return Err(ModelError::checkpoint(path, format!("was trained on {trained}, not {}", ds.name)));
-                }
-                if options.normalisation.is_some() {
+        let Some(meta) = CheckpointMeta::from_metadata(path, &metadata)? else {
+            let architecture = match (options.arch, &options.layers) {
+                (Some(arch), None) => Architecture::Builtin(arch),
+                (None, Some(layers)) => Architecture::Custom(Box::new(layers.clone())),
+                (Some(_), Some(_)) => return Err(ModelError::checkpoint(path, "takes --arch or --layers, not both")),
+                (None, None) => {
                     return Err(ModelError::checkpoint(
                         path,
-                        format!(
-                            "carries its normalisation (mean {:?}, std {:?}); drop --mean/--std",
-                            meta.mean, meta.std
-                        ),
-                    ));
+                        "has no leafwalk metadata (a plain PyTorch state_dict?): pass --arch NAME or --layers net.json",
+                    ))
                 }
-                meta
-            }
-            None => Self::assumed_meta(path, &options)?,
+            };
+            return Self::from_foreign(path, architecture, tensors, &options, device);
         };
+        let refuse =
+            |flag: &str, what: String| ModelError::checkpoint(path, format!("carries its {what}; drop {flag}"));
+        if let Some(arch) = options.arch.filter(|a| Architecture::Builtin(*a) != meta.arch) {
+            return Err(ModelError::checkpoint(path, format!("is a {} checkpoint, not {arch}", meta.arch)));
+        }
+        if options.layers.is_some() {
+            return Err(refuse("--layers", format!("architecture ({})", meta.arch)));
+        }
+        if let Some(ds) = options.dataset.filter(|d| Some(d.name) != meta.dataset.as_deref()) {
+            let trained = meta.dataset.as_deref().unwrap_or("no registered dataset");
+            return Err(ModelError::checkpoint(path, format!("was trained on {trained}, not {}", ds.name)));
+        }
+        if options.classes.is_some() {
+            return Err(refuse("--classes", format!("class names ({})", meta.classes.join(","))));
+        }
+        if options.normalisation.is_some() {
+            return Err(refuse("--mean/--std", format!("normalisation (mean {:?}, std {:?})", meta.mean, meta.std)));
+        }
+        Self::from_tensors(path, meta, tensors, device)
+    }
+
+    /// A network from a file without leafwalk metadata — a plain `state_dict`, an ONNX export —
+    /// with what `options` says of it: a built-in architecture's input, classes and
+    /// normalisation are its dataset's (`options.dataset` or its usual one); any other
+    /// network's input and class count are its description's, its classes numbered 0 … C−1
+    /// or named by the dataset or `options.classes`, and it takes pixels in [0, 1] unless
+    /// `options.normalisation` says otherwise. `path` names the source in errors.
+    pub fn from_foreign(
+        path: &Path,
+        architecture: Architecture,
+        tensors: HashMap<String, Tensor>,
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let meta = Self::assumed_meta(path, architecture, options)?;
         Self::from_tensors(path, meta, tensors, device)
     }
 
     /// Metadata for a file without leafwalk's, from the command line's options.
-    fn assumed_meta(path: &Path, options: &LoadOptions) -> Result<CheckpointMeta> {
-        let Some(arch) = options.arch else {
-            return Err(ModelError::checkpoint(
-                path,
-                "has no leafwalk metadata (a plain PyTorch state_dict?): pass --arch (and --dataset or --mean/--std)",
-            ));
-        };
-        let dataset = match options.dataset {
-            Some(d) => Some(d),
-            None => arch.default_dataset().map(leafwalk_data::dataset_info).transpose()?,
-        };
-        let mut meta = match dataset {
-            Some(d) => CheckpointMeta::new(arch, d),
-            None => {
-                let (input, classes) = arch.default_input_and_classes();
-                CheckpointMeta::without_dataset(arch.into(), input, classes)
+    fn assumed_meta(path: &Path, architecture: Architecture, options: &LoadOptions) -> Result<CheckpointMeta> {
+        let invalid = |msg: String| ModelError::checkpoint(path, msg);
+        let mut meta = match architecture {
+            Architecture::Builtin(arch) => {
+                let dataset = match options.dataset {
+                    Some(d) => Some(d),
+                    None => arch.default_dataset().map(leafwalk_data::dataset_info).transpose()?,
+                };
+                match dataset {
+                    Some(d) => CheckpointMeta::new(arch, d),
+                    None => {
+                        let (input, classes) = arch.default_input_and_classes();
+                        CheckpointMeta::without_dataset(arch.into(), input, classes)
+                    }
+                }
+            }
+            Architecture::Custom(description) => {
+                let (input, classes) = (description.input, description.classes().map_err(|e| invalid(e.to_string()))?);
+                let mut meta = CheckpointMeta::without_dataset(Architecture::Custom(description), input, classes);
+                if let Some(d) = options.dataset {
+                    let shape = Dims::new(d.shape.channels, d.shape.height, d.shape.width);
+                    if shape != input || d.classes.len() != classes {
+                        return Err(invalid(format!(
+                            "takes {input} images into {classes} classes; {} has {shape} images in {} classes",
+                            d.name,
+                            d.classes.len()
+                        )));
+                    }
+                    meta.dataset = Some(d.name.to_string());
+                    meta.classes = d.classes.iter().map(|c| c.to_string()).collect();
+                }
+                meta
             }
         };
+        if let Some(classes) = &options.classes {
+            if classes.len() != meta.classes.len() {
+                return Err(invalid(format!("has {} classes; --classes names {}", meta.classes.len(), classes.len())));
+            }
+            meta.classes = classes.clone();
+        }
         if let Some(normalisation) = &options.normalisation {
             (meta.mean, meta.std) = normalisation.for_channels(meta.input.channels)?;
         }

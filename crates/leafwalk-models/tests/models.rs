@@ -246,3 +246,49 @@ fn max_pool_gradient_goes_to_the_first_of_tied_maxima() {
     let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g, [0.0, 0.0, 1.0, 0.0]);
 }
+
+/// The fixtures' layer files describe exactly the built-in networks their `state_dict`s are
+/// (same nodes, names, arguments and wiring), so `--layers` loads them as `--arch` does.
+#[test]
+fn layer_files_describe_the_fixture_networks() {
+    for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/{arch}.layers.json"));
+        let parsed = leafwalk_models::parse_layers(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let builtin = arch.description(parsed.input, 10).unwrap();
+        assert_eq!(parsed.nodes.len(), builtin.nodes.len(), "{arch}");
+        for (a, b) in parsed.nodes.iter().zip(&builtin.nodes) {
+            assert_eq!((&a.name, &a.op, &a.inputs), (&b.name, &b.op, &b.inputs), "{arch}");
+        }
+    }
+}
+
+#[test]
+fn layer_file_errors_name_the_layer() {
+    let error = |json: &str| leafwalk_models::parse_layers(json).unwrap_err().to_string();
+    let conv = r#"{"name": "c", "type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernal_size": 3}"#;
+    assert_eq!(
+        error(&format!(r#"{{"input": [1, 8, 8], "layers": [{conv}]}}"#)),
+        "layer 'c' (Conv2d): needs 'kernel_size'"
+    );
+    let typo = r#"{"name": "c", "type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "strid": 2}"#;
+    assert_eq!(
+        error(&format!(r#"{{"input": [1, 8, 8], "layers": [{typo}]}}"#)),
+        "layer 'c' (Conv2d): unknown argument 'strid'"
+    );
+    let add = r#"{"name": "sum", "type": "add", "inputs": ["input", "nowhere"]}"#;
+    assert_eq!(
+        error(&format!(r#"{{"input": [1, 8, 8], "layers": [{add}]}}"#)),
+        "layer 'sum' (add): reads 'nowhere', no earlier layer"
+    );
+    let lstm = r#"{"name": "rnn", "type": "LSTM"}"#;
+    assert_eq!(
+        error(&format!(r#"{{"input": [1, 8, 8], "layers": [{lstm}]}}"#)),
+        "layer 'rnn' (layer): unknown layer type 'LSTM'"
+    );
+    let wide = r#"{"name": "fc", "type": "Linear", "in_features": 63, "out_features": 10}"#;
+    let flatten = r#"{"name": "flat", "type": "Flatten"}"#;
+    assert_eq!(
+        error(&format!(r#"{{"input": [1, 8, 8], "layers": [{flatten}, {wide}]}}"#)),
+        "layer 'fc' (Linear): expects 63 input features, gets 64"
+    );
+}
