@@ -1,0 +1,93 @@
+//! ONNX classifiers as PyTorch exports them, read into a leafwalk [`Description`] and its
+//! weights, so that every command runs a user's own network through the same engine as the
+//! built-in ones.
+//!
+//! Both of PyTorch's exporters are understood: the TorchScript one (`dynamo=False`, opsets
+//! 13–17: batch norm folded into convolutions, `Flatten`, `GlobalAveragePool`, `Gemm`) and the
+//! dynamo one (`dynamo=True`, opset 18 and later: `ReduceMean` + `Reshape`, GELU spelt as
+//! `Div`/`Erf`/`Add`/`Mul`, Softplus with `Greater`/`Where`, bias-free linear layers as
+//! `MatMul`, weights in an external data file beside the graph). Shape arithmetic (`Shape`,
+//! `Gather`, `Concat`, …) is folded into constants with the input's dimensions; the batch axis
+//! may be symbolic. Anything else is refused with one line naming the node, its operation and
+//! the attribute at fault — nothing is guessed. The protobuf messages are declared with prost's
+//! derive ([`proto`]), so the build needs no `protoc`.
+//!
+//! Reading is bounded: the file may be at most [`MAX_FILE_BYTES`], a tensor at most
+//! [`MAX_TENSOR_VALUES`] values, and every allocation is sized by bytes actually present in the
+//! file (a corrupt length or dimension is an error, never an allocation), so a model file
+//! costs at most a few times its own size in memory while it is read.
+
+mod graph;
+mod patterns;
+pub mod proto;
+mod tensor;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use leafwalk_models::Description;
+use prost::Message;
+
+/// The largest ONNX file read (protobuf's own limit).
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// The most values one tensor may declare (a 4-GiB float tensor).
+pub const MAX_TENSOR_VALUES: usize = 1 << 30;
+
+/// What is wrong with an ONNX file; every message is one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("{}: {problem}", path.display())]
+    File { path: PathBuf, problem: String },
+    #[error("{}: node '{node}' ({op}): {problem}", path.display())]
+    Node { path: PathBuf, node: String, op: String, problem: String },
+}
+
+/// A network read from ONNX: its description (nodes named after the exporter's parameter names
+/// where it kept them, e.g. `stem.0`, else after its node names), the weights under the
+/// description's parameter names, on the CPU, and who wrote the file.
+#[derive(Debug)]
+pub struct Imported {
+    pub description: Description,
+    pub tensors: HashMap<String, Tensor>,
+    pub producer: String,
+}
+
+/// Reads the ONNX file at `path` (external data from its folder).
+pub fn read(path: &Path) -> Result<Imported, OnnxError> {
+    let file_error = |problem: String| OnnxError::File { path: path.to_path_buf(), problem };
+    let size = std::fs::metadata(path).map_err(|e| file_error(e.to_string()))?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(file_error(format!("is {size} bytes, more than an ONNX file can hold ({MAX_FILE_BYTES})")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    from_bytes(&bytes, folder, path)
+}
+
+/// Reads an ONNX model from `bytes`; external data is looked up in `folder`, and `path` names
+/// the model in messages.
+pub fn from_bytes(bytes: &[u8], folder: &Path, path: &Path) -> Result<Imported, OnnxError> {
+    let file_error = |problem: String| OnnxError::File { path: path.to_path_buf(), problem };
+    let model = proto::ModelProto::decode(bytes).map_err(|e| file_error(format!("not an ONNX model ({e})")))?;
+    let graph = model.graph.as_ref().ok_or_else(|| file_error("not an ONNX model (it holds no graph)".into()))?;
+    let opset = model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .max()
+        .ok_or_else(|| file_error("imports no ONNX operator set".into()))?;
+    let translated = graph::translate(graph, opset, folder).map_err(|e| e.at(path))?;
+    let tensors = translated
+        .tensors
+        .into_iter()
+        .map(|(name, dims, values)| {
+            let tensor =
+                Tensor::from_vec(values, dims, &Device::Cpu).map_err(|e| file_error(format!("{name}: {e}")))?;
+            Ok((name, tensor))
+        })
+        .collect::<Result<_, OnnxError>>()?;
+    Ok(Imported { description: translated.description, tensors, producer: model.producer_name })
+}
