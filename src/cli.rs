@@ -102,6 +102,13 @@ pub enum Command {
         after_help = "Examples:\n  leafwalk walk --from mnist:test:3 --direction random --subspace kernel --steps 250 --out runs/noise-3\n  leafwalk walk --from models/samples/mnist-1.png --direction models/samples/mnist-7.png --subspace leaf --steps 100 --out runs/leaf-1"
     )]
     Walk(WalkArgs),
+    /// Convert a model made elsewhere — an ONNX file, or a PyTorch state_dict with --arch or
+    /// --layers — into a leafwalk checkpoint with full metadata, so that every command then
+    /// needs only --model.
+    #[command(
+        after_help = "Examples:\n  leafwalk import net.onnx --out net.safetensors --classes cat,dog,bird\n  leafwalk import state_dict.safetensors --layers net.json --dataset mnist --out net.safetensors"
+    )]
+    Import(ImportArgs),
     /// Download a dataset from the Hugging Face hub into --data-root (needs network).
     #[cfg(feature = "hub")]
     #[command(after_help = "Example:\n  leafwalk fetch --download mnist")]
@@ -181,27 +188,56 @@ pub struct InitArgs {
 /// Where a command's model comes from.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint (safetensors).
+    /// A leafwalk checkpoint (safetensors), a plain PyTorch state_dict (safetensors, with
+    /// --arch or --layers) or an ONNX file (*.onnx, external data beside it).
     #[arg(long, default_value = "models/mnist-cnn.safetensors")]
     pub model: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Architecture, for a plain PyTorch `state_dict` without leafwalk metadata.
-    #[arg(long)]
+    #[command(flatten)]
+    pub foreign: ForeignModelArgs,
+}
+
+/// What leafwalk should assume of a model file without leafwalk metadata.
+#[derive(Args, Debug, Clone)]
+pub struct ForeignModelArgs {
+    /// A built-in architecture, for a plain PyTorch state_dict.
+    #[arg(long, conflicts_with = "layers")]
     pub arch: Option<Arch>,
-    /// Dataset the model was trained on, for a plain PyTorch export (default: the
-    /// architecture's usual one).
+    /// A layer file (JSON, PyTorch module names) describing a plain state_dict's network; see
+    /// the README, "Bring your own PyTorch model".
+    #[arg(long)]
+    pub layers: Option<PathBuf>,
+    /// Dataset the model was trained on: its class names, and for a built-in --arch its
+    /// normalisation (default: the architecture's usual dataset).
     #[arg(long)]
     pub dataset: Option<String>,
+    /// Class names in the order of the model's outputs, comma-separated (default: the
+    /// dataset's, else 0 … C−1).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
     #[command(flatten)]
     pub normalisation: NormalisationArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The model to convert: an ONNX file, or a PyTorch state_dict (safetensors) with --arch
+    /// or --layers.
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub foreign: ForeignModelArgs,
+    /// The checkpoint to write (refused if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// The input normalisation of a model whose metadata does not carry it.
 #[derive(Args, Debug, Clone)]
 pub struct NormalisationArgs {
     /// Per-channel mean subtracted from pixels in [0, 1], comma-separated (one value serves
-    /// every channel); default: the dataset's. `--mean 0 --std 1`: the network takes pixels.
+    /// every channel); default: a built-in architecture's dataset's, none for an ONNX file or
+    /// a --layers network. `--mean 0 --std 1`: the network takes pixels.
     #[arg(long, value_delimiter = ',', requires = "std", allow_negative_numbers = true)]
     pub mean: Option<Vec<f32>>,
     /// Per-channel standard deviation the centred pixels are divided by (see --mean).

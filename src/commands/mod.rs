@@ -2,6 +2,7 @@ mod compare;
 mod denoise;
 mod eval_paths;
 mod generate;
+mod import;
 mod init;
 mod inspect;
 mod ood;
@@ -15,11 +16,12 @@ use std::process::ExitCode;
 
 use std::path::Path;
 
-use candle_core::Tensor;
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
 use leafwalk_data::{dataset_info, ImageSource, Invert};
-use leafwalk_models::{Classifier, LoadOptions};
+use leafwalk_models::{parse_layers, Architecture, Classifier, LoadOptions};
 
-use crate::cli::{Cli, Command, ModelArgs};
+use crate::cli::{Cli, Command, ForeignModelArgs, ModelArgs};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -36,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare::run(args, &cli.data_root),
         Command::EvalDenoise(args) => denoise::evaluate(args, &cli.data_root),
         Command::EvalOod(args) => ood::evaluate(args, &cli.data_root),
+        Command::Import(args) => import::run(args),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
             let info = dataset_info(&args.download)?;
@@ -46,11 +49,36 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The model every command but `train` works on (errors name the checkpoint file).
+/// The model every command but `train` works on (errors name the model file).
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Classifier> {
-    let dataset = args.dataset.as_deref().map(dataset_info).transpose()?;
-    let options = LoadOptions { arch: args.arch, dataset, normalisation: args.normalisation.normalisation() };
-    Ok(Classifier::load(&args.model, options, &args.device.device.open()?)?)
+    open_model(&args.model, &args.foreign, &args.device.device.open()?)
+}
+
+/// A leafwalk checkpoint, a plain state_dict or an ONNX file, as `foreign` describes it.
+pub fn open_model(path: &Path, foreign: &ForeignModelArgs, device: &Device) -> anyhow::Result<Classifier> {
+    let layers = match &foreign.layers {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+            Some(parse_layers(&text).with_context(|| file.display().to_string())?)
+        }
+        None => None,
+    };
+    let options = LoadOptions {
+        arch: foreign.arch,
+        layers,
+        dataset: foreign.dataset.as_deref().map(dataset_info).transpose()?,
+        classes: foreign.classes.clone(),
+        normalisation: foreign.normalisation.normalisation(),
+    };
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return Ok(Classifier::load(path, options, device)?);
+    }
+    if foreign.arch.is_some() || foreign.layers.is_some() {
+        bail!("{}: an ONNX file carries its own network; drop --arch/--layers", path.display());
+    }
+    let imported = leafwalk_onnx::read(path)?;
+    let architecture = Architecture::Custom(Box::new(imported.description));
+    Ok(Classifier::from_foreign(path, architecture, imported.tensors, &options, device)?)
 }
 
 /// The dataset a model was trained on (its metadata names it), for commands that read images
