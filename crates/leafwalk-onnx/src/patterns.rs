@@ -1,7 +1,7 @@
 //! Activations that exporters spell as several nodes, recognised before translation: GELU
 //! (`x · 0.5 · (1 + erf(x / √2))` in the associations PyTorch's exporters write), SiLU
-//! (`x · sigmoid(x)`) and PyTorch's Softplus with β and a threshold (`where(βx > t, x,
-//! softplus(βx) / β)`). Every intermediate value must be read only inside the pattern, so that
+//! (`x · sigmoid(x)`) and PyTorch's Softplus with β, with its threshold (`where(βx > t, x,
+//! softplus(βx) / β)`, the dynamo exporter) or without (`softplus(βx) / β`, TorchScript's). Every intermediate value must be read only inside the pattern, so that
 //! dropping its nodes changes nothing else.
 
 use std::collections::{HashMap, HashSet};
@@ -28,20 +28,24 @@ pub(crate) struct Patterns {
 pub(crate) fn find(graph: &GraphProto, scalar: &dyn Fn(&str) -> Option<f32>) -> Patterns {
     let index = GraphIndex::new(graph, scalar);
     let mut patterns = Patterns::default();
-    for (position, node) in graph.node.iter().enumerate() {
-        let found = match node.op_type.as_str() {
-            "Erf" => index.gelu(position),
-            "Sigmoid" => index.silu(position),
-            "Where" => index.softplus(position),
-            _ => None,
-        };
-        let Some((last, absorbed, fused)) = found else { continue };
-        let taken = |p: &usize| patterns.absorbed.contains(p) || patterns.replaced.contains_key(p);
-        if taken(&last) || absorbed.iter().any(taken) {
-            continue;
+    // A thresholded Softplus contains the scaled one: the larger pattern is claimed first.
+    for scaled_softplus in [false, true] {
+        for (position, node) in graph.node.iter().enumerate() {
+            let found = match (node.op_type.as_str(), scaled_softplus) {
+                ("Erf", false) => index.gelu(position),
+                ("Sigmoid", false) => index.silu(position),
+                ("Where", false) => index.softplus(position),
+                ("Softplus", true) => index.scaled_softplus(position),
+                _ => None,
+            };
+            let Some((last, absorbed, fused)) = found else { continue };
+            let taken = |p: &usize| patterns.absorbed.contains(p) || patterns.replaced.contains_key(p);
+            if taken(&last) || absorbed.iter().any(taken) {
+                continue;
+            }
+            patterns.absorbed.extend(absorbed);
+            patterns.replaced.insert(last, fused);
         }
-        patterns.absorbed.extend(absorbed);
-        patterns.replaced.insert(last, fused);
     }
     patterns
 }
@@ -173,6 +177,25 @@ impl<'g> GraphIndex<'g> {
         let product = self.only_reader(self.output(sigmoid)?)?;
         (self.times(product, self.output(sigmoid)?)? == x).then_some(())?;
         Some((product, vec![sigmoid], Fused { input: x.clone(), activation: Activation::Silu }))
+    }
+
+    /// `softplus(βx) / β` without a threshold (the TorchScript exporter drops PyTorch's): a
+    /// linear tail from βx > 20 rounds to the same float32 values.
+    fn scaled_softplus(&self, softplus: usize) -> Option<Match> {
+        let scaled = self.node(softplus).input.first()?;
+        let scaling = *self.producer.get(scaled.as_str())?;
+        (self.only_reader(scaled)? == softplus).then_some(())?;
+        let [a, b] = &self.node(scaling).input[..] else { return None };
+        let (x, beta) = match (self.constant(a), self.constant(b)) {
+            (None, Some(beta)) => (a, beta),
+            (Some(beta), None) => (b, beta),
+            _ => return None,
+        };
+        (self.node(scaling).op_type == "Mul" && beta > 0.0).then_some(())?;
+        let division = self.only_reader(self.output(softplus)?)?;
+        (self.with_constant(division, "Div", beta)? == self.output(softplus)?).then_some(())?;
+        let activation = Activation::Softplus { beta: beta as f64, threshold: 20.0 };
+        Some((division, vec![scaling, softplus], Fused { input: x.clone(), activation }))
     }
 
     fn softplus(&self, select: usize) -> Option<Match> {
