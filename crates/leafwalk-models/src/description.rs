@@ -149,9 +149,10 @@ impl Conv2d {
     /// The output size along one axis, or `None` when the padded input is smaller than the
     /// dilated kernel.
     pub fn output_size(&self, input: usize, axis: usize) -> Option<usize> {
-        let span = self.dilation[axis] * (self.kernel[axis] - 1) + 1;
-        let padded = input + 2 * self.padding[axis];
-        (padded >= span).then(|| (padded - span) / self.stride[axis] + 1)
+        // Checked: sizes come from users' files.
+        let span = self.dilation[axis].checked_mul(self.kernel[axis].checked_sub(1)?)?.checked_add(1)?;
+        let padded = input.checked_add(self.padding[axis].checked_mul(2)?)?;
+        (padded >= span && self.stride[axis] > 0).then(|| (padded - span) / self.stride[axis] + 1)
     }
 }
 
@@ -276,7 +277,12 @@ impl Pool {
     /// window that would start in the right padding is dropped. `None` when no window fits.
     pub fn output_size(&self, input: usize, axis: usize) -> Option<usize> {
         let (k, s, p, d) = (self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis]);
-        let numerator = (input + 2 * p).checked_sub(d * (k - 1) + 1)?;
+        // Checked: sizes come from users' files.
+        let padded = input.checked_add(p.checked_mul(2)?)?;
+        let numerator = padded.checked_sub(d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?)?;
+        if s == 0 {
+            return None;
+        }
         let mut out = if self.ceil_mode { numerator.div_ceil(s) } else { numerator / s } + 1;
         if self.ceil_mode && (out - 1) * s >= input + p {
             out -= 1;
@@ -579,6 +585,14 @@ impl Description {
     }
 }
 
+impl Op {
+    /// The shape of this operation's output for inputs of shape `input` (and `second`), or
+    /// why they do not fit — the check [`Description::shapes`] makes node by node.
+    pub fn output_dims(&self, input: Dims, second: Option<Dims>) -> Result<Dims, String> {
+        output_shape(self, input, second)
+    }
+}
+
 fn output_shape(op: &Op, input: Dims, second: Option<Dims>) -> Result<Dims, String> {
     let positive = |what: &str, values: &[usize]| -> Result<(), String> {
         match values.contains(&0) {
@@ -626,7 +640,7 @@ fn output_shape(op: &Op, input: Dims, second: Option<Dims>) -> Result<Dims, Stri
         Op::Activation(_) | Op::Identity | Op::Softmax { .. } => Ok(input),
         Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
             positive("kernel, stride and dilation", &[p.kernel, p.stride, p.dilation].concat())?;
-            if p.padding[0] * 2 > p.kernel[0] || p.padding[1] * 2 > p.kernel[1] {
+            if p.padding[0].saturating_mul(2) > p.kernel[0] || p.padding[1].saturating_mul(2) > p.kernel[1] {
                 return Err(format!("padding {:?} is more than half the kernel {:?}", p.padding, p.kernel));
             }
             if matches!(op, Op::AvgPool2d(_)) && p.dilation != [1, 1] {

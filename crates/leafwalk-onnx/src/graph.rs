@@ -230,8 +230,7 @@ impl<'g> Translator<'g> {
             "GlobalAveragePool" => {
                 allow(node, &[])?;
                 let x = self.computed_rank(node, 0, 4)?;
-                let c = self.push(node, position, Op::GlobalAvgPool, &[x.index], "pool")?;
-                one(Value::Computed(Computed { index: c, dims: Dims::flat(x.dims.channels), rank: 4 }))
+                one(Value::Computed(self.push(node, position, Op::GlobalAvgPool, &[x], "pool", 4)?))
             }
             "ReduceMean" => one(self.reduce_mean(node, position)?),
             "Flatten" => {
@@ -377,10 +376,24 @@ impl<'g> Translator<'g> {
         name
     }
 
-    fn push(&mut self, node: &NodeProto, position: usize, op: Op, inputs: &[usize], kind: &str) -> NodeResult<usize> {
+    /// Adds `op` on `inputs` as a description node; its output's dims are the description's
+    /// own shape rules (the same checks, the same messages), with ONNX rank `rank`.
+    fn push(
+        &mut self,
+        node: &NodeProto,
+        position: usize,
+        op: Op,
+        inputs: &[Computed],
+        kind: &str,
+        rank: usize,
+    ) -> NodeResult<Computed> {
+        let dims = op.output_dims(inputs[0].dims, inputs.get(1).map(|c| c.dims))?;
+        if value_count(&[dims.channels, dims.height, dims.width]).is_none() {
+            return Err(format!("makes a {dims} value, too large"));
+        }
         let name = self.name_for(node, position, kind);
-        self.nodes.push(Node { name, op, inputs: inputs.to_vec() });
-        Ok(self.nodes.len())
+        self.nodes.push(Node { name, op, inputs: inputs.iter().map(|c| c.index).collect() });
+        Ok(Computed { index: self.nodes.len(), dims, rank })
     }
 
     fn tensor(&mut self, node_index: usize, leaf: &str, dims: Vec<usize>, values: Vec<f32>) {
@@ -395,8 +408,7 @@ impl<'g> Translator<'g> {
 
     fn unary_computed_with(&mut self, node: &NodeProto, position: usize, op: Op, x: Computed) -> NodeResult<Value> {
         let kind = op.kind().to_lowercase();
-        let index = self.push(node, position, op, &[x.index], &kind)?;
-        Ok(Value::Computed(Computed { index, ..x }))
+        Ok(Value::Computed(self.push(node, position, op, &[x], &kind, x.rank)?))
     }
 
     fn conv(&mut self, node: &NodeProto, position: usize) -> NodeResult<Value> {
@@ -410,7 +422,7 @@ impl<'g> Translator<'g> {
             ));
         };
         let groups = positive(int_attr(node, "group", 1), "group")?;
-        if per_group * groups != x.dims.channels {
+        if per_group.checked_mul(groups) != Some(x.dims.channels) {
             return Err(format!("has {groups} group(s) of {per_group} channels for a {} input", x.dims));
         }
         if let Some(kernel) = attr(node, "kernel_shape") {
@@ -441,16 +453,12 @@ impl<'g> Translator<'g> {
             groups,
             bias: bias.is_some(),
         };
-        let index = self.push(node, position, Op::Conv2d(conv), &[x.index], "conv")?;
-        self.tensor(index, "weight", w.dims.clone(), w.floats());
+        let out = self.push(node, position, Op::Conv2d(conv), &[x], "conv", 4)?;
+        self.tensor(out.index, "weight", w.dims.clone(), w.floats());
         if let Some(bias) = bias {
-            self.tensor(index, "bias", vec![out_channels], bias);
+            self.tensor(out.index, "bias", vec![out_channels], bias);
         }
-        let dims = match (conv.output_size(x.dims.height, 0), conv.output_size(x.dims.width, 1)) {
-            (Some(h), Some(w)) => Dims::new(out_channels, h, w),
-            _ => return Err(format!("kernel {kh}×{kw} does not fit its {} input", x.dims)),
-        };
-        Ok(Value::Computed(Computed { index, dims, rank: 4 }))
+        Ok(Value::Computed(out))
     }
 
     /// A linear layer with weight `[out][in]` (PyTorch's layout) and an optional bias.
@@ -467,12 +475,12 @@ impl<'g> Translator<'g> {
             return Err(format!("needs a flat input, gets {}", x.dims));
         }
         let linear = Linear { in_features, out_features, bias: bias.is_some() };
-        let index = self.push(node, position, Op::Linear(linear), &[x.index], "linear")?;
-        self.tensor(index, "weight", vec![out_features, in_features], weight);
+        let out = self.push(node, position, Op::Linear(linear), &[x], "linear", 2)?;
+        self.tensor(out.index, "weight", vec![out_features, in_features], weight);
         if let Some(bias) = bias {
-            self.tensor(index, "bias", vec![out_features], bias);
+            self.tensor(out.index, "bias", vec![out_features], bias);
         }
-        Ok(Value::Computed(Computed { index, dims: Dims::flat(out_features), rank: 2 }))
+        Ok(Value::Computed(out))
     }
 
     fn gemm(&mut self, node: &NodeProto, position: usize) -> NodeResult<Value> {
@@ -542,11 +550,11 @@ impl<'g> Translator<'g> {
             statistics.push((leaf, c.floats()));
         }
         let norm = BatchNorm { channels, eps: float_attr(node, "epsilon", 1e-5) as f64, momentum: 0.1 };
-        let index = self.push(node, position, Op::BatchNorm(norm), &[x.index], "batch_norm")?;
+        let out = self.push(node, position, Op::BatchNorm(norm), &[x], "batch_norm", x.rank)?;
         for (leaf, values) in statistics {
-            self.tensor(index, leaf, vec![channels], values);
+            self.tensor(out.index, leaf, vec![channels], values);
         }
-        Ok(Value::Computed(Computed { index, ..x }))
+        Ok(Value::Computed(out))
     }
 
     fn pool(&mut self, node: &NodeProto, position: usize) -> NodeResult<Value> {
@@ -582,12 +590,7 @@ impl<'g> Translator<'g> {
             count_include_pad: max || int_attr(node, "count_include_pad", 0) != 0,
         };
         let op = if max { Op::MaxPool2d(pool) } else { Op::AvgPool2d(pool) };
-        let index = self.push(node, position, op, &[x.index], "pool")?;
-        let dims = match (pool.output_size(x.dims.height, 0), pool.output_size(x.dims.width, 1)) {
-            (Some(h), Some(w)) => Dims::new(x.dims.channels, h, w),
-            _ => return Err(format!("window {kernel:?} does not fit its {} input", x.dims)),
-        };
-        Ok(Value::Computed(Computed { index, dims, rank: 4 }))
+        Ok(Value::Computed(self.push(node, position, op, &[x], "pool", 4)?))
     }
 
     fn reduce_mean(&mut self, node: &NodeProto, position: usize) -> NodeResult<Value> {
@@ -600,8 +603,7 @@ impl<'g> Translator<'g> {
             return Err(format!("averages over axes {axes:?}; only the spatial ones [2, 3] are supported"));
         }
         let rank = if int_attr(node, "keepdims", 1) != 0 { 4 } else { 2 };
-        let index = self.push(node, position, Op::GlobalAvgPool, &[x.index], "pool")?;
-        Ok(Value::Computed(Computed { index, dims: Dims::flat(x.dims.channels), rank }))
+        Ok(Value::Computed(self.push(node, position, Op::GlobalAvgPool, &[x], "pool", rank)?))
     }
 
     /// `x` with one point's dims `dims` and ONNX rank `rank`: no node where the values stay
@@ -621,8 +623,7 @@ impl<'g> Translator<'g> {
             return Ok(Value::Computed(Computed { rank, ..x }));
         }
         let op = if dims.is_flat() { Op::Flatten } else { Op::Reshape { dims } };
-        let index = self.push(node, position, op, &[x.index], "reshape")?;
-        Ok(Value::Computed(Computed { index, dims, rank }))
+        Ok(Value::Computed(self.push(node, position, op, &[x], "reshape", rank)?))
     }
 
     /// The ONNX shape of a computed value, batch first.
@@ -731,8 +732,14 @@ impl<'g> Translator<'g> {
                     (false, false, true) if commutes => (b, a),
                     _ => return Err(format!("combines {} with {}", a.dims, b.dims)),
                 };
-                let index = self.push(node, position, Op::Binary { arith }, &[first.index, second.index], "arith")?;
-                Ok(Value::Computed(Computed { index, ..first }))
+                Ok(Value::Computed(self.push(
+                    node,
+                    position,
+                    Op::Binary { arith },
+                    &[first, second],
+                    "arith",
+                    first.rank,
+                )?))
             }
             (Value::Computed(x), Value::Constant(c)) | (Value::Constant(c), Value::Computed(x)) => {
                 let constant_first = matches!(self.input(node, 0)?, Value::Constant(_));
@@ -751,8 +758,7 @@ impl<'g> Translator<'g> {
                     }
                 }
                 let op = Op::Constant { arith, values, constant_first: constant_first && !commutes };
-                let index = self.push(node, position, op, &[x.index], "arith")?;
-                Ok(Value::Computed(Computed { index, ..x }))
+                Ok(Value::Computed(self.push(node, position, op, &[x], "arith", x.rank)?))
             }
         }
     }
