@@ -264,7 +264,8 @@ pub struct DeviceArgs {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// Image files (PNG/JPEG) or dataset entries NAME:SPLIT:INDEX (e.g. mnist:test:17).
+    /// Image files (PNG/JPEG), dataset entries NAME:SPLIT:INDEX (e.g. mnist:test:17) or arrays
+    /// of pixels in [0, 1], FILE.safetensors[:NAME][#INDEX] ([B,C,H,W] or [B,C·H·W] floats).
     #[arg(required = true)]
     pub inputs: Vec<ImageSource>,
     #[command(flatten)]
@@ -280,7 +281,7 @@ pub struct PredictArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Image file (PNG/JPEG); repeatable.
+    /// Image file (PNG/JPEG) or FILE.safetensors[:NAME][#INDEX] of pixels; repeatable.
     #[arg(long)]
     pub image: Vec<PathBuf>,
     /// Dataset entry NAME:SPLIT:INDEX, e.g. mnist:test:17; repeatable.
@@ -321,7 +322,7 @@ pub struct InspectArgs {
 
 #[derive(Args, Debug)]
 pub struct PathArgs {
-    /// Start: image file or dataset entry NAME:SPLIT:INDEX.
+    /// Start: image file, dataset entry NAME:SPLIT:INDEX or FILE.safetensors[:NAME]#INDEX.
     #[arg(long, required_unless_present = "pairs", conflicts_with = "pairs")]
     pub from: Option<ImageSource>,
     /// Target: image file or dataset entry.
@@ -451,7 +452,7 @@ pub struct EvalPathsArgs {
 
 #[derive(Args, Debug)]
 pub struct WalkArgs {
-    /// Start: image file or dataset entry NAME:SPLIT:INDEX.
+    /// Start: image file, dataset entry NAME:SPLIT:INDEX or FILE.safetensors[:NAME]#INDEX.
     #[arg(long)]
     pub from: ImageSource,
     /// `random` (standard normal, from --seed) or an image (file or dataset entry) whose
@@ -496,7 +497,8 @@ pub struct FetchArgs {
 
 #[derive(Args, Debug)]
 pub struct OodScoreArgs {
-    /// Image sets: image files, folders, IDX files, NAME:SPLIT or NAME:SPLIT:INDEX.
+    /// Image sets: image files, folders, IDX files, NAME:SPLIT, NAME:SPLIT:INDEX or
+    /// FILE.safetensors[:NAME] arrays of pixels in [0, 1].
     #[arg(long, required = true, num_args = 1..)]
     pub inputs: Vec<String>,
     #[command(flatten)]
@@ -563,7 +565,8 @@ pub struct ProjectionArgs {
 
 #[derive(Args, Debug)]
 pub struct DenoiseArgs {
-    /// Image sets: image files, folders, IDX files, NAME:SPLIT or NAME:SPLIT:INDEX.
+    /// Image sets: image files, folders, IDX files, NAME:SPLIT, NAME:SPLIT:INDEX or
+    /// FILE.safetensors[:NAME] arrays of pixels in [0, 1].
     #[arg(long, required = true, num_args = 1..)]
     pub inputs: Vec<String>,
     /// Images read from each input set at most.
@@ -606,7 +609,7 @@ pub struct EvalDenoiseArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// The image to start from: a file or NAME:SPLIT:INDEX.
+    /// The image to start from: a file, NAME:SPLIT:INDEX or FILE.safetensors[:NAME]#INDEX.
     #[arg(long)]
     pub from: ImageSource,
     /// Walks (images generated).

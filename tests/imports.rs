@@ -154,3 +154,64 @@ fn bad_model_files_are_refused_in_one_line_and_nothing_is_written() {
     assert!(e.contains("already exists"), "{e}");
     assert_eq!(std::fs::read(&kept).unwrap(), b"keep");
 }
+
+#[test]
+fn pixels_arrive_as_safetensors_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let save = |name: &str, tensors: Vec<(&str, candle_core::Tensor)>| {
+        let file = root.join(name);
+        let map: std::collections::HashMap<String, candle_core::Tensor> =
+            tensors.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+        candle_core::safetensors::save(&map, &file).unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    let cpu = candle_core::Device::Cpu;
+    let images = candle_core::Tensor::rand(0f32, 1f32, (3, 1, 28, 28), &cpu).unwrap();
+    let batch = save("batch.safetensors", vec![("pixels", images.clone())]);
+    let flat = save("flat.safetensors", vec![("x", images.reshape((3, 784)).unwrap()), ("y", images.clone())]);
+
+    let rows = succeed(&["predict", &batch, "--json"], root);
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(rows[2]["input"], format!("{batch}#2"));
+    let one = succeed(&["predict", &format!("{flat}:x#2"), "--json"], root);
+    let same = succeed(&["predict", &format!("{batch}#2"), "--json"], root);
+    assert_eq!(one[0]["probabilities"], same[0]["probabilities"], "[B, n] and [B, C, H, W] give the same image");
+    let report = succeed(&["inspect", "--image", &format!("{batch}#1"), "--json"], root);
+    assert_eq!(report.as_array().unwrap().len(), 1);
+    let walked = leafwalk(
+        &[
+            "path",
+            "--from",
+            &format!("{batch}#0"),
+            "--to",
+            &format!("{batch}#1"),
+            "--max-steps",
+            "4",
+            "--out",
+            root.join("p").to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(matches!(walked.status.code(), Some(0 | 3)), "{}", String::from_utf8_lossy(&walked.stderr));
+
+    let e = failure(&leafwalk(&["predict", &flat], root));
+    assert!(e.contains("flat.safetensors: holds 2 tensors (x, y); name one as FILE.safetensors:NAME"), "{e}");
+    let e = failure(&leafwalk(
+        &["path", "--from", &batch, "--to", "mnist:test:0", "--out", root.join("q").to_str().unwrap()],
+        root,
+    ));
+    assert!(e.contains("holds 3 images where one is wanted"), "{e}");
+    let wide = save("wide.safetensors", vec![("x", (images.clone() * 255.0).unwrap())]);
+    let e = failure(&leafwalk(&["predict", &wide], root));
+    assert!(e.contains("wide.safetensors: tensor 'x' holds") && e.contains("pixels must lie in [0, 1]"), "{e}");
+    let cifar = save(
+        "cifar.safetensors",
+        vec![("x", candle_core::Tensor::zeros((2, 3, 32, 32), candle_core::DType::F32, &cpu).unwrap())],
+    );
+    let e = failure(&leafwalk(&["predict", &cifar], root));
+    assert!(e.contains("tensor 'x' is [2, 3, 32, 32]; the model takes [B, 1, 28, 28] or [B, 784] images"), "{e}");
+    let e = failure(&leafwalk(&["predict", &format!("{batch}#7")], root));
+    assert!(e.contains("holds 3 images, so index 7 is out of range"), "{e}");
+    assert!(!root.join("q").exists());
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use leafwalk_data::{Dataset, DatasetRef, ImageSource};
+use leafwalk_data::{Dataset, DatasetRef, ImageSource, TensorImages};
 use leafwalk_geometry::{
     argmax, batch_geometry, dataset_fisher, fisher_factors, median, PointGeometry, DATASET_FISHER_MAX_BYTES,
     DATASET_FISHER_MAX_POINTS,
@@ -17,7 +17,7 @@ use nalgebra::DMatrix;
 use serde_json::{json, Value};
 
 use crate::cli::InspectArgs;
-use crate::commands::{input_batch, load_model};
+use crate::commands::{each_image, input_batch, load_model};
 
 /// Points per Jacobian batch: throughput stops improving around 32 points (measured).
 const BATCH: usize = 32;
@@ -53,12 +53,13 @@ fn point_summary(model: &Classifier, input: &str, point: &PointGeometry, fisher:
 }
 
 fn inspect_images(args: &InspectArgs, model: &Classifier, data_root: &Path) -> anyhow::Result<ExitCode> {
-    let sources: Vec<ImageSource> = args
-        .image
-        .iter()
-        .map(|p| ImageSource::File(p.clone()))
-        .chain(args.reference.iter().map(|r| ImageSource::Ref(*r)))
-        .collect();
+    let images = args.image.iter().map(|p| match p.to_str().and_then(TensorImages::parse) {
+        Some(tensor) => Ok(ImageSource::Tensor(tensor?)),
+        None => Ok(ImageSource::File(p.clone())),
+    });
+    let sources: Vec<ImageSource> =
+        images.chain(args.reference.iter().map(|r| Ok(ImageSource::Ref(*r)))).collect::<anyhow::Result<_>>()?;
+    let sources = each_image(&sources, model)?;
     if sources.is_empty() {
         bail!("nothing to inspect: give --image FILE, --ref NAME:SPLIT:INDEX or --data NAME:SPLIT");
     }

@@ -107,6 +107,15 @@ pub fn fresh_output(out: &Path, file: &str) -> anyhow::Result<std::path::PathBuf
     Ok(path)
 }
 
+/// One source per image (a tensor file of several images becomes one source each).
+pub fn each_image(sources: &[ImageSource], model: &Classifier) -> anyhow::Result<Vec<ImageSource>> {
+    let mut each = Vec::with_capacity(sources.len());
+    for source in sources {
+        each.extend(source.each_image(model.input_shape())?);
+    }
+    Ok(each)
+}
+
 /// Loads images or dataset entries into one `[B, C, H, W]` batch shaped for `model`.
 pub fn input_batch(
     sources: &[ImageSource],

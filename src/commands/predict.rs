@@ -6,16 +6,17 @@ use anyhow::Context;
 use candle_core::Module;
 
 use crate::cli::PredictArgs;
-use crate::commands::{input_batch, load_model};
+use crate::commands::{each_image, input_batch, load_model};
 
 pub fn run(args: PredictArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let model = load_model(&args.model)?;
-    let batch = input_batch(&args.inputs, &model, args.invert, data_root)?;
+    let inputs = each_image(&args.inputs, &model)?;
+    let batch = input_batch(&inputs, &model, args.invert, data_root)?;
     let probs = model.forward(&batch)?.exp()?.to_vec2::<f32>().context("reading the model output")?;
     let classes = &model.meta().classes;
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
-    for (input, p) in args.inputs.iter().zip(&probs) {
+    for (input, p) in inputs.iter().zip(&probs) {
         let (best, best_p) =
             p.iter().enumerate().fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
         if args.json {

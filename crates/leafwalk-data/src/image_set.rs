@@ -1,6 +1,6 @@
 //! Naming a set of images on the command line: a dataset split (`fashion-mnist:test`), one
-//! dataset image (`mnist:test:17`), an IDX images file, a folder of image files, or one image
-//! file.
+//! dataset image (`mnist:test:17`), an IDX images file, a folder of image files, one image
+//! file, or the images of a safetensors file (`pixels.safetensors[:NAME][#INDEX]`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use crate::idx;
 use crate::image_file::{load_image, Invert};
 use crate::reference::{DatasetRef, ImageSource};
 use crate::registry::{dataset_info, DatasetInfo};
+use crate::tensor_file::TensorImages;
 
 /// File name endings read as images in a folder (anything else there is skipped).
 const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "gif", "webp"];
@@ -26,6 +27,8 @@ pub enum ImageSet {
     Idx(PathBuf),
     /// Every image file in a folder, by name.
     Folder(PathBuf),
+    /// The images of a safetensors file ([`TensorImages`]).
+    Tensor(TensorImages),
 }
 
 /// One image of a set.
@@ -41,6 +44,9 @@ impl ImageSet {
     /// `NAME:SPLIT[:INDEX]` for a registered dataset, else a path: a folder, an image file (by
     /// its extension) or an IDX images file (any other file).
     pub fn parse(text: &str) -> Result<Self> {
+        if let Some(tensor) = TensorImages::parse(text) {
+            return Ok(ImageSet::Tensor(tensor?));
+        }
         let names_dataset = text.split_once(':').is_some_and(|(name, _)| dataset_info(name).is_ok());
         if names_dataset {
             let reference: DatasetRef = text.parse()?;
@@ -106,6 +112,16 @@ impl ImageSet {
                     })
                     .collect()
             }
+            ImageSet::Tensor(tensor) => tensor
+                .load(info.shape)?
+                .into_iter()
+                .take(limit)
+                .enumerate()
+                .map(|(k, pixels)| {
+                    let index = tensor.index.unwrap_or(k);
+                    NamedImage { name: TensorImages { index: Some(index), ..tensor.clone() }.to_string(), pixels }
+                })
+                .collect(),
             ImageSet::Folder(path) => {
                 let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                     .map_err(|error| DataError::io(path, error))?
@@ -147,6 +163,7 @@ impl fmt::Display for ImageSet {
             ImageSet::Split(reference) => write!(f, "{reference}"),
             ImageSet::Image(source) => write!(f, "{source}"),
             ImageSet::Idx(path) | ImageSet::Folder(path) => write!(f, "{}", path.display()),
+            ImageSet::Tensor(tensor) => write!(f, "{tensor}"),
         }
     }
 }

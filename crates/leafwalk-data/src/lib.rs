@@ -28,6 +28,7 @@ mod image_file;
 mod image_set;
 mod reference;
 mod registry;
+mod tensor_file;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,7 @@ pub use image_file::{image_file_shape, load_image, save_image, Invert};
 pub use image_set::{ImageSet, NamedImage};
 pub use reference::{DatasetRef, ImageSource};
 pub use registry::{dataset_info, DatasetInfo, ImageShape, DATASETS};
+pub use tensor_file::TensorImages;
 
 /// Environment variable naming the data root when no command-line value is
 /// given.

@@ -9,6 +9,7 @@ use crate::dataset::{Dataset, Split};
 use crate::error::{DataError, Result};
 use crate::image_file::{invert_in_place, load_image, Invert};
 use crate::registry::{dataset_info, DatasetInfo, ImageShape};
+use crate::tensor_file::TensorImages;
 
 const REF_SYNTAX: &str = "expected NAME:SPLIT[:INDEX], e.g. mnist:test:17";
 
@@ -60,6 +61,8 @@ impl fmt::Display for DatasetRef {
 pub enum ImageSource {
     File(PathBuf),
     Ref(DatasetRef),
+    /// Images in a safetensors file (one of them, or all where a command takes several).
+    Tensor(TensorImages),
 }
 
 /// A text containing `:` whose part before the first `:` is a registered
@@ -77,6 +80,9 @@ impl FromStr for ImageSource {
                 text: String::new(),
                 problem: "expected a file path or NAME:SPLIT:INDEX".to_string(),
             });
+        }
+        if let Some(tensor) = TensorImages::parse(text) {
+            return Ok(ImageSource::Tensor(tensor?));
         }
         let names_dataset = text.split_once(':').is_some_and(|(name, _)| dataset_info(name).is_ok());
         if !names_dataset {
@@ -99,6 +105,7 @@ impl fmt::Display for ImageSource {
         match self {
             ImageSource::File(path) => write!(f, "{}", path.display()),
             ImageSource::Ref(reference) => write!(f, "{reference}"),
+            ImageSource::Tensor(tensor) => write!(f, "{tensor}"),
         }
     }
 }
@@ -111,9 +118,24 @@ impl ImageSource {
     /// gives) and must already have the requested shape. They are in their
     /// dataset's own polarity, so [`Invert::Auto`] leaves them alone; only
     /// [`Invert::On`] flips them.
+    ///
+    /// Tensor images are pixels already: a file of several must name one (`FILE#INDEX`).
     pub fn load(&self, shape: ImageShape, invert: Invert, root: &Path) -> Result<Vec<f32>> {
         let reference = match self {
             ImageSource::File(path) => return load_image(path, shape, invert),
+            ImageSource::Tensor(tensor) => {
+                let mut images = tensor.load(shape)?;
+                if images.len() > 1 {
+                    return Err(DataError::Invalid {
+                        path: tensor.path.clone(),
+                        problem: format!(
+                            "holds {} images where one is wanted; name it as {tensor}#INDEX",
+                            images.len()
+                        ),
+                    });
+                }
+                return Ok(images.swap_remove(0));
+            }
             ImageSource::Ref(reference) => reference,
         };
         let index = reference.index.ok_or_else(|| DataError::Parse {
@@ -134,6 +156,18 @@ impl ImageSource {
             invert_in_place(&mut pixels);
         }
         Ok(pixels)
+    }
+
+    /// One source per image: a tensor file of several images becomes one `FILE#INDEX` each
+    /// (read to count them); any other source is one image already.
+    pub fn each_image(&self, shape: ImageShape) -> Result<Vec<ImageSource>> {
+        match self {
+            ImageSource::Tensor(tensor) if tensor.index.is_none() => {
+                let count = tensor.load(shape)?.len();
+                Ok((0..count).map(|i| ImageSource::Tensor(TensorImages { index: Some(i), ..tensor.clone() })).collect())
+            }
+            other => Ok(vec![other.clone()]),
+        }
     }
 }
 
