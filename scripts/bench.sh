@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite, one JSON line per benchmark. Speed targets live here, never in timed tests.
 #
-#   scripts/bench.sh [train|geometry|scale|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV]
+#   scripts/bench.sh [train|geometry|scale|import|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV]
 #                    [--rounds R]                                            (default: all, cpu, 1)
 #
 #   train      training images/s at batch 60 (SGD) of mnist-cnn and resnet-mini
@@ -10,6 +10,7 @@
 #              fixtures lenet5, vgg-bn-small, resnet-mini at B = 1 and 16   (alias: jacobian)
 #   scale      one 3×224×224 point of a 1,000-class resnet18: J, spectrum, leaf basis, peak memory
 #              (~2 min; not part of `all`)
+#   import     seconds to load a 1,000-class resnet18-shaped ONNX file (47 MB) as a model
 #   path       data-leaf paths: test 0 → 1 per integrator, host Euler steps/s at 1 and 32 paths,
 #              device Euler path-steps/s at 1 … 1,024 paths (one fused kernel per step)
 #   ood        ood-score images/s per score on MNIST test images (needs data/mnist; the two
@@ -36,14 +37,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: scripts/bench.sh [train|geometry|scale|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV] [--rounds R]" >&2; exit 2; }
+usage() { echo "usage: scripts/bench.sh [train|geometry|scale|import|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV] [--rounds R]" >&2; exit 2; }
 what=all
 device=cpu
 baseline=
 rounds=1
 while (($#)); do
   case $1 in
-    train|geometry|jacobian|scale|path|ood|all) what=$1; shift ;;
+    train|geometry|jacobian|scale|import|path|ood|all) what=$1; shift ;;
     --device) (($# >= 2)) || usage; device=$2; shift 2 ;;
     --device=*) device=${1#*=}; shift ;;
     --baseline) (($# >= 2)) || usage; baseline=$2; shift 2 ;;
@@ -175,6 +176,8 @@ PY
 
 scale() { ours leafwalk-geometry scale; }
 
+import() { ours leafwalk-onnx load; }
+
 path() {
   python3 - "$(ours leafwalk-walk path)" "$(reference)" <<'PY'
 import json, sys
@@ -221,7 +224,7 @@ print(json.dumps({"rounds": rounds, "median_over_rounds": medians}))'
 }
 
 case $what in
-  all) in_rounds train; in_rounds geometry; path; ood ;;
+  all) in_rounds train; in_rounds geometry; import; path; ood ;;
   train|geometry) in_rounds "$what" ;;
   *) "$what" ;;
 esac
