@@ -21,7 +21,12 @@ use serde_json::json;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn ints(name: &str, values: &[usize]) -> AttributeProto {
-    AttributeProto { name: name.into(), ints: values.iter().map(|&v| v as i64).collect(), r#type: 7, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        ints: values.iter().map(|&v| v as i64).collect(),
+        r#type: 7,
+        ..Default::default()
+    }
 }
 
 fn int(name: &str, value: i64) -> AttributeProto {
@@ -35,7 +40,10 @@ fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
 }
 
 /// The description as ONNX (the operations a resnet needs), its weights as raw initializers.
-fn to_onnx(description: &Description, tensors: &HashMap<String, Tensor>) -> Result<ModelProto, Box<dyn std::error::Error>> {
+fn to_onnx(
+    description: &Description,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<ModelProto, Box<dyn std::error::Error>> {
     let value = |v: usize| if v == 0 { "input".to_string() } else { format!("v{v}") };
     let mut nodes = Vec::new();
     let mut initializer = Vec::new();
@@ -46,7 +54,13 @@ fn to_onnx(description: &Description, tensors: &HashMap<String, Tensor>) -> Resu
             let t = &tensors[&name];
             let raw: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
             let dims = t.dims().iter().map(|&d| d as i64).collect();
-            initializer.push(TensorProto { name: name.clone(), dims, data_type: 1, raw_data: raw, ..Default::default() });
+            initializer.push(TensorProto {
+                name: name.clone(),
+                dims,
+                data_type: 1,
+                raw_data: raw,
+                ..Default::default()
+            });
             Ok(name)
         };
         let (op_type, inputs, attribute) = match &node.op {
@@ -71,7 +85,11 @@ fn to_onnx(description: &Description, tensors: &HashMap<String, Tensor>) -> Resu
             Op::Activation(Activation::Relu) => ("Relu", inputs, vec![]),
             Op::MaxPool2d(p) => {
                 let pads = [p.padding[0], p.padding[1], p.padding[0], p.padding[1]];
-                ("MaxPool", inputs, vec![ints("kernel_shape", &p.kernel), ints("strides", &p.stride), ints("pads", &pads)])
+                (
+                    "MaxPool",
+                    inputs,
+                    vec![ints("kernel_shape", &p.kernel), ints("strides", &p.stride), ints("pads", &pads)],
+                )
             }
             Op::Binary { .. } => ("Add", inputs, vec![]),
             Op::GlobalAvgPool => ("GlobalAveragePool", inputs, vec![]),
