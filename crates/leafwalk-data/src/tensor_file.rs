@@ -59,7 +59,8 @@ impl TensorImages {
             None => match &file.tensors()[..] {
                 [(name, tensor)] => (name.clone(), tensor.clone()),
                 many => {
-                    let names: Vec<&str> = many.iter().map(|(n, _)| n.as_str()).collect();
+                    let mut names: Vec<&str> = many.iter().map(|(n, _)| n.as_str()).collect();
+                    names.sort_unstable();
                     return Err(invalid(format!(
                         "holds {} tensors ({}); name one as FILE.safetensors:NAME",
                         names.len(),
