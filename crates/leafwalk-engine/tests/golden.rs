@@ -55,3 +55,17 @@ fn fixtures_match_pytorch_through_the_engine_and_the_tensor_backend() {
         check(arch, "tensor backend", &tensors, &golden);
     }
 }
+
+/// The same `state_dict`s read with their layer files (`--layers`), no flags otherwise.
+#[test]
+fn fixtures_match_pytorch_through_their_layer_files() {
+    for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini] {
+        let layers = std::fs::read_to_string(fixture(&format!("{arch}.layers.json"))).unwrap();
+        let options =
+            LoadOptions { layers: Some(leafwalk_models::parse_layers(&layers).unwrap()), ..Default::default() };
+        let model = Classifier::load(&fixture(&format!("{arch}.safetensors")), options, &Device::Cpu).unwrap();
+        let golden = golden(arch);
+        let engine = input_jacobian(&model, &golden.inputs, Coordinates::Pixels).unwrap();
+        check(arch, "layer file", &engine, &golden);
+    }
+}
