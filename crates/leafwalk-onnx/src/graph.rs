@@ -171,7 +171,8 @@ impl<'g> Translator<'g> {
             )));
         };
         let logits = match self.values.get(&output.name) {
-            Some(Value::Computed(c)) if c.rank == 2 && c.index > 0 => *c,
+            // [N, C], or [N, C, 1, 1] from a network that ends in global pooling.
+            Some(Value::Computed(c)) if c.dims.is_flat() && c.index > 0 => *c,
             Some(Value::Computed(c)) => {
                 return Err(Problem::Graph(format!(
                     "output '{}' is not a vector of class scores [N, C] (rank {}, {})",

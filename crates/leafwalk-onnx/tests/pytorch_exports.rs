@@ -64,3 +64,18 @@ fn both_exporters_match_pytorch() {
         }
     }
 }
+
+/// A fully convolutional classifier's scores come out as [N, C, 1, 1] (global pooling, no
+/// flatten): read as C classes.
+#[test]
+fn scores_may_keep_their_pooled_axes() {
+    use leafwalk_onnx::proto::ModelProto;
+    use prost::Message;
+    let mut model = ModelProto::decode(&std::fs::read(fixture("resnet-mini.onnx")).unwrap()[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let pooled = graph.node.iter().position(|n| n.op_type == "GlobalAveragePool").unwrap();
+    graph.node.truncate(pooled + 1);
+    graph.output[0].name = graph.node[pooled].output[0].clone();
+    let imported = leafwalk_onnx::from_bytes(&model.encode_to_vec(), &fixture(""), Path::new("pooled.onnx")).unwrap();
+    assert_eq!(imported.description.classes().unwrap(), 64);
+}
