@@ -3,14 +3,18 @@
 //! data, an unsupported operation, a non-image input) and 600 mutations of valid files
 //! (truncations, byte flips, huge length fields), each read under an allocation counter.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use leafwalk_onnx::proto::ModelProto;
+use leafwalk_onnx::proto::{Dimension, ModelProto};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use common::fixture;
 
 /// Counts the bytes live and the peak since the last reset.
 struct Counting;
@@ -36,10 +40,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
-
 /// The error `bytes` give as a model in `folder`.
 fn error(bytes: &[u8], folder: &Path) -> String {
     leafwalk_onnx::from_bytes(bytes, folder, Path::new("net.onnx")).unwrap_err().to_string()
@@ -50,6 +50,12 @@ fn edited(file: &str, edit: impl FnOnce(&mut ModelProto)) -> Vec<u8> {
     let mut model = ModelProto::decode(&std::fs::read(fixture(file)).unwrap()[..]).unwrap();
     edit(&mut model);
     model.encode_to_vec()
+}
+
+/// The dimensions of a model's (first) input.
+fn input_dims(model: &mut ModelProto) -> &mut Vec<Dimension> {
+    let input = &mut model.graph.as_mut().unwrap().input[0];
+    &mut input.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap().dim
 }
 
 #[test]
@@ -90,20 +96,12 @@ fn bad_files_are_refused_in_one_line() {
         error(&odd_padding, &folder),
         "net.onnx: node '/stem/stem.0/Conv' (Conv): attribute 'pads' [1, 1, 0, 0] is not symmetric; only symmetric padding is supported"
     );
-    let flat_input = edited("resnet-mini.onnx", |m| {
-        let input = &mut m.graph.as_mut().unwrap().input[0];
-        let shape = input.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap();
-        shape.dim.truncate(2);
-    });
+    let flat_input = edited("resnet-mini.onnx", |m| input_dims(m).truncate(2));
     assert_eq!(
         error(&flat_input, &folder),
         "net.onnx: input 'input' has 2 dimensions; leafwalk needs an image input [N, C, H, W]"
     );
-    let wrong_channels = edited("resnet-mini.onnx", |m| {
-        let input = &mut m.graph.as_mut().unwrap().input[0];
-        let shape = input.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap();
-        shape.dim[1].dim_value = Some(3);
-    });
+    let wrong_channels = edited("resnet-mini.onnx", |m| input_dims(m)[1].dim_value = Some(3));
     assert_eq!(
         error(&wrong_channels, &folder),
         "net.onnx: node '/stem/stem.0/Conv' (Conv): has 1 group(s) of 1 channels for a 3×28×28 input"

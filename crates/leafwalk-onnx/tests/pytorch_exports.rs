@@ -3,27 +3,14 @@
 //! flags, against PyTorch's float64 golden values: log p within 1e-5, J within 1e-4·max|J|,
 //! trace and eigenvalues of G within 1e-4 relative.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+use candle_core::Device;
+use common::{fixture, flat, imported};
 use leafwalk_engine::{input_jacobian, Coordinates};
 use leafwalk_geometry::batch_geometry;
-use leafwalk_models::{Architecture, Classifier, LoadOptions};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
-
-fn imported(file: &str) -> Classifier {
-    let path = fixture(file);
-    let model = leafwalk_onnx::read(&path).unwrap();
-    let architecture = Architecture::Custom(Box::new(model.description));
-    Classifier::from_foreign(&path, architecture, model.tensors, &LoadOptions::default(), &Device::Cpu).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
 
 fn relative_gap(found: f64, expected: f64, scale: f64) -> f64 {
     (found - expected).abs() / scale.abs().max(f64::MIN_POSITIVE)

@@ -4,27 +4,13 @@
 //! norm on a vector and a bias-free linear layer, against PyTorch's float64 log p and J; and a
 //! graph in the dynamo exporter's spelling against onnx's reference evaluator.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module};
+use common::{fixture, flat, imported};
 use leafwalk_engine::{input_jacobian, Coordinates};
 use leafwalk_models::description::{Activation, GeluForm, Op};
-use leafwalk_models::{Architecture, Classifier, LoadOptions};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
-
-fn imported(file: &str) -> Classifier {
-    let path = fixture(file);
-    let model = leafwalk_onnx::read(&path).unwrap();
-    let architecture = Architecture::Custom(Box::new(model.description));
-    Classifier::from_foreign(&path, architecture, model.tensors, &LoadOptions::default(), &Device::Cpu).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
+use leafwalk_models::Classifier;
 
 fn worst_gap(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
