@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use leafwalk_data::{DatasetRef, ImageSource, Invert};
 use leafwalk_models::{Arch, DeviceChoice};
-use leafwalk_train::OptimizerKind;
+use leafwalk_train::{Adversary, OptimizerKind};
 
 /// See what an image classifier sees: the local data matrix G(x,w) = Σ pᵢ ∇ₓlog pᵢ ∇ₓlog pᵢᵀ,
 /// the foliation it defines on input space, and walks on its data leaf.
@@ -137,6 +137,10 @@ pub struct TrainArgs {
     /// sgd (plain, the paper's) or adamw.
     #[arg(long, default_value = "sgd")]
     pub optimizer: OptimizerKind,
+    /// Train on adversarial examples: PGD on pixels, l2:EPS[,STEPS] or linf:EPS[,STEPS]
+    /// (10 steps of 2.5·EPS/STEPS by default; e.g. l2:2, linf:0.3,40).
+    #[arg(long)]
+    pub adversarial: Option<Adversary>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Run folder: epoch-XX.safetensors, resume.safetensors, train-log.jsonl.

@@ -67,6 +67,31 @@ fn train_writes_checkpoints_log_and_loadable_models() {
     assert_eq!(before, std::fs::read(out.join("epoch-01.safetensors")).unwrap());
 }
 
+/// `--adversarial` trains on PGD examples, records the attack in every checkpoint, and a run
+/// resumed with another attack is refused.
+#[test]
+fn adversarial_training_records_its_attack() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let args = ["train", "--arch", "mlp", "--epochs", "1", "--batch-size", "20", "--reference-size", "0"];
+    let output = leafwalk(&[&args[..], &["--adversarial", "l2:1,2", "--out", out]].concat(), dir.path());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let model =
+        Classifier::load(&Path::new(out).join("epoch-01.safetensors"), Default::default(), &Device::Cpu).unwrap();
+    assert_eq!(model.meta().extra["adversarial"], "l2:1,2");
+    let resumed = leafwalk(
+        &["train", "--arch", "mlp", "--epochs", "2", "--batch-size", "20", "--resume", "--out", out],
+        dir.path(),
+    );
+    assert!(failure(&resumed).contains("was started with adversarial l2:1,2, not none"));
+    // Refused by the argument parser, in its own words.
+    let bad = leafwalk(&[&args[..], &["--adversarial", "l3:1", "--out", out]].concat(), dir.path());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && e.contains("--adversarial l3:1: the norm is l2 or linf"), "{e}");
+}
+
 #[test]
 fn bad_training_input_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();

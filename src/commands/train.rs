@@ -26,6 +26,7 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         reference_size: args.reference_size,
         min_accuracy: args.min_accuracy,
         device: args.device.device.open()?,
+        adversarial: args.adversarial,
     };
     // First Ctrl-C: finish the current step, save the resume state and stop. A second one
     // exits at once; atomic writes mean no file is left half-written either way.

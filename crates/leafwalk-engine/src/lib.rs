@@ -26,6 +26,7 @@ mod training;
 use candle_core::{DType, Layout, Storage, Tensor};
 use leafwalk_models::Classifier;
 
+use crate::jacobian::Seeds;
 use crate::plan::{Mode, Plan};
 
 /// Errors of the engine; messages are one line.
@@ -96,7 +97,43 @@ pub fn jacobian_values(model: &Classifier, input: &Tensor, coordinates: Coordina
         Coordinates::Pixels => model.meta().std.clone(),
         Coordinates::Normalised => vec![1.0; model.input_shape().channels],
     };
-    with_plan(model, Mode::Eval, |plan| Ok(jacobian::jacobian(plan, &normalised, points, &scale)))
+    with_plan(model, Mode::Eval, |plan| Ok(jacobian::jacobian(plan, &normalised, points, &scale, Seeds::Classes)))
+}
+
+/// The gradient of each image's loss −log p_label with respect to its pixels (`[B, C, H, W]`
+/// in [0, 1]), in evaluation mode, and the losses `[B]`: the direction adversarial training's
+/// attack steps along. The CPU engine's J pass with one seed a point; candle's autograd on
+/// other devices and dtypes.
+pub fn loss_input_gradient(model: &Classifier, pixels: &Tensor, labels: &[usize]) -> Result<(Tensor, Vec<f32>)> {
+    let points = pixels.dim(0)?;
+    if labels.len() != points || labels.iter().any(|&l| l >= model.classes()) {
+        return Err(EngineError::Invalid(format!(
+            "{} labels for {points} images, or a label ≥ {}",
+            labels.len(),
+            model.classes()
+        )));
+    }
+    if !runs_on_cpu_engine(model) {
+        let x = candle_core::Var::from_tensor(pixels)?;
+        let log_probs = model.log_probs_t(x.as_tensor(), false)?;
+        let index =
+            Tensor::from_vec(labels.iter().map(|&l| l as u32).collect::<Vec<_>>(), (points, 1), pixels.device())?;
+        let losses = log_probs.gather(&index, 1)?.neg()?;
+        let gradient = losses
+            .sum_all()?
+            .backward()?
+            .remove(x.as_tensor())
+            .ok_or_else(|| EngineError::Invalid("the loss does not depend on the pixels".into()))?;
+        return Ok((gradient, losses.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?));
+    }
+    let normalised = normalised_input(model, pixels, Coordinates::Pixels)?;
+    let scale = model.meta().std.clone();
+    let (log_probs, gradient) = with_plan(model, Mode::Eval, |plan| {
+        Ok(jacobian::jacobian(plan, &normalised, points, &scale, Seeds::Loss(labels)))
+    })?;
+    let c = model.classes();
+    let losses = labels.iter().enumerate().map(|(b, &l)| -log_probs[b * c + l]).collect();
+    Ok((Tensor::from_vec(gradient, pixels.shape(), model.device())?, losses))
 }
 
 /// log p `[B, C]` of pixels `[B, C, H, W]` in [0, 1], evaluation mode.

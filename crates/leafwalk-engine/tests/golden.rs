@@ -69,3 +69,37 @@ fn fixtures_match_pytorch_through_their_layer_files() {
         check(arch, "layer file", &engine, &golden);
     }
 }
+
+/// The loss gradient (adversarial training's attack direction) is −J's label row, by the
+/// engine and by candle's autograd on a float64 copy.
+#[test]
+fn the_loss_gradient_is_minus_the_label_row_of_j() {
+    for arch in [Arch::Lenet5, Arch::ResnetMini] {
+        let model = fixture_model(arch);
+        let inputs = golden(arch).inputs;
+        let points = inputs.dim(0).unwrap();
+        let labels: Vec<usize> = (0..points).map(|b| (3 * b + 1) % 10).collect();
+        let (gradient, losses) = leafwalk_engine::loss_input_gradient(&model, &inputs, &labels).unwrap();
+        let found = input_jacobian(&model, &inputs, Coordinates::Pixels).unwrap();
+        let (j, lp, g) = (flat(&found.jacobian), flat(&found.log_probs), flat(&gradient));
+        let n = g.len() / points;
+        let scale = j.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (b, &label) in labels.iter().enumerate() {
+            assert!((f64::from(losses[b]) + lp[b * 10 + label]).abs() <= 1e-6, "{arch}: loss of point {b}");
+            for i in 0..n {
+                let gap = (g[b * n + i] + j[(b * 10 + label) * n + i]).abs();
+                assert!(
+                    gap <= 1e-5 * scale,
+                    "{arch}: point {b} pixel {i}: {} vs {}",
+                    g[b * n + i],
+                    j[(b * 10 + label) * n + i]
+                );
+            }
+        }
+        let double = model.to_dtype(DType::F64).unwrap();
+        let (autograd, _) =
+            leafwalk_engine::loss_input_gradient(&double, &inputs.to_dtype(DType::F64).unwrap(), &labels).unwrap();
+        let worst = flat(&autograd).iter().zip(&g).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-4 * scale, "{arch}: autograd differs by {worst}");
+    }
+}

@@ -9,6 +9,7 @@
 //! and every `checkpoint_every` steps lets `--resume` reproduce an uninterrupted run bit for bit;
 //! `train-log.jsonl` records loss and accuracy about ten times an epoch.
 
+mod adversarial;
 mod figure;
 mod log;
 mod optim;
@@ -24,6 +25,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use adversarial::{Adversary, Norm};
 pub use log::{GeometryStats, LogRecord};
 pub use optim::{Optimizer, OptimizerKind};
 pub use recommend::{recommend, Recommendation};
@@ -80,6 +82,8 @@ pub struct TrainConfig {
     pub min_accuracy: f64,
     /// Where the model trains (the data stays on the host and is sent batch by batch).
     pub device: Device,
+    /// Train on PGD adversarial examples of each batch instead of the batch itself.
+    pub adversarial: Option<Adversary>,
 }
 
 impl TrainConfig {
@@ -187,6 +191,7 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         if let Some(normalisation) = &config.normalisation {
             (meta.mean, meta.std) = normalisation.for_channels(meta.input.channels)?;
         }
+        meta.extra.insert("adversarial".into(), adversarial_name(config));
         let model = Classifier::fresh(meta, config.seed, &device, DType::F32)?;
         let optimizer = Optimizer::new(config.optimizer, config.lr, model.trainable_vars())?;
         log::truncate(&log_path, None).map_err(|e| run_error(&log_path, e.to_string()))?;
@@ -230,6 +235,10 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         let done_in_epoch = state.step - (epoch - 1) * batches_per_epoch;
         for batch in order.chunks(config.batch_size).skip(done_in_epoch) {
             let (images, labels) = train_set.batch(batch, &device)?;
+            let images = match &config.adversarial {
+                Some(adversary) => adversary.attack(&model, &images, &labels)?,
+                None => images,
+            };
             let in_epoch = state.step + 1 - (epoch - 1) * batches_per_epoch;
             let log_now = in_epoch % log_every == 0 && in_epoch != batches_per_epoch;
             // As in the paper, G is measured after the backward pass and before the update.
@@ -429,13 +438,19 @@ fn prepare_out(config: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-fn run_metadata(config: &TrainConfig) -> [(String, String); 4] {
+fn run_metadata(config: &TrainConfig) -> [(String, String); 5] {
     [
         ("seed".into(), config.seed.to_string()),
         ("optimizer".into(), config.optimizer.to_string()),
         ("lr".into(), config.lr.to_string()),
         ("batch_size".into(), config.batch_size.to_string()),
+        ("adversarial".into(), adversarial_name(config)),
     ]
+}
+
+/// The attack a run trains against, as its checkpoints record it (`none` for plain training).
+fn adversarial_name(config: &TrainConfig) -> String {
+    config.adversarial.map_or_else(|| "none".to_string(), |a| a.to_string())
 }
 
 fn save_resume(config: &TrainConfig, model: &Classifier, optimizer: &Optimizer, state: &RunState) -> Result<()> {
@@ -465,6 +480,8 @@ fn load_resume(config: &TrainConfig, device: &Device) -> Result<(Classifier, Opt
         let found = match key.as_str() {
             "arch" => meta.arch.to_string(),
             "dataset" => meta.dataset.clone().unwrap_or_default(),
+            // Runs from before adversarial training recorded none.
+            "adversarial" => meta.extra.get(&key).cloned().unwrap_or_else(|| "none".into()),
             _ => meta.extra.get(&key).cloned().unwrap_or_default(),
         };
         if found != wanted {

@@ -43,6 +43,7 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
         reference_size: 12,
         min_accuracy: 0.5,
         device: candle_core::Device::Cpu,
+        adversarial: None,
     }
 }
 
