@@ -99,7 +99,7 @@ fn jacobian_into(
     log_probs.copy_from_slice(&pass.log_probs);
     let groups = match seeds {
         Seeds::Classes => class_groups(c),
-        Seeds::Loss(_) => vec![0..1],
+        Seeds::Loss(_) => std::iter::once(0..1).collect(),
     };
     for group in groups {
         let k = group.len();
