@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use leafwalk_data::{save_image, write_bytes_atomic, Dataset, ImageSet, Invert, NamedImage};
-use leafwalk_denoise::{add_noise, gaussian_blur, leaf_denoise, median3, tune, Pca};
+use leafwalk_denoise::{
+    add_noise, gaussian_blur, leaf_denoise, median3, nearest_images, neighbour_mean, tune, LeafTangents, Pca,
+};
 use leafwalk_metrics::quality::{psnr, ssim};
 use leafwalk_models::Classifier;
 use leafwalk_plot::{tile_grid, Tile, TileKind};
@@ -24,6 +26,12 @@ const BLUR_WIDTHS: [f64; 6] = [0.5, 0.7, 1.0, 1.4, 2.0, 2.8];
 const PCA_COMPONENTS: [usize; 9] = [5, 10, 20, 35, 50, 75, 100, 150, 200];
 /// Training images the principal components are computed from.
 const PCA_IMAGES: usize = 4000;
+/// Neighbour counts the k-NN mean is tuned over.
+const NEIGHBOURS: [usize; 6] = [1, 2, 4, 8, 16, 32];
+/// Neighbour counts and leaf shrinkages the first-order leaf denoiser is tuned over (one
+/// Jacobian per training image it uses).
+const LEAF_NEIGHBOURS: [usize; 4] = [1, 2, 4, 8];
+const SHRINKS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 /// Images per sheet.
 const SHEET_IMAGES: usize = 6;
 
@@ -108,17 +116,39 @@ pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitC
         train_images.len().min(PCA_IMAGES),
         started.elapsed().as_secs_f64()
     );
-    // Tuned on the last training images (the PCA saw the first ones).
-    let tune_clean = &train_images[train_images.len().saturating_sub(args.tune_images)..];
+    // Tuned on the last training images (the PCA saw the first ones); the neighbour methods
+    // search the others, so that a tuning image never finds itself.
+    let tune_from = train_images.len().saturating_sub(args.tune_images);
+    let (pool, tune_clean) = train_images.split_at(tune_from);
+    if pool.is_empty() {
+        bail!("--tune-images {} leaves no training images to search for neighbours", args.tune_images);
+    }
+    let mut tangents = LeafTangents::default();
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
 
     let mut levels = Vec::new();
     let mut table = String::from("| σ | method | PSNR (dB) | SSIM |\n|---|---|---:|---:|\n");
     for &sigma in &sigmas {
         let tune_noisy = add_noise(tune_clean, sigma, args.seed.wrapping_add(1))?;
-        let blur_width = tune(tune_clean, &tune_noisy, &BLUR_WIDTHS, |x, w| gaussian_blur(x, shape, w))?;
-        let components = tune(tune_clean, &tune_noisy, &PCA_COMPONENTS, |x, k| pca.project(x, k))?;
+        let blur_width = tune(tune_clean, &tune_noisy, &BLUR_WIDTHS, |_, x, w| gaussian_blur(x, shape, w))?;
+        let components = tune(tune_clean, &tune_noisy, &PCA_COMPONENTS, |_, x, k| pca.project(x, k))?;
         let noisy = add_noise(&clean, sigma, args.seed)?;
+        // Neighbours found once per image.
+        let most = *NEIGHBOURS.last().unwrap_or(&1);
+        let tune_neighbours = nearest_images(pool, &tune_noisy, most);
+        let test_neighbours = nearest_images(pool, &noisy, most);
+        let nearest_k =
+            tune(tune_clean, &tune_noisy, &NEIGHBOURS, |i, _, k| neighbour_mean(pool, &tune_neighbours[i], k))?;
+        let leaf_k = *LEAF_NEIGHBOURS.last().unwrap_or(&1);
+        tangents.extend(
+            &model,
+            pool,
+            tune_neighbours.iter().chain(&test_neighbours).flat_map(|n| n[..leaf_k.min(n.len())].to_vec()),
+        )?;
+        let grid: Vec<(usize, f64)> =
+            LEAF_NEIGHBOURS.iter().flat_map(|&k| SHRINKS.iter().map(move |&s| (k, s))).collect();
+        let (first_k, shrink) =
+            tune(tune_clean, &tune_noisy, &grid, |i, x, (k, s)| tangents.denoise(pool, x, &tune_neighbours[i], k, s))?;
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         bar.set_message(format!("σ = {sigma}: projecting {} images onto the data leaf", noisy.len()));
@@ -134,7 +164,19 @@ pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitC
             ),
             ("3×3 median".into(), noisy.iter().map(|x| median3(x, shape)).collect()),
             (format!("PCA (k = {components})"), noisy.iter().map(|x| pca.project(x, components)).collect()),
-            ("leaf projection".into(), leaf),
+            (
+                format!("mean of {nearest_k} nearest training images"),
+                test_neighbours.iter().map(|n| neighbour_mean(pool, n, nearest_k)).collect(),
+            ),
+            (
+                format!("first-order leaf (k = {first_k}, s = {shrink})"),
+                noisy
+                    .iter()
+                    .zip(&test_neighbours)
+                    .map(|(x, n)| tangents.denoise(pool, x, n, first_k, shrink))
+                    .collect(),
+            ),
+            ("leaf projection (walks)".into(), leaf),
         ];
         let mut rows = Vec::new();
         for (name, outputs) in &methods {
@@ -159,12 +201,13 @@ pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitC
         let sheet = format!("sheet-sigma{sigma}.png");
         tile_grid(
             &args.out.join(&sheet),
-            Some(&format!("σ = {sigma}: clean, noisy, blur, median, PCA, leaf")),
+            Some(&format!("σ = {sigma}: clean, noisy, blur, median, PCA, k-NN mean, first-order leaf, walked leaf")),
             &tiles,
             1 + methods.len(),
             3,
         )?;
         levels.push(json!({"sigma": sigma, "blur_width_px": blur_width, "pca_components": components,
+            "nearest_mean_k": nearest_k, "first_order_leaf_k": first_k, "first_order_leaf_shrink": shrink,
             "leaf_seconds": leaf_seconds, "methods": rows, "sheet_png": sheet}));
     }
     print!("{table}");

@@ -5,11 +5,19 @@
 //! walks along the leaf from the nearest training images toward the noisy image, keeping the
 //! end nearest it) returns an image the model takes for data that is as close as the leaf gets
 //! to the noisy one. The baselines are the classic ones a user would otherwise reach for: a
-//! Gaussian blur, a 3×3 median filter, and projection onto the top-k principal components of
-//! the training images, with the blur width and k tuned on noisy training images ([`tune`]).
-//! Images are CHW pixels in [0, 1]; every output is clamped there.
+//! Gaussian blur, a 3×3 median filter, projection onto the top-k principal components of the
+//! training images, and the strongest simple one, the mean of the k nearest training images
+//! ([`neighbour_mean`]), with the blur width and the k's tuned on noisy training images
+//! ([`tune`]). Between them, a first-order leaf denoiser ([`LeafTangents::denoise`]): from each
+//! of the k nearest training images t, step toward the noisy image along the leaf only,
+//! t + s·P(t)(x̃ − t), and average. Images are CHW pixels in [0, 1]; every output is clamped
+//! there.
 
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
 use leafwalk_data::ImageShape;
+use leafwalk_geometry::{batch_geometry, LeafProjector};
 use leafwalk_metrics::quality::psnr;
 use leafwalk_models::Classifier;
 use leafwalk_walk::{project_onto_leaf, PathOptions, State};
@@ -27,6 +35,8 @@ pub enum DenoiseError {
     Walk(#[from] leafwalk_walk::WalkError),
     #[error(transparent)]
     Metric(#[from] leafwalk_metrics::MetricError),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, DenoiseError>;
@@ -140,19 +150,21 @@ impl Pca {
     }
 }
 
-/// The candidate (of `candidates`) whose `denoise` gives the best mean PSNR against `clean`.
+/// The candidate (of `candidates`) whose `denoise(image index, noisy image, candidate)` gives
+/// the best mean PSNR against `clean`.
 pub fn tune<T: Copy>(
     clean: &[Vec<f32>],
     noisy: &[Vec<f32>],
     candidates: &[T],
-    denoise: impl Fn(&[f32], T) -> Vec<f32>,
+    denoise: impl Fn(usize, &[f32], T) -> Vec<f32>,
 ) -> Result<T> {
     let mut best: Option<(f64, T)> = None;
     for &candidate in candidates {
         let scores = clean
             .iter()
             .zip(noisy)
-            .map(|(c, n)| psnr(c, &denoise(n, candidate)))
+            .enumerate()
+            .map(|(i, (c, n))| psnr(c, &denoise(i, n, candidate)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
         if best.is_none_or(|(b, _)| mean > b) {
@@ -174,4 +186,93 @@ pub fn leaf_denoise(
     let states: Vec<State> = noisy.iter().map(|x| State::from_pixels(model, x)).collect();
     let projections = project_onto_leaf(model, &states, anchors, per_point, options)?;
     Ok(projections.iter().map(|p| p.point.to_pixels(model)).collect())
+}
+
+/// For each query, the indices of the `k` images of `pool` nearest it (pixel L2), nearest
+/// first.
+pub fn nearest_images(pool: &[Vec<f32>], queries: &[Vec<f32>], k: usize) -> Vec<Vec<usize>> {
+    queries
+        .iter()
+        .map(|q| {
+            let mut distances: Vec<(f32, usize)> = pool
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum(), i))
+                .collect();
+            let k = k.min(distances.len());
+            if k < distances.len() {
+                distances.select_nth_unstable_by(k, |a, b| a.0.total_cmp(&b.0));
+            }
+            distances.truncate(k);
+            distances.sort_by(|a, b| a.0.total_cmp(&b.0));
+            distances.into_iter().map(|(_, i)| i).collect()
+        })
+        .collect()
+}
+
+/// The mean of the first `k` of `neighbours` (indices into `pool`).
+pub fn neighbour_mean(pool: &[Vec<f32>], neighbours: &[usize], k: usize) -> Vec<f32> {
+    let used = &neighbours[..k.min(neighbours.len())];
+    let mut mean = vec![0f32; pool.first().map_or(0, Vec::len)];
+    for &i in used {
+        mean.iter_mut().zip(&pool[i]).for_each(|(m, v)| *m += v);
+    }
+    mean.iter_mut().for_each(|m| *m /= used.len().max(1) as f32);
+    mean
+}
+
+/// Leaf projectors P(t) (onto ker G(t)⊥, in pixels) of training images, each computed once.
+#[derive(Default)]
+pub struct LeafTangents {
+    projectors: HashMap<usize, LeafProjector>,
+}
+
+/// Training images whose Jacobians one batch takes.
+const TANGENT_BATCH: usize = 64;
+
+impl LeafTangents {
+    /// Adds the projectors of `indices` (into `pool`) not yet known.
+    pub fn extend(
+        &mut self,
+        model: &Classifier,
+        pool: &[Vec<f32>],
+        indices: impl IntoIterator<Item = usize>,
+    ) -> Result<()> {
+        let mut missing: Vec<usize> = indices.into_iter().filter(|i| !self.projectors.contains_key(i)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let shape = model.input_shape();
+        for chunk in missing.chunks(TANGENT_BATCH) {
+            let pixels: Vec<f32> = chunk.iter().flat_map(|&i| pool[i].iter().copied()).collect();
+            let batch =
+                Tensor::from_vec(pixels, (chunk.len(), shape.channels, shape.height, shape.width), &Device::Cpu)?
+                    .to_device(model.device())?;
+            for (&i, point) in chunk.iter().zip(batch_geometry(model, &batch)?) {
+                self.projectors.insert(i, point.leaf_projector());
+            }
+        }
+        Ok(())
+    }
+
+    /// The first-order leaf denoiser: over the first `k` of `neighbours` (training images t of
+    /// `pool`, their projectors known), the mean of t + s·P(t)(x̃ − t) — the noisy image's
+    /// offset from t kept along the leaf only, shrunk by `shrink` (s ∈ [0, 1]), the part in ker
+    /// G(t), where the model sees no difference, dropped.
+    pub fn denoise(&self, pool: &[Vec<f32>], noisy: &[f32], neighbours: &[usize], k: usize, shrink: f64) -> Vec<f32> {
+        let used = &neighbours[..k.min(neighbours.len())];
+        let mut sum = nalgebra::DVector::<f64>::zeros(noisy.len());
+        for &i in used {
+            let t = nalgebra::DVector::from_iterator(noisy.len(), pool[i].iter().map(|&v| f64::from(v)));
+            let offset = nalgebra::DVector::from_iterator(
+                noisy.len(),
+                noisy.iter().zip(&pool[i]).map(|(a, b)| f64::from(a - b)),
+            );
+            let along = match self.projectors.get(&i) {
+                Some(projector) => projector.onto_leaf(&offset),
+                None => nalgebra::DVector::zeros(noisy.len()),
+            };
+            sum += t + along * shrink;
+        }
+        sum.iter().map(|&v| (v / used.len().max(1) as f64).clamp(0.0, 1.0) as f32).collect()
+    }
 }

@@ -2,12 +2,16 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use leafwalk_data::dataset_info;
-use leafwalk_denoise::{add_noise, gaussian_blur, leaf_denoise, median3, tune, Pca};
+use leafwalk_denoise::{
+    add_noise, gaussian_blur, leaf_denoise, median3, nearest_images, neighbour_mean, tune, LeafTangents, Pca,
+};
+use leafwalk_geometry::batch_geometry;
 use leafwalk_metrics::quality::psnr;
 use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
 use leafwalk_walk::{PathOptions, State};
+use nalgebra::DVector;
 
 fn golden_digits() -> (Classifier, Vec<Vec<f32>>) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
@@ -50,7 +54,7 @@ fn pca_with_every_component_is_the_identity_and_tuning_picks_the_best() {
     let back = pca.project(&digits[3], 784);
     assert!(psnr(&digits[3], &back).unwrap() > 60.0, "all components reconstruct a training image");
     let noisy = add_noise(&digits, 0.3, 4).unwrap();
-    let k = tune(&digits, &noisy, &[1usize, 5, 15], |image, k| pca.project(image, k)).unwrap();
+    let k = tune(&digits, &noisy, &[1usize, 5, 15], |_, image, k| pca.project(image, k)).unwrap();
     let mean_psnr =
         |k: usize| digits.iter().zip(&noisy).map(|(c, n)| psnr(c, &pca.project(n, k)).unwrap()).sum::<f64>();
     assert!([1, 5, 15].iter().all(|&other| mean_psnr(k) >= mean_psnr(other)));
@@ -73,4 +77,40 @@ fn leaf_denoising_keeps_clean_digits() {
         assert!(from_noise[k].iter().all(|v| (0.0..=1.0).contains(v)));
         assert!(psnr(&digits[12 + k], &from_noise[k]).unwrap() > psnr(&digits[12 + k], &noisy[k]).unwrap());
     }
+}
+
+/// A training image is its own nearest neighbour; the first-order leaf denoiser with no
+/// shrinkage is the neighbours' mean, and from a neighbour it drops an offset that lies in
+/// ker G there (the model sees no difference) while keeping one along the leaf.
+#[test]
+fn neighbours_and_the_first_order_leaf_denoiser() {
+    let (model, digits) = golden_digits();
+    let found = nearest_images(&digits, &digits[2..4], 3);
+    assert_eq!((found[0][0], found[1][0]), (2, 3));
+    assert_eq!(neighbour_mean(&digits, &found[0], 1), digits[2]);
+
+    let mut tangents = LeafTangents::default();
+    tangents.extend(&model, &digits, [2, 5, 7]).unwrap();
+    let neighbours = [2usize, 5, 7];
+    let noisy = add_noise(&digits[2..3], 0.3, 5).unwrap().remove(0);
+    let unshrunk = tangents.denoise(&digits, &noisy, &neighbours, 3, 0.0);
+    let mean = neighbour_mean(&digits, &neighbours, 3);
+    assert!(unshrunk.iter().zip(&mean).all(|(a, b)| (a - b).abs() < 1e-6), "s = 0 is the neighbours' mean");
+
+    let point = batch_geometry(&model, &Tensor::from_vec(digits[2].clone(), (1, 1, 28, 28), &Device::Cpu).unwrap())
+        .unwrap()
+        .remove(0);
+    let projector = point.leaf_projector();
+    let random = DVector::from_fn(784, |i, _| ((i * 7919 % 101) as f64 / 101.0 - 0.5) * 0.2);
+    let (along, across) = (projector.onto_leaf(&random), projector.onto_kernel(&random));
+    let t = DVector::from_iterator(784, digits[2].iter().map(|&v| f64::from(v)));
+    let off_leaf: Vec<f32> = (&t + &across).iter().map(|&v| v as f32).collect();
+    let back = tangents.denoise(&digits, &off_leaf, &[2], 1, 1.0);
+    let gap = back.iter().zip(&digits[2]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(gap < 1e-4, "an offset in ker G is dropped: {gap}");
+    let on_leaf: Vec<f32> = (&t + &along).iter().map(|&v| v as f32).collect();
+    let kept = tangents.denoise(&digits, &on_leaf, &[2], 1, 1.0);
+    let expected: Vec<f32> = on_leaf.iter().map(|v| v.clamp(0.0, 1.0)).collect();
+    let gap = kept.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(gap < 1e-4, "an offset along the leaf is kept: {gap}");
 }
