@@ -305,6 +305,15 @@ pub struct InspectArgs {
     /// --data also the dataset Fisher, which holds N·C parameter gradients in memory).
     #[arg(long)]
     pub fisher: bool,
+    /// Also the Frobenius test of the leaf: for random pairs of leaf directions, how far their
+    /// Lie bracket leaves ker G⊥, as the asymmetry of the second fundamental form (0:
+    /// integrable, up to 1), at finite-difference steps 0.1, 0.01, 0.001 px (4 Jacobians a pair
+    /// and step, batched).
+    #[arg(long, conflicts_with = "data")]
+    pub integrability: bool,
+    /// Pairs of leaf directions --integrability samples per image.
+    #[arg(long, default_value_t = 16, requires = "integrability")]
+    pub bracket_pairs: usize,
     /// Draw each image with the eigenvectors of its G (signed heat-maps) into this PNG.
     #[arg(long)]
     pub basis_png: Option<PathBuf>,

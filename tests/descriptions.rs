@@ -186,3 +186,19 @@ fn init_writes_fresh_models_of_any_size_and_inspect_takes_them() {
     assert_eq!(file.tensor("basis.0").unwrap().shape(), [rank as usize, 3 * 48 * 48]);
     assert_eq!(file.tensor("eigenvalues.0").unwrap().shape(), [30]);
 }
+
+/// The Frobenius test on a smooth network (lenet5, tanh): the bracket is resolved — the same at
+/// every finite-difference step — and far from symmetric: ker G⊥ is not integrable there.
+#[test]
+fn inspect_tests_whether_the_leaf_is_integrable() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = repo("tests/fixtures/lenet5.safetensors");
+    let args =
+        ["inspect", "--image", "models/samples/mnist-3.png", "--integrability", "--bracket-pairs", "8", "--json"];
+    let flags = ["--model", weights.to_str().unwrap(), "--arch", "lenet5", "--mean", "0", "--std", "1"];
+    let report = succeed(&[&args[..], &flags].concat(), dir.path());
+    let levels = report[0]["integrability"].as_array().unwrap();
+    assert_eq!(levels.len(), 3);
+    let asymmetry: Vec<f64> = levels.iter().map(|l| l["mean_asymmetry"].as_f64().unwrap()).collect();
+    assert!(asymmetry.iter().all(|&a| a > 0.2 && (a - asymmetry[2]).abs() < 0.01), "{asymmetry:?}");
+}

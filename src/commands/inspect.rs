@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use leafwalk_data::{Dataset, DatasetRef, ImageSource, TensorImages};
 use leafwalk_geometry::{
-    argmax, batch_geometry, dataset_fisher, fisher_factors, median, PointGeometry, DATASET_FISHER_MAX_BYTES,
-    DATASET_FISHER_MAX_POINTS,
+    argmax, batch_geometry, dataset_fisher, fisher_factors, integrability, median, PointGeometry,
+    DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS,
 };
 use leafwalk_models::checkpoint::F32Values;
 use leafwalk_models::Classifier;
@@ -87,6 +87,16 @@ fn inspect_images(args: &InspectArgs, model: &Classifier, data_root: &Path) -> a
             false => None,
         };
         let mut summary = point_summary(model, &source.to_string(), &point, fisher);
+        if args.integrability {
+            let stats = integrability(model, &pixels, args.bracket_pairs, &BRACKET_STEPS, index as u64)?;
+            summary["integrability"] = stats
+                .iter()
+                .map(|s| {
+                    json!({"step_px": s.step, "pairs": s.pairs, "mean_asymmetry": s.mean_asymmetry,
+                        "median_asymmetry": s.median_asymmetry, "mean_bracket": s.mean_bracket})
+                })
+                .collect();
+        }
         if let Some(path) = &args.full_g {
             let dense = point.dense(FULL_G_MAX_DIM).with_context(|| format!("{}", path.display()))?;
             write_npy(path, &dense)?;
@@ -164,8 +174,20 @@ fn text_line(s: &Value) -> String {
     if let Some(trace) = s["fisher"]["trace"].as_f64() {
         line.push_str(&format!("  trace F {trace:.4e}"));
     }
+    for level in s["integrability"].as_array().into_iter().flatten() {
+        line.push_str(&format!(
+            "  bracket asymmetry (h {}) {:.3} (|[X,Y]| {:.2e})",
+            level["step_px"],
+            level["median_asymmetry"].as_f64().unwrap_or(0.0),
+            level["mean_bracket"].as_f64().unwrap_or(0.0)
+        ));
+    }
     line
 }
+
+/// The finite-difference steps (pixels) of `--integrability`: agreement between them shows
+/// the bracket is resolved, neither lost in rounding nor blurred across the curvature.
+const BRACKET_STEPS: [f64; 3] = [0.1, 0.01, 0.001];
 
 /// Eigenvectors drawn per input by `--basis-png`.
 const BASIS_TILES: usize = 9;

@@ -5,17 +5,20 @@
 //! any model description, with candle's autograd as its oracle), and from J and p alone the
 //! trace, spectrum, numerical rank and eigenvectors of G = Jᵀ diag(p) J, and the orthogonal
 //! projections onto ker G⊥ (the data leaf's tangent space) and ker G ([`PointGeometry`]); and
-//! the parameter-space Fisher matrix F(x,w) through its C×P factor ([`fisher_factors`]). The
+//! the parameter-space Fisher matrix F(x,w) through its C×P factor ([`fisher_factors`]), and the
+//! Frobenius test of whether ker G⊥ is integrable at all ([`integrability`]). The
 //! n×n G is never formed unless asked for on a small input: all linear algebra runs on the C×n
 //! Jacobian and C×C matrices, in f64.
 
 mod error;
 mod fisher;
+mod integrability;
 mod jacobian;
 mod local;
 
 pub use error::{GeometryError, Result};
 pub use fisher::{dataset_fisher, fisher_factors, FisherFactor, DATASET_FISHER_MAX_BYTES, DATASET_FISHER_MAX_POINTS};
+pub use integrability::{integrability, BracketStats};
 pub use jacobian::{
     check_finite, input_jacobian, input_jacobian_autograd, input_jacobian_in, input_jacobian_of_finite, Coordinates,
     Jacobians,
