@@ -339,8 +339,11 @@ pub struct PathArgs {
     #[arg(long, required_unless_present = "pairs", conflicts_with = "pairs")]
     pub from: Option<ImageSource>,
     /// Target: image file or dataset entry.
-    #[arg(long, required_unless_present = "pairs", conflicts_with = "pairs")]
+    #[arg(long, required_unless_present_any = ["pairs", "to_flipped"], conflicts_with = "pairs")]
     pub to: Option<ImageSource>,
+    /// Target: the start image mirrored left to right (the paper's mirrored-digit path).
+    #[arg(long, conflicts_with_all = ["to", "pairs"])]
+    pub to_flipped: bool,
     /// A CSV of `from,to` rows (images or dataset entries; a `from,to` header is allowed):
     /// all paths integrated in one batch, one folder per pair under --out plus summary.csv.
     #[arg(long)]

@@ -630,13 +630,16 @@ fn denoise_commands_write_images_and_tables_and_reject_bad_input() {
     let output = leafwalk(&args, root);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let table = String::from_utf8_lossy(&output.stdout).to_string();
-    for method in ["noisy input", "Gaussian blur", "3×3 median", "PCA", "leaf projection"] {
+    let methods = ["noisy input", "Gaussian blur", "3×3 median", "PCA", "nearest training images", "first-order leaf"];
+    for method in methods.into_iter().chain(["leaf projection (walks)"]) {
         assert!(table.contains(method), "{method} missing from {table}");
     }
     assert_eq!(files_in(&eval), ["eval-denoise.json", "eval-denoise.md", "sheet-sigma0.3.png"]);
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(eval.join("eval-denoise.json")).unwrap()).unwrap();
-    let psnr = report["levels"][0]["methods"][4]["psnr_db"].as_f64().unwrap();
+    let walked =
+        report["levels"][0]["methods"].as_array().unwrap().iter().find(|m| m["method"] == "leaf projection (walks)");
+    let psnr = walked.unwrap()["psnr_db"].as_f64().unwrap();
     assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
 
     let bad = root.join("bad").to_str().unwrap().to_string();
@@ -697,4 +700,21 @@ fn generate_keeps_the_label_and_compare_measures_two_splits() {
     assert_eq!(report["w1_per_eigenvalue_decades"].as_array().unwrap().len(), 9);
     let e = failure(&leafwalk(&["compare", "--a", "mnist:test:1", "--out", root.join("c2").to_str().unwrap()], root));
     assert!(e.contains("mnist:test:1"), "{e}");
+}
+
+/// The paper's mirrored-digit path: the target is the start mirrored left to right.
+#[test]
+fn path_to_the_mirrored_start() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let out = dir.path().join("mirrored");
+    let args = ["path", "--from", "mnist:test:3", "--to-flipped", "--max-steps", "4", "--json", "--out"];
+    let output = leafwalk(&[&args[..], &[out.to_str().unwrap()]].concat(), dir.path());
+    assert!(matches!(output.status.code(), Some(0 | 3)), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["to"], "mnist:test:3, mirrored");
+    assert!(summary["start_distance"].as_f64().unwrap() > 0.0, "tiny_mnist's digits are not symmetric");
+    let both =
+        leafwalk(&["path", "--from", "mnist:test:3", "--to", "mnist:test:4", "--to-flipped", "--out", "x"], dir.path());
+    assert!(!both.status.success());
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
-use leafwalk_data::{image_file_shape, ImageShape, ImageSource};
+use leafwalk_data::{image_file_shape, mirror, ImageShape, ImageSource};
 use leafwalk_models::Classifier;
 use leafwalk_plot::{render_tiles, tile_grid, write_gif, Tile, TileKind};
 use leafwalk_walk::{Ending, PathRecord, State};
@@ -26,16 +26,29 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let sources = match (&args.pairs, &args.from, &args.to) {
         (Some(csv), _, _) => read_pairs(csv)?,
         (None, Some(from), Some(to)) => vec![(from.clone(), to.clone())],
-        _ => bail!("give --from and --to, or --pairs"),
+        // The target is the start, mirrored once its pixels are read.
+        (None, Some(from), None) if args.to_flipped => vec![(from.clone(), from.clone())],
+        _ => bail!("give --from and --to (or --to-flipped), or --pairs"),
     };
     let model = load_model(&args.model)?;
     let mut states = Vec::with_capacity(sources.len());
     let mut targets = Vec::with_capacity(sources.len());
     for (from, to) in &sources {
-        let pixels = load_pair(&model, from, to, &args, data_root)?;
+        let mut pixels = load_pair(&model, from, to, &args, data_root)?;
+        if args.to_flipped {
+            pixels[1] = mirror(&pixels[1], model.input_shape());
+        }
         states.push((State::from_pixels(&model, &pixels[0]), State::from_pixels(&model, &pixels[1])));
         targets.push(pixels[1].clone());
     }
+    // The pairs as the log names them.
+    let names: Vec<(String, String)> = sources
+        .iter()
+        .map(|(from, to)| {
+            let to = if args.to_flipped { format!("{to}, mirrored") } else { to.to_string() };
+            (from.to_string(), to)
+        })
+        .collect();
     let batch = args.pairs.is_some();
     let folders: Vec<PathBuf> = if batch {
         (0..sources.len()).map(|k| args.out.join(format!("pair-{k:03}"))).collect()
@@ -101,10 +114,10 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         let o = &walk.outcome;
         write_walk(&folders[k], &model, &o.points, &o.records, Some(&targets[k]), &title)?;
         if let Some(file) = &points_files[k] {
-            save_points(file, &model, walk, &sources[k])?;
+            save_points(file, &model, walk, &names[k])?;
         }
         summaries.push(summary(
-            &sources[k],
+            &names[k],
             &folders[k],
             walk,
             start_distances[k],
@@ -120,7 +133,7 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
         for (k, walk) in walked.iter().enumerate() {
-            print_line(&sources[k], walk, start_distances[k], &folders[k], options.stall_window);
+            print_line(&names[k], walk, start_distances[k], &folders[k], options.stall_window);
         }
     }
     if let Some((k, step)) = walked.iter().enumerate().find_map(|(k, w)| match w.outcome.ending {
@@ -129,8 +142,8 @@ pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     }) {
         bail!(
             "{} → {}: diverged at step {step}: the Jacobian is not finite (NaN/Inf); wrote the {} points computed so far to {}",
-            sources[k].0,
-            sources[k].1,
+            names[k].0,
+            names[k].1,
             walked[k].outcome.points.len(),
             folders[k].display()
         );
@@ -198,7 +211,7 @@ fn ending_name(ending: Ending) -> &'static str {
 }
 
 fn summary(
-    (from, to): &(ImageSource, ImageSource),
+    (from, to): &(String, String),
     out: &Path,
     walk: &Walked,
     start_distance: f64,
@@ -207,7 +220,7 @@ fn summary(
 ) -> serde_json::Value {
     let o = &walk.outcome;
     json!({
-        "from": from.to_string(), "to": to.to_string(), "out": out,
+        "from": from, "to": to, "out": out,
         "integrator": integrator,
         "leaf": if walk.noise_steps > 0 { "noise" } else { "data" },
         "reached": o.reached(), "ending": ending_name(o.ending), "stalled_at": o.stalled_at(),
@@ -219,7 +232,7 @@ fn summary(
     })
 }
 
-fn print_line((from, to): &(ImageSource, ImageSource), walk: &Walked, start: f64, out: &Path, window: usize) {
+fn print_line((from, to): &(String, String), walk: &Walked, start: f64, out: &Path, window: usize) {
     let o = &walk.outcome;
     let ending = match o.ending {
         Ending::Reached if walk.waypoints.is_empty() => "reached the target".to_string(),
@@ -269,12 +282,7 @@ fn write_summary_csv(path: &Path, summaries: &[serde_json::Value]) -> anyhow::Re
 }
 
 /// Every point of the walk in pixels `[K+1, C, H, W]` with its log, as safetensors.
-fn save_points(
-    file: &Path,
-    model: &Classifier,
-    walk: &Walked,
-    (from, to): &(ImageSource, ImageSource),
-) -> anyhow::Result<()> {
+fn save_points(file: &Path, model: &Classifier, walk: &Walked, (from, to): &(String, String)) -> anyhow::Result<()> {
     let o = &walk.outcome;
     let shape: ImageShape = model.input_shape();
     let pixels: Vec<f32> = o.points.iter().flat_map(|x| x.to_pixels(model)).collect();
@@ -295,8 +303,8 @@ fn save_points(
         ("step_size".to_string(), Tensor::new(column(&|r| r.step_size), &device)?),
     ];
     let metadata = HashMap::from([
-        ("leafwalk.from".to_string(), from.to_string()),
-        ("leafwalk.to".to_string(), to.to_string()),
+        ("leafwalk.from".to_string(), from.clone()),
+        ("leafwalk.to".to_string(), to.clone()),
         ("leafwalk.ending".to_string(), ending_name(o.ending).to_string()),
         ("leafwalk.classes".to_string(), model.meta().classes.join(",")),
         ("leafwalk.units".to_string(), "points: pixels in [0, 1]; distance, step_size: normalised units".to_string()),

@@ -469,3 +469,8 @@ mod tests {
         assert_eq!((pixels[0], pixels[14 * 28 + 14]), (0.0, 1.0));
     }
 }
+
+/// The image mirrored left to right (CHW pixels of `shape`).
+pub fn mirror(pixels: &[f32], shape: ImageShape) -> Vec<f32> {
+    pixels.chunks_exact(shape.width).flat_map(|row| row.iter().rev().copied()).collect()
+}

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 pub use atomic_file::{write_atomic, write_bytes_atomic, write_path_atomic};
 pub use dataset::{Dataset, Split};
 pub use error::{DataError, Result};
-pub use image_file::{image_file_shape, load_image, save_image, Invert};
+pub use image_file::{image_file_shape, load_image, mirror, save_image, Invert};
 pub use image_set::{ImageSet, NamedImage};
 pub use reference::{DatasetRef, ImageSource};
 pub use registry::{dataset_info, DatasetInfo, ImageShape, DATASETS};

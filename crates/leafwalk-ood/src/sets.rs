@@ -92,10 +92,7 @@ impl OodSet {
 impl Transform {
     fn apply(self, pixels: &[f32], info: &DatasetInfo, rng: &mut ChaCha8Rng) -> Vec<f32> {
         match self {
-            Transform::Flip => {
-                let width = info.shape.width;
-                pixels.chunks_exact(width).flat_map(|row| row.iter().rev().copied()).collect()
-            }
+            Transform::Flip => leafwalk_data::mirror(pixels, info.shape),
             Transform::Invert => pixels.iter().map(|p| 1.0 - p).collect(),
             Transform::Noise(sigma) => {
                 pixels.iter().map(|p| (p + sigma as f32 * standard_normal(rng)).clamp(0.0, 1.0)).collect()
