@@ -272,6 +272,11 @@ fn to_byte(value: f32) -> u8 {
     (value.clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
+/// The image mirrored left to right (CHW pixels of `shape`).
+pub fn mirror(pixels: &[f32], shape: ImageShape) -> Vec<f32> {
+    pixels.chunks_exact(shape.width).flat_map(|row| row.iter().rev().copied()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,9 +473,4 @@ mod tests {
         let pixels = load_image(&path, MNIST_SHAPE, Invert::Auto).unwrap();
         assert_eq!((pixels[0], pixels[14 * 28 + 14]), (0.0, 1.0));
     }
-}
-
-/// The image mirrored left to right (CHW pixels of `shape`).
-pub fn mirror(pixels: &[f32], shape: ImageShape) -> Vec<f32> {
-    pixels.chunks_exact(shape.width).flat_map(|row| row.iter().rev().copied()).collect()
 }
