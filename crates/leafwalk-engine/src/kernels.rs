@@ -446,8 +446,8 @@ mod avx512 {
     impl super::Axpy for FusedAxpy {
         #[inline(always)]
         fn axpy(g: f32, x: &[f32], y: &mut [f32]) {
-            // SAFETY: called only by `with_wide_vectors!`'s AVX-512 build and a test, both after
-            // checking that the CPU has AVX-512F.
+            // SAFETY: called only by `with_wide_vectors!`'s AVX-512 build, after checking that
+            // the CPU has AVX-512F.
             unsafe { fused_axpy(g, x, y) }
         }
     }
@@ -1449,41 +1449,43 @@ mod tests {
         assert_close(fast.as_flattened(), portable.as_flattened(), "strip sums");
     }
 
-    /// Where the CPU has AVX-512F (elsewhere there is no wide kernel to check).
+    /// The strip kernels this CPU picks for each padding — 32 and 16 columns where it has
+    /// AVX-512F, 8 elsewhere — against the portable sums over the columns they wrote.
     #[test]
-    fn wide_strip_sums_match_the_portable_kernel() {
-        fn check<const K: usize, const V: usize>() {
-            let Some(fast) = wide_strip_sums::<K, V>() else { return };
+    fn strip_kernels_match_the_portable_kernel_at_every_width() {
+        fn check<const K: usize>() {
             let (coefficients, weights) = (values(64 * K, 7), values(64 * 32 + 40, 8));
             let coefficient_at: Vec<u32> = (0..61).map(|i| i * K as u32).collect();
             let weight_at: Vec<u32> = (0..61).map(|i| (i * 37 % 64) * 32).collect();
-            let fast = fast(&coefficients, &coefficient_at, &weights, &weight_at, 5);
             let portable = portable_strip_sums::<K, 32>(&coefficients, &coefficient_at, &weights, &weight_at, 5);
-            for (fast, portable) in fast.iter().zip(&portable) {
-                assert_close(fast.as_flattened(), &portable[..16 * V], "wide strip sums");
+            for padding in [32, 16, 8] {
+                let mut out = vec![0f32; K * 32];
+                let terms = (&coefficients[..], &coefficient_at[..], &weights[..], &weight_at[..], 5);
+                let width = StripKernels::<K>::new().sum_into(terms, padding, &mut out, 32, 0, 32);
+                assert!(width <= padding, "a strip of {width} columns past a padding of {padding}");
+                for (sums, portable) in out.chunks(32).zip(&portable) {
+                    assert_close(&sums[..width], &portable[..width], "strip sums");
+                }
             }
         }
-        // Two chains (K ≤ 6) and one, an odd term count, one and two registers.
-        check::<3, 1>();
-        check::<3, 2>();
-        check::<10, 1>();
-        check::<10, 2>();
+        // Two chains (K ≤ 6) and one, an odd term count.
+        check::<3>();
+        check::<10>();
     }
 
-    /// Where the CPU has AVX-512F: whole vectors, a tail and a slice shorter than one vector.
-    #[cfg(target_arch = "x86_64")]
+    /// The training scatter's `y += g·x` as this CPU's build runs it (16-lane FMAs with
+    /// AVX-512F) against the portable loop, on patches of whole vectors and a tail.
     #[test]
-    fn fused_axpy_matches_the_plain_loop() {
-        if !is_x86_feature_detected!("avx512f") {
-            return;
-        }
-        for len in [0, 5, 16, 32, 45, 288] {
-            let (x, y) = (values(len, 9), values(len, 10));
-            let (mut fused, mut plain) = (y.clone(), y.clone());
-            avx512::FusedAxpy::axpy(0.37, &x, &mut fused);
-            PlainAxpy::axpy(0.37, &x, &mut plain);
-            assert_close(&fused, &plain, "axpy");
-        }
+    fn unit_patches_match_the_portable_kernel() {
+        let (channels, positions, patch) = (3, 7, 45);
+        let units: Vec<u32> = (0..positions * channels).filter(|u| u % 4 != 1).map(|u| u as u32).collect();
+        let listed = crate::reverse::Listed { values: values(units.len(), 11), units };
+        let by_channel = UnitsByChannel::from_listed(&listed, channels);
+        let cols = values(positions * patch, 12);
+        let (mut fast, mut portable) = (values(channels * patch, 13), values(channels * patch, 13));
+        unit_patches(&by_channel, &cols, patch, &mut fast);
+        unit_patches_kernel::<PlainAxpy>(&by_channel, &cols, patch, &mut portable);
+        assert_close(&fast, &portable, "unit patches");
     }
 
     #[test]
