@@ -59,7 +59,7 @@ pub(crate) fn translate(graph: &GraphProto, opset: i64, folder: &Path) -> Result
         Some(Value::Constant(c)) if c.len() == 1 => c.floats().first().copied(),
         _ => None,
     };
-    let fused = patterns::find(graph, &scalar);
+    let fused = patterns::find(graph, &scalar, folder);
     for (position, node) in graph.node.iter().enumerate() {
         if fused.absorbed.contains(&position) {
             continue;
@@ -90,6 +90,8 @@ fn display_name(node: &NodeProto, position: usize) -> String {
 
 struct Translator<'g> {
     graph: &'g GraphProto,
+    /// Where the model lies: tensors keeping their data outside the file keep it here.
+    folder: &'g Path,
     opset: i64,
     values: HashMap<String, Value>,
     /// The batch size Shape reports: the input's when fixed, else 1.
@@ -105,7 +107,7 @@ struct Translator<'g> {
 }
 
 impl<'g> Translator<'g> {
-    fn new(graph: &'g GraphProto, opset: i64, folder: &Path) -> Result<Self, Problem> {
+    fn new(graph: &'g GraphProto, opset: i64, folder: &'g Path) -> Result<Self, Problem> {
         let mut values = HashMap::new();
         for tensor in &graph.initializer {
             let constant = tensor::decode(tensor, folder)
@@ -150,6 +152,7 @@ impl<'g> Translator<'g> {
         }
         Ok(Translator {
             graph,
+            folder,
             opset,
             values,
             batch: fixed[0].unwrap_or(1),
@@ -264,7 +267,7 @@ impl<'g> Translator<'g> {
                 let log = op == "LogSoftmax";
                 one(self.unary_computed_with(node, position, Op::Softmax { log }, x)?)
             }
-            "Constant" => one(Value::Constant(constant_node(node)?)),
+            "Constant" => one(Value::Constant(constant_node(node, self.folder)?)),
             "Shape" => one(self.shape(node)?),
             "Gather" => one(self.gather(node)?),
             "Concat" => one(self.concat(node)?),
@@ -285,7 +288,7 @@ impl<'g> Translator<'g> {
                 let shape = self.dims_input(node, 1, 0)?;
                 let count = value_count(&shape).ok_or("asks for too many values")?;
                 let fill = match attr(node, "value").and_then(|a| a.t.as_ref()) {
-                    Some(t) => tensor::decode(t, Path::new(".")).map_err(|e| format!("attribute 'value' {e}"))?,
+                    Some(t) => tensor::decode(t, self.folder).map_err(|e| format!("attribute 'value' {e}"))?,
                     None => Constant::f32(vec![1], vec![0.0]),
                 };
                 let data = match fill.data {
@@ -1015,14 +1018,15 @@ fn activation(node: &NodeProto) -> NodeResult<Activation> {
     })
 }
 
-fn constant_node(node: &NodeProto) -> NodeResult<Constant> {
+/// A `Constant` node's value; `folder` is where the model lies.
+pub(crate) fn constant_node(node: &NodeProto, folder: &Path) -> NodeResult<Constant> {
     let [a] = &node.attribute[..] else {
         return Err("should hold exactly one attribute".into());
     };
     match a.name.as_str() {
         "value" => {
             let t = a.t.as_ref().ok_or("attribute 'value' holds no tensor")?;
-            tensor::decode(t, Path::new(".")).map_err(|e| format!("attribute 'value' {e}"))
+            tensor::decode(t, folder).map_err(|e| format!("attribute 'value' {e}"))
         }
         "value_float" => Ok(Constant::f32(vec![], vec![a.f])),
         "value_floats" => Ok(Constant::f32(vec![a.floats.len()], a.floats.clone())),

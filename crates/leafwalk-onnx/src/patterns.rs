@@ -5,9 +5,11 @@
 //! dropping its nodes changes nothing else.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use leafwalk_models::description::{Activation, GeluForm};
 
+use crate::graph::constant_node;
 use crate::proto::{GraphProto, NodeProto};
 
 /// One recognised activation and the value it applies to.
@@ -24,9 +26,10 @@ pub(crate) struct Patterns {
     pub(crate) absorbed: HashSet<usize>,
 }
 
-/// Finds the patterns in `graph`; `scalar` gives a one-value initializer's value.
-pub(crate) fn find(graph: &GraphProto, scalar: &dyn Fn(&str) -> Option<f32>) -> Patterns {
-    let index = GraphIndex::new(graph, scalar);
+/// Finds the patterns in `graph`; `scalar` gives a one-value initializer's value, `folder` is
+/// where the model lies (a `Constant` node's tensor may keep its data beside it).
+pub(crate) fn find(graph: &GraphProto, scalar: &dyn Fn(&str) -> Option<f32>, folder: &Path) -> Patterns {
+    let index = GraphIndex::new(graph, scalar, folder);
     let mut patterns = Patterns::default();
     // A thresholded Softplus contains the scaled one: the larger pattern is claimed first.
     for scaled_softplus in [false, true] {
@@ -59,10 +62,11 @@ struct GraphIndex<'g> {
     readers: HashMap<&'g str, Vec<usize>>,
     outputs: HashSet<&'g str>,
     scalar: &'g dyn Fn(&str) -> Option<f32>,
+    folder: &'g Path,
 }
 
 impl<'g> GraphIndex<'g> {
-    fn new(graph: &'g GraphProto, scalar: &'g dyn Fn(&str) -> Option<f32>) -> Self {
+    fn new(graph: &'g GraphProto, scalar: &'g dyn Fn(&str) -> Option<f32>, folder: &'g Path) -> Self {
         let mut producer = HashMap::new();
         let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
         for (position, node) in graph.node.iter().enumerate() {
@@ -74,7 +78,7 @@ impl<'g> GraphIndex<'g> {
             }
         }
         let outputs = graph.output.iter().map(|o| o.name.as_str()).collect();
-        GraphIndex { nodes: &graph.node, producer, readers, outputs, scalar }
+        GraphIndex { nodes: &graph.node, producer, readers, outputs, scalar, folder }
     }
 
     fn node(&self, position: usize) -> &'g NodeProto {
@@ -99,15 +103,8 @@ impl<'g> GraphIndex<'g> {
             return Some(v);
         }
         let node = self.node(*self.producer.get(value)?);
-        let attribute = node.attribute.first().filter(|_| node.op_type == "Constant")?;
-        match attribute.name.as_str() {
-            "value_float" => Some(attribute.f),
-            "value" => {
-                let t = attribute.t.as_ref()?;
-                crate::tensor::decode(t, std::path::Path::new(".")).ok().filter(|c| c.len() == 1).map(|c| c.floats()[0])
-            }
-            _ => None,
-        }
+        let constant = constant_node(node, self.folder).ok().filter(|c| node.op_type == "Constant" && c.len() == 1)?;
+        constant.floats().first().copied()
     }
 
     /// For a two-input `op` node with a constant input near `value`: its other input.
