@@ -4,7 +4,9 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::description::{Activation, Arith, Conv2d, Description, DescriptionError, Dims, GraphBuilder, Linear, Pool};
+use crate::description::{
+    Activation, Arith, Conv2d, Description, DescriptionError, Dims, GraphBuilder, Linear, Op, Pool,
+};
 use crate::ModelError;
 
 /// A built-in architecture.
@@ -279,6 +281,88 @@ fn resnet_stages(g: &mut GraphBuilder, x: usize, channels: usize, stages: &[(usi
     let x = g.global_avg_pool("avgpool", x);
     let x = g.flatten("flatten", x);
     g.linear("fc", x, Linear::new(channels, classes))
+}
+
+/// The two kinds of spatial pooling a [`Variant`] can switch between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+/// A built-in with every nonlinearity and/or every pooling window swapped, weights named as the
+/// built-in's (neither has parameters): the activation and pooling axes of a study, asked of any
+/// architecture instead of written once per network.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Variant {
+    pub activation: Option<Activation>,
+    pub pooling: Option<PoolKind>,
+}
+
+impl Variant {
+    /// True when nothing is swapped (the built-in itself).
+    pub fn is_plain(&self) -> bool {
+        self.activation.is_none() && self.pooling.is_none()
+    }
+
+    /// `description` with the swaps made. A dilated max-pool has no average-pool twin, so it is
+    /// refused rather than silently changed in size.
+    pub fn apply(&self, mut description: Description) -> Result<Description, DescriptionError> {
+        for node in &mut description.nodes {
+            let bad = |problem: &str| DescriptionError {
+                node: node.name.clone(),
+                kind: node.op.kind(),
+                problem: problem.into(),
+            };
+            node.op = match (node.op.clone(), self.activation, self.pooling) {
+                (Op::Activation(_), Some(activation), _) => Op::Activation(activation),
+                (Op::MaxPool2d(pool), _, Some(PoolKind::Avg)) => {
+                    if pool.dilation != [1, 1] {
+                        return Err(bad("a dilated max-pool has no average-pool counterpart"));
+                    }
+                    // PyTorch's AvgPool2d default, so the variant is the module a user would write.
+                    Op::AvgPool2d(Pool { count_include_pad: true, ..pool })
+                }
+                (Op::AvgPool2d(pool), _, Some(PoolKind::Max)) => Op::MaxPool2d(Pool { dilation: [1, 1], ..pool }),
+                (op, _, _) => op,
+            };
+        }
+        Ok(description)
+    }
+
+    /// The architecture of `arch` with these swaps, for `input` images and `classes` classes: the
+    /// built-in itself when nothing is swapped, else a description carried in the checkpoint.
+    pub fn architecture(&self, arch: Arch, input: Dims, classes: usize) -> Result<Architecture, DescriptionError> {
+        if self.is_plain() {
+            return Ok(Architecture::Builtin(arch));
+        }
+        Ok(Architecture::Custom(Box::new(self.apply(arch.description(input, classes)?)?)))
+    }
+}
+
+impl fmt::Display for Variant {
+    /// `none`, or e.g. `activation=GELU pooling=avg` (recorded in checkpoints and checked on resume).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(activation) = self.activation {
+            let kind = Op::Activation(activation).kind();
+            parts.push(match activation {
+                Activation::LeakyRelu { negative_slope } => format!("activation={kind}({negative_slope})"),
+                Activation::Elu { alpha } => format!("activation={kind}({alpha})"),
+                Activation::Gelu { form } => format!("activation={kind}({form:?})"),
+                Activation::Softplus { beta, threshold } => format!("activation={kind}({beta},{threshold})"),
+                _ => format!("activation={kind}"),
+            });
+        }
+        if let Some(pooling) = self.pooling {
+            parts.push(format!("pooling={}", if pooling == PoolKind::Max { "max" } else { "avg" }));
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
 }
 
 /// What a model is: a built-in architecture (rebuilt for the model's input and classes) or a

@@ -22,7 +22,7 @@ mod layers;
 pub mod network;
 mod params;
 
-pub use arch::{Arch, Architecture};
+pub use arch::{Arch, Architecture, PoolKind, Variant};
 pub use checkpoint::{CheckpointMeta, FORMAT_VERSION};
 pub use classifier::{Classifier, LoadOptions, Normalisation};
 pub use description::{Description, DescriptionError, Dims};

@@ -292,3 +292,39 @@ fn layer_file_errors_name_the_layer() {
         "layer 'fc' (Linear): expects 63 input features, gets 64"
     );
 }
+
+#[test]
+fn variants_swap_every_activation_and_pool_and_keep_the_parameters() {
+    use leafwalk_models::description::{Activation, GeluForm};
+    use leafwalk_models::{Dims, PoolKind, Variant};
+    let input = Dims::new(1, 28, 28);
+    let plain = Arch::MnistCnn.description(input, 10).unwrap();
+    let variant = Variant { activation: Some(Activation::Gelu { form: GeluForm::Erf }), pooling: Some(PoolKind::Avg) };
+    let swapped = variant.apply(plain.clone()).unwrap();
+    let kinds = |d: &leafwalk_models::Description| d.nodes.iter().map(|n| n.op.kind()).collect::<Vec<_>>();
+    assert!(kinds(&plain).contains(&"ReLU") && kinds(&plain).contains(&"MaxPool2d"));
+    assert!(!kinds(&swapped).contains(&"ReLU") && !kinds(&swapped).contains(&"MaxPool2d"));
+    assert_eq!(
+        kinds(&swapped).iter().filter(|k| **k == "GELU").count(),
+        kinds(&plain).iter().filter(|k| **k == "ReLU").count()
+    );
+    assert_eq!(plain.parameters(), swapped.parameters());
+    assert_eq!(plain.shapes().unwrap(), swapped.shapes().unwrap());
+    assert_eq!(variant.to_string(), "activation=GELU(Erf) pooling=avg");
+    assert_eq!(Variant::default().to_string(), "none");
+    assert_eq!(Variant::default().architecture(Arch::Lenet5, input, 10).unwrap(), Arch::Lenet5.into());
+    // And back: average pooling (LeNet-5's) to max.
+    let lenet = Variant { activation: None, pooling: Some(PoolKind::Max) }
+        .apply(Arch::Lenet5.description(input, 10).unwrap())
+        .unwrap();
+    assert!(kinds(&lenet).contains(&"MaxPool2d") && kinds(&lenet).contains(&"Tanh"));
+
+    let mut dilated = plain;
+    for node in &mut dilated.nodes {
+        if let Op::MaxPool2d(pool) = &node.op {
+            node.op = Op::MaxPool2d(Pool { dilation: [2, 2], ..*pool });
+        }
+    }
+    let err = Variant { activation: None, pooling: Some(PoolKind::Avg) }.apply(dilated).unwrap_err();
+    assert!(err.to_string().contains("dilated"), "{err}");
+}
