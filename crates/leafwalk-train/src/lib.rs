@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, D};
 use leafwalk_data::{Dataset, DatasetInfo, Split};
-use leafwalk_models::{Arch, CheckpointMeta, Classifier, ModelError, Normalisation};
+use leafwalk_models::{Arch, CheckpointMeta, Classifier, ModelError, Normalisation, Variant};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -60,6 +60,8 @@ fn run_error(path: &Path, msg: impl Into<String>) -> TrainError {
 pub struct TrainConfig {
     pub dataset: &'static DatasetInfo,
     pub arch: Arch,
+    /// The built-in with its activations or pooling swapped (plain: the built-in itself).
+    pub variant: Variant,
     /// The input normalisation, when not the dataset's (`None`: the dataset's).
     pub normalisation: Option<Normalisation>,
     pub epochs: usize,
@@ -84,6 +86,10 @@ pub struct TrainConfig {
     pub device: Device,
     /// Train on PGD adversarial examples of each batch instead of the batch itself.
     pub adversarial: Option<Adversary>,
+    /// Points inside the run, in epochs (0 = the initial weights, 0.1 = a tenth of the first
+    /// epoch), at which a checkpoint is also written ([`snapshot_name`]): the early stages a
+    /// study of training compares, from the same run as the later ones.
+    pub snapshots: Vec<f64>,
 }
 
 impl TrainConfig {
@@ -103,6 +109,14 @@ impl TrainConfig {
         }
         if self.checkpoint_every == Some(0) {
             return bad("--checkpoint-every must be at least 1".into());
+        }
+        for &at in &self.snapshots {
+            if !(at.is_finite() && at >= 0.0 && at < self.epochs as f64) {
+                return bad(format!("--snapshot-at {at}: must lie in [0, {}) epochs", self.epochs));
+            }
+            if at >= 1.0 && at.fract() == 0.0 {
+                return bad(format!("--snapshot-at {at}: epoch ends are always saved (epoch-XX.safetensors)"));
+            }
         }
         Ok(())
     }
@@ -161,6 +175,28 @@ pub fn checkpoint_name(epoch: usize) -> String {
     format!("epoch-{epoch:02}.safetensors")
 }
 
+/// The file of the checkpoint `epochs` into a run: `epoch-00.safetensors` for the initial
+/// weights, `epoch-00.10.safetensors` a tenth of the way through the first epoch, and an
+/// epoch end's own file for a whole number.
+pub fn snapshot_name(epochs: f64) -> String {
+    if epochs.fract() == 0.0 {
+        checkpoint_name(epochs as usize)
+    } else {
+        format!("epoch-{epochs:05.2}.safetensors")
+    }
+}
+
+/// The step after which the snapshot `epochs` into a run is taken (at least one step in, unless
+/// it is the start).
+fn snapshot_step(epochs: f64, batches_per_epoch: usize) -> usize {
+    let step = (epochs * batches_per_epoch as f64).round() as usize;
+    if epochs > 0.0 {
+        step.max(1)
+    } else {
+        0
+    }
+}
+
 /// Where a run stands: everything besides weights and optimizer moments that `--resume` needs.
 struct RunState {
     step: usize,
@@ -188,6 +224,10 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         (model, optimizer, state)
     } else {
         let mut meta = CheckpointMeta::new(config.arch, config.dataset);
+        meta.arch = config
+            .variant
+            .architecture(config.arch, meta.input, meta.classes.len())
+            .map_err(|e| TrainError::Config(format!("{} with {}: {e}", config.arch, config.variant)))?;
         if let Some(normalisation) = &config.normalisation {
             (meta.mean, meta.std) = normalisation.for_channels(meta.input.channels)?;
         }
@@ -223,6 +263,11 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
         let record = LogRecord::start(reference_geometry(&model, pixels)?);
         log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
     }
+    let snapshot_at =
+        |step: usize| config.snapshots.iter().copied().find(|&at| snapshot_step(at, batches_per_epoch) == step);
+    if let (Some(at), 0) = (snapshot_at(0), state.step) {
+        save_snapshot(config, &model, &test_set, reference.as_ref(), at, &state)?;
+    }
     let progress = progress_bar(config.progress, total_steps as u64, state.step as u64);
     // Seconds of earlier sessions of this run plus this session's, so interruptions don't count.
     let (resumed_at, session) = (state.seconds, Instant::now());
@@ -252,6 +297,9 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
                 Ok(())
             })?;
             state.step += 1;
+            if let Some(at) = snapshot_at(state.step) {
+                save_snapshot(config, &model, &test_set, reference.as_ref(), at, &state)?;
+            }
             state.epoch_tally.add(loss, correct, batch.len());
             state.window_tally.add(loss, correct, batch.len());
             if log_now {
@@ -438,14 +486,53 @@ fn prepare_out(config: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-fn run_metadata(config: &TrainConfig) -> [(String, String); 5] {
+fn run_metadata(config: &TrainConfig) -> [(String, String); 7] {
     [
+        ("base_arch".into(), config.arch.to_string()),
+        ("variant".into(), config.variant.to_string()),
         ("seed".into(), config.seed.to_string()),
         ("optimizer".into(), config.optimizer.to_string()),
         ("lr".into(), config.lr.to_string()),
         ("batch_size".into(), config.batch_size.to_string()),
         ("adversarial".into(), adversarial_name(config)),
     ]
+}
+
+/// The architecture name the run's checkpoints carry: the built-in's, or `custom` for a variant.
+fn meta_arch_name(config: &TrainConfig) -> String {
+    if config.variant.is_plain() {
+        config.arch.to_string()
+    } else {
+        "custom".into()
+    }
+}
+
+/// Writes the snapshot `at` epochs into the run, evaluated like an epoch's checkpoint; its
+/// metadata says how far in it is (`epochs_trained`) without touching the model's own.
+fn save_snapshot(
+    config: &TrainConfig,
+    model: &Classifier,
+    test_set: &Dataset,
+    reference: Option<&Tensor>,
+    at: f64,
+    state: &RunState,
+) -> Result<()> {
+    let (_, test_accuracy) = evaluate(model, test_set, 500)?;
+    let mut meta = model.meta().clone();
+    meta.epoch = at.floor() as usize;
+    meta.step = state.step;
+    meta.test_accuracy = Some(test_accuracy);
+    meta.extra.extend(run_metadata(config));
+    meta.extra.insert("epochs_trained".into(), at.to_string());
+    if let Some(pixels) = reference {
+        meta.extra.insert("mean_trace_g".into(), format!("{:?}", reference_geometry(model, pixels)?.mean_trace_g));
+    }
+    leafwalk_models::checkpoint::write(
+        &config.out.join(snapshot_name(at)),
+        &model.named_tensors(),
+        meta.to_metadata(),
+    )?;
+    Ok(())
 }
 
 /// The attack a run trains against, as its checkpoints record it (`none` for plain training).
@@ -473,12 +560,15 @@ fn load_resume(config: &TrainConfig, device: &Device) -> Result<(Classifier, Opt
     let (mut tensors, metadata) = leafwalk_models::checkpoint::read(&path, device)?;
     let meta =
         CheckpointMeta::from_metadata(&path, &metadata)?.ok_or_else(|| run_error(&path, "has no leafwalk metadata"))?;
-    for (key, wanted) in run_metadata(config).into_iter().chain([
-        ("arch".to_string(), config.arch.to_string()),
-        ("dataset".to_string(), config.dataset.name.to_string()),
-    ]) {
+    for (key, wanted) in run_metadata(config)
+        .into_iter()
+        .chain([("arch".to_string(), meta_arch_name(config)), ("dataset".to_string(), config.dataset.name.to_string())])
+    {
         let found = match key.as_str() {
             "arch" => meta.arch.to_string(),
+            // Runs from before variants were recorded trained the built-in itself.
+            "base_arch" => meta.extra.get(&key).cloned().unwrap_or_else(|| meta.arch.to_string()),
+            "variant" => meta.extra.get(&key).cloned().unwrap_or_else(|| "none".into()),
             "dataset" => meta.dataset.clone().unwrap_or_default(),
             // Runs from before adversarial training recorded none.
             "adversarial" => meta.extra.get(&key).cloned().unwrap_or_else(|| "none".into()),

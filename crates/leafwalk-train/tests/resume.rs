@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use leafwalk_data::{dataset_info, Dataset, Split};
-use leafwalk_models::{checkpoint, Arch};
+use leafwalk_models::description::Activation;
+use leafwalk_models::{checkpoint, Arch, Architecture, Variant};
 use leafwalk_train::{train, LogRecord, OptimizerKind, TrainConfig, TrainError, LOG_FILE};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -29,6 +30,7 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
     TrainConfig {
         dataset: dataset_info("mnist").unwrap(),
         arch: Arch::Mlp,
+        variant: Default::default(),
         normalisation: None,
         epochs: 3,
         lr: if optimizer == OptimizerKind::Sgd { 0.05 } else { 0.002 },
@@ -44,6 +46,7 @@ fn config(data: &Path, out: PathBuf, optimizer: OptimizerKind) -> TrainConfig {
         min_accuracy: 0.5,
         device: candle_core::Device::Cpu,
         adversarial: None,
+        snapshots: Vec::new(),
     }
 }
 
@@ -183,6 +186,8 @@ fn rejects_bad_hyper_parameters_before_touching_disk() {
         (Box::new(|c: &mut TrainConfig| c.lr = f64::NAN), "--lr"),
         (Box::new(|c: &mut TrainConfig| c.lr = -1.0), "--lr"),
         (Box::new(|c: &mut TrainConfig| c.batch_size = 0), "--batch-size"),
+        (Box::new(|c: &mut TrainConfig| c.snapshots = vec![3.5]), "--snapshot-at"),
+        (Box::new(|c: &mut TrainConfig| c.snapshots = vec![1.0]), "epoch ends are always saved"),
     ] {
         let mut cfg = config(dir.path(), out.clone(), OptimizerKind::Sgd);
         tweak(&mut cfg);
@@ -190,4 +195,45 @@ fn rejects_bad_hyper_parameters_before_touching_disk() {
         assert!(matches!(err, TrainError::Config(_)) && err.to_string().contains(needle), "{err}");
         assert!(!out.exists());
     }
+}
+
+#[test]
+fn snapshots_inside_an_epoch_hold_the_run_weights_of_that_step_and_variants_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let variant = Variant { activation: Some(Activation::Tanh), pooling: None };
+    let mut cfg = config(dir.path(), dir.path().join("run"), OptimizerKind::Sgd);
+    (cfg.epochs, cfg.variant, cfg.snapshots) = (2, variant, vec![0.0, 0.5]);
+    train(&cfg, |_| false).unwrap();
+    // 7 batches an epoch: 0.5 epochs is step 4 (3.5 rounded). A run stopped there saves its
+    // weights (with optimizer state besides) in the resume file.
+    let stopped = TrainConfig { out: dir.path().join("stopped"), ..cfg.clone() };
+    train(&stopped, |step| step == 4).unwrap();
+    let snapshot = weights(&cfg.out.join(leafwalk_train::snapshot_name(0.5)));
+    let at_step_4 = weights(&stopped.out.join("resume.safetensors"));
+    assert!(!snapshot.is_empty());
+    for (name, values) in &snapshot {
+        assert_eq!(Some(values), at_step_4.iter().find(|(n, _)| n == name).map(|(_, v)| v), "{name}");
+    }
+    assert_eq!(leafwalk_train::snapshot_name(0.0), leafwalk_train::checkpoint_name(0));
+    assert_eq!(leafwalk_train::snapshot_name(2.0), leafwalk_train::checkpoint_name(2));
+    assert_eq!(leafwalk_train::snapshot_name(0.5), "epoch-00.50.safetensors");
+
+    let (_, metadata) =
+        checkpoint::read(&cfg.out.join(leafwalk_train::snapshot_name(0.5)), &candle_core::Device::Cpu).unwrap();
+    let meta = checkpoint::CheckpointMeta::from_metadata(Path::new("snapshot"), &metadata).unwrap().unwrap();
+    assert_eq!(meta.extra["epochs_trained"], "0.5");
+    assert_eq!(meta.extra["variant"], "activation=Tanh");
+    assert_eq!(meta.extra["base_arch"], "mlp");
+    let Architecture::Custom(description) = &meta.arch else { panic!("a variant is a description: {:?}", meta.arch) };
+    assert!(description.nodes.iter().any(|n| n.op.kind() == "Tanh"));
+    assert!(description.nodes.iter().all(|n| n.op.kind() != "ReLU"));
+    // The epoch-end checkpoints carry no snapshot marker.
+    let (_, metadata) =
+        checkpoint::read(&cfg.out.join(leafwalk_train::checkpoint_name(1)), &candle_core::Device::Cpu).unwrap();
+    assert!(!metadata.contains_key("leafwalk.epochs_trained"));
+
+    let other = TrainConfig { resume: true, epochs: 3, variant: Variant::default(), ..cfg };
+    let err = train(&other, |_| false).unwrap_err().to_string();
+    assert!(err.contains("was started with"), "{err}");
 }
