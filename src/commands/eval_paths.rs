@@ -17,11 +17,10 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
+use crate::commands::frames::{inner_samples, interpolate, NearestIndex, SAMPLES};
 use crate::commands::walking::{path_options, training_waypoints, walk_pairs, Walked};
 use crate::commands::{fresh_output, load_model, model_dataset};
 
-/// Intermediate images compared per path (both the leaf path's and the interpolation's).
-const SAMPLES: usize = 9;
 /// Pairs drawn in the PNG sheet.
 const SHEET_PAIRS: usize = 8;
 
@@ -78,8 +77,9 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let index = NearestIndex::new(&model, &train_states)?;
-    let linear: Vec<Vec<State>> = pairs.iter().map(|(a, b)| interpolate(a, b)).collect();
+    let index = NearestIndex::new(train_states.iter().map(|s| s.0.as_slice()), model.device())?;
+    let linear: Vec<Vec<State>> =
+        pairs.iter().map(|(a, b)| interpolate(&a.0, &b.0).into_iter().map(State).collect()).collect();
     let along: Vec<Vec<State>> = adaptive_paths.iter().map(|w| inner_samples(&w.outcome.points)).collect();
     report.insert("linear_interpolation".into(), sample_report(&model, &index, &linear)?);
     report.insert("adaptive_path_images".into(), sample_report(&model, &index, &along)?);
@@ -117,52 +117,6 @@ fn strategy_report(walked: &[Walked], seconds: f64) -> serde_json::Value {
     })
 }
 
-/// The straight pixel line's inner points at t = k / (SAMPLES + 1), clamping not needed.
-fn interpolate(a: &State, b: &State) -> Vec<State> {
-    (1..=SAMPLES)
-        .map(|k| {
-            let t = k as f32 / (SAMPLES + 1) as f32;
-            State(a.0.iter().zip(&b.0).map(|(x, y)| x + t * (y - x)).collect())
-        })
-        .collect()
-}
-
-/// SAMPLES points evenly spread over a walk's interior.
-fn inner_samples(points: &[State]) -> Vec<State> {
-    let last = points.len() - 1;
-    (1..=SAMPLES).map(|k| points[k * last / (SAMPLES + 1)].clone()).collect()
-}
-
-/// Brute-force nearest neighbours among the training images, by matrix products.
-struct NearestIndex {
-    train: Tensor,
-    train_norms: Tensor,
-}
-
-impl NearestIndex {
-    fn new(model: &Classifier, states: &[State]) -> anyhow::Result<Self> {
-        let n = states.first().map_or(0, |s| s.0.len());
-        let values: Vec<f32> = states.iter().flat_map(|s| s.0.iter().copied()).collect();
-        let train = Tensor::from_vec(values, (states.len(), n), model.device())?;
-        let train_norms = train.sqr()?.sum(1)?;
-        Ok(NearestIndex { train, train_norms })
-    }
-
-    /// Distance from each query to its nearest training image.
-    fn distances(&self, queries: &[State]) -> anyhow::Result<Vec<f64>> {
-        let n = self.train.dim(1)?;
-        let values: Vec<f32> = queries.iter().flat_map(|s| s.0.iter().copied()).collect();
-        let q = Tensor::from_vec(values, (queries.len(), n), self.train.device())?;
-        let cross = q.matmul(&self.train.t()?)?;
-        let squared = cross
-            .affine(-2.0, 0.0)?
-            .broadcast_add(&self.train_norms.unsqueeze(0)?)?
-            .broadcast_add(&q.sqr()?.sum_keepdim(1)?)?;
-        let min: Vec<f32> = squared.min(1)?.to_vec1()?;
-        Ok(min.into_iter().map(|d| (d.max(0.0) as f64).sqrt()).collect())
-    }
-}
-
 /// Max class probability and distance to the nearest training image over sampled images.
 fn sample_report(model: &Classifier, index: &NearestIndex, paths: &[Vec<State>]) -> anyhow::Result<serde_json::Value> {
     let samples: Vec<State> = paths.iter().flatten().cloned().collect();
@@ -172,7 +126,7 @@ fn sample_report(model: &Classifier, index: &NearestIndex, paths: &[Vec<State>])
     let max_probs: Vec<f32> = model.log_probs_normalised(&batch)?.exp()?.max(1)?.to_dtype(DType::F32)?.to_vec1()?;
     let per_path_min: Vec<f64> =
         max_probs.chunks(SAMPLES).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min) as f64).collect();
-    let distances = index.distances(&samples)?;
+    let distances = index.distances(samples.iter().map(|s| s.0.as_slice()))?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(json!({
         "images": samples.len(),
