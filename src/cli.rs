@@ -2,7 +2,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use leafwalk_data::{DatasetRef, ImageSource, Invert};
-use leafwalk_models::{Arch, DeviceChoice};
+use leafwalk_models::description::{Activation, GeluForm};
+use leafwalk_models::{Arch, DeviceChoice, PoolKind};
 use leafwalk_train::{Adversary, OptimizerKind};
 
 /// See what an image classifier sees: the local data matrix G(x,w) = Σ pᵢ ∇ₓlog pᵢ ∇ₓlog pᵢᵀ,
@@ -109,6 +110,13 @@ pub enum Command {
         after_help = "Examples:\n  leafwalk import net.onnx --out net.safetensors --classes cat,dog,bird\n  leafwalk import state_dict.safetensors --layers net.json --dataset mnist --out net.safetensors"
     )]
     Import(ImportArgs),
+    /// Does the data leaf hold the data? Train or reuse a grid of models and measure, per
+    /// model and training stage, whether leaf paths connect test pairs and whether their
+    /// frames look like data to a separate evaluator classifier, against the straight line.
+    #[command(
+        after_help = "Examples:\n  leafwalk study --out study-out\n  leafwalk study --out study-out --only mnist-gelu-max@3"
+    )]
+    Study(StudyArgs),
     /// Download a dataset from the Hugging Face hub into --data-root (needs network).
     #[cfg(feature = "hub")]
     #[command(after_help = "Example:\n  leafwalk fetch --download mnist")]
@@ -124,10 +132,21 @@ pub struct TrainArgs {
     /// or resnet18.
     #[arg(long, default_value = "mnist-cnn")]
     pub arch: Arch,
+    /// Swap every nonlinearity of the architecture for this one (a variant; the checkpoint
+    /// carries its description).
+    #[arg(long)]
+    pub activation: Option<ActivationArg>,
+    /// Swap every pooling window for this kind (same kernel, stride and padding).
+    #[arg(long)]
+    pub pooling: Option<PoolingArg>,
     #[command(flatten)]
     pub normalisation: NormalisationArgs,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
+    /// Also save checkpoints this far into the run, in epochs, e.g. 0,0.1 (0: the initial
+    /// weights → epoch-00.safetensors; 0.1 → epoch-00.10.safetensors).
+    #[arg(long, value_delimiter = ',')]
+    pub snapshot_at: Vec<f64>,
     #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
     #[arg(long, default_value_t = 60)]
@@ -425,6 +444,53 @@ pub struct SteerArgs {
     pub via_rounds: usize,
 }
 
+/// The nonlinearities a variant may swap in, with PyTorch's default parameters.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationArg {
+    Relu,
+    LeakyRelu,
+    Elu,
+    /// The exact (erf) GELU.
+    Gelu,
+    /// GELU's tanh approximation.
+    GeluTanh,
+    Silu,
+    Sigmoid,
+    Tanh,
+    Softplus,
+}
+
+impl ActivationArg {
+    pub fn activation(self) -> Activation {
+        match self {
+            ActivationArg::Relu => Activation::Relu,
+            ActivationArg::LeakyRelu => Activation::LeakyRelu { negative_slope: 0.01 },
+            ActivationArg::Elu => Activation::Elu { alpha: 1.0 },
+            ActivationArg::Gelu => Activation::Gelu { form: GeluForm::Erf },
+            ActivationArg::GeluTanh => Activation::Gelu { form: GeluForm::Tanh },
+            ActivationArg::Silu => Activation::Silu,
+            ActivationArg::Sigmoid => Activation::Sigmoid,
+            ActivationArg::Tanh => Activation::Tanh,
+            ActivationArg::Softplus => Activation::Softplus { beta: 1.0, threshold: 20.0 },
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolingArg {
+    Max,
+    Avg,
+}
+
+impl PoolingArg {
+    pub fn kind(self) -> PoolKind {
+        match self {
+            PoolingArg::Max => PoolKind::Max,
+            PoolingArg::Avg => PoolKind::Avg,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeafArg {
     Data,
@@ -461,6 +527,26 @@ pub struct EvalPathsArgs {
     /// Output folder: eval-paths.json and paths.png.
     #[arg(long)]
     pub out: PathBuf,
+    /// Print the JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StudyArgs {
+    /// The study: shared settings, evaluators and the model families (TOML; see study/grid.toml).
+    #[arg(long, default_value = "study/grid.toml")]
+    pub config: PathBuf,
+    /// Output folder: runs/ (trained models, reused on reruns), rows/ (one JSON per row),
+    /// study.json, study.md, study-closure.png, study-frames.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Only these rows (FAMILY@STAGE, comma-separated), e.g. mnist-relu-max@1.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Random test pairs per model (default: the config's).
+    #[arg(long)]
+    pub pairs: Option<usize>,
     /// Print the JSON report on stdout.
     #[arg(long)]
     pub json: bool,

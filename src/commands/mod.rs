@@ -1,6 +1,7 @@
 mod compare;
 mod denoise;
 mod eval_paths;
+mod frames;
 mod generate;
 mod import;
 mod init;
@@ -8,6 +9,7 @@ mod inspect;
 mod ood;
 mod path;
 mod predict;
+mod study;
 mod train;
 mod walk;
 mod walking;
@@ -39,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::EvalDenoise(args) => denoise::evaluate(args, &cli.data_root),
         Command::EvalOod(args) => ood::evaluate(args, &cli.data_root),
         Command::Import(args) => import::run(args),
+        Command::Study(args) => study::run(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
             let info = dataset_info(&args.download)?;

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use leafwalk_data::dataset_info;
+use leafwalk_models::Variant;
 use leafwalk_train::{train, TrainConfig};
 
 use crate::cli::TrainArgs;
@@ -12,6 +13,10 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let config = TrainConfig {
         dataset: dataset_info(&args.dataset)?,
         arch: args.arch,
+        variant: Variant {
+            activation: args.activation.map(|a| a.activation()),
+            pooling: args.pooling.map(|p| p.kind()),
+        },
         normalisation: args.normalisation.normalisation(),
         epochs: args.epochs,
         lr: args.lr,
@@ -27,6 +32,7 @@ pub fn run(args: TrainArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         min_accuracy: args.min_accuracy,
         device: args.device.device.open()?,
         adversarial: args.adversarial,
+        snapshots: args.snapshot_at.clone(),
     };
     // First Ctrl-C: finish the current step, save the resume state and stop. A second one
     // exits at once; atomic writes mean no file is left half-written either way.
