@@ -718,3 +718,104 @@ fn path_to_the_mirrored_start() {
         leafwalk(&["path", "--from", "mnist:test:3", "--to", "mnist:test:4", "--to-flipped", "--out", "x"], dir.path());
     assert!(!both.status.success());
 }
+
+/// `--activation`, `--pooling` and `--snapshot-at` make a variant of a built-in, recorded in
+/// every checkpoint, with a snapshot at the start and one inside the first epoch.
+#[test]
+fn train_variants_and_snapshots_inside_an_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let out = dir.path().join("run");
+    let args = [
+        "train",
+        "--arch",
+        "mnist-cnn",
+        "--activation",
+        "gelu",
+        "--pooling",
+        "avg",
+        "--snapshot-at",
+        "0,0.5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--reference-size",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let output = leafwalk(&args, dir.path());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let files = files_in(&out);
+    for name in ["epoch-00.safetensors", "epoch-00.50.safetensors", "epoch-01.safetensors"] {
+        assert!(files.contains(&name.to_string()), "{name} missing from {files:?}");
+    }
+    let half = Classifier::load(&out.join("epoch-00.50.safetensors"), Default::default(), &Device::Cpu).unwrap();
+    assert!(half.meta().step >= 1 && half.meta().step < 3, "step {}", half.meta().step);
+    assert!(half.meta().extra["variant"].contains("pooling=avg"), "{:?}", half.meta().extra);
+    let bad = leafwalk(
+        &[&args[..13], &["--snapshot-at", "1", "--out", dir.path().join("b").to_str().unwrap()]].concat(),
+        dir.path(),
+    );
+    assert!(!bad.status.success());
+    assert!(!dir.path().join("b").join("epoch-01.safetensors").exists());
+}
+
+/// A two-row study on the tiny dataset: rows, report, table and figures are written, a row
+/// reruns alone from its checkpoint, and bad configs fail in one line naming the file.
+#[test]
+fn study_measures_a_grid_and_reruns_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    tiny_mnist(root);
+    let evaluator = root.join("evaluator");
+    let trained = leafwalk(
+        &["train", "--arch", "mlp", "--epochs", "1", "--batch-size", "20", "--out", evaluator.to_str().unwrap()],
+        root,
+    );
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let config = root.join("grid.toml");
+    std::fs::write(
+        &config,
+        "pairs = 2\neuler_max_steps = 20\nintegrability_points = 1\nintegrability_pairs = 2\n\
+         [evaluators]\nmnist = \"evaluator/epoch-01.safetensors\"\n\
+         [[family]]\nname = \"tiny\"\ndataset = \"mnist\"\narch = \"mlp\"\nactivation = \"tanh\"\nstages = [0, 1]\n",
+    )
+    .unwrap();
+    let out = root.join("study");
+    let study = |extra: &[&str]| {
+        let args = ["study", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        leafwalk(&[&args[..], extra].concat(), root)
+    };
+    let output = study(&["--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        for key in ["data_euler", "data_adaptive", "noise_adaptive"] {
+            assert_eq!(row[key]["pairs"], 2, "{key}");
+            assert!(row[key]["median_closure"].as_f64().unwrap() >= 0.0);
+        }
+        let frames = &row["data_adaptive"]["frames"];
+        assert!((0.0..=1.0).contains(&frames["confident_fraction"].as_f64().unwrap()));
+        assert!(row["linear_frames"]["mean_nearest_training_distance_px"].as_f64().unwrap() >= 0.0);
+        assert!(row["command"].as_str().unwrap().contains("--only"));
+    }
+    assert_eq!(rows[0]["name"], "tiny@0");
+    for file in ["study.json", "study.md", "study-closure.png", "study-frames.png"] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+    assert_eq!(files_in(&out.join("rows")), ["tiny@0.json", "tiny@1.json"]);
+    // One row again: measured from its checkpoint, not retrained; the report keeps both rows.
+    let again = study(&["--only", "tiny@1"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("training"));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("tiny@0"));
+    let e = failure(&study(&["--only", "tiny@3"]));
+    assert!(e.contains("tiny@3"), "{e}");
+    std::fs::write(&config, "pairs = 2\neuler_max_steps = 20\nwalks = 3\n[evaluators]\n[[family]]\n").unwrap();
+    let e = failure(&study(&[]));
+    assert!(e.contains("grid.toml"), "{e}");
+}

@@ -34,8 +34,8 @@ impl NearestIndex {
     pub fn new<'a>(rows: impl ExactSizeIterator<Item = &'a [f32]>, device: &Device) -> anyhow::Result<Self> {
         let count = rows.len();
         let values: Vec<f32> = rows.flatten().copied().collect();
-        let train = Tensor::from_vec(values, count, device)?;
-        let train = train.reshape((count, train.dim(0)? / count.max(1)))?;
+        let width = values.len() / count.max(1);
+        let train = Tensor::from_vec(values, (count, width), device)?;
         let train_norms = train.sqr()?.sum(1)?;
         Ok(NearestIndex { train, train_norms })
     }
