@@ -195,6 +195,15 @@ fn bad_images_and_models_fail_cleanly() {
     let e = failure(&predict(&[sample, "--model", path.to_str().unwrap()]));
     assert!(e.contains("arch.safetensors") && e.contains("unknown architecture 'transformer'"), "{e}");
 
+    // One flipped weight byte: the digest every leafwalk checkpoint carries refuses it.
+    let mut bytes = std::fs::read(repo("models/mnist-cnn.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    let flipped = dir.path().join("flipped.safetensors");
+    std::fs::write(&flipped, bytes).unwrap();
+    let e = failure(&predict(&[sample, "--model", flipped.to_str().unwrap()]));
+    assert!(e.contains("flipped.safetensors") && e.contains("corrupted"), "{e}");
+
     let e = failure(&predict(&[sample, "--model", "Cargo.toml"]));
     assert!(e.contains("Cargo.toml") && e.contains("not a safetensors file"), "{e}");
 

@@ -9,6 +9,10 @@
 //! Other `leafwalk.*` keys (seed, optimizer, mean trace of G, …) are kept as they are. Files are
 //! written atomically: a temporary file in the target folder, flushed, then renamed over the
 //! target, so a crash leaves either the old file or the new one.
+//!
+//! Every file leafwalk writes carries `leafwalk.sha256`, a digest of its tensors (see
+//! [`tensor_digest`]), checked on every read: a corrupted file is refused instead of loading
+//! weights that predict garbage. Files without it (PyTorch exports) load as they are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -19,6 +23,8 @@ use crate::{Arch, Architecture, Description, Dims, ModelError, Result};
 
 pub const FORMAT_VERSION: u32 = 2;
 const PREFIX: &str = "leafwalk.";
+/// Metadata key of the tensors' digest.
+pub const DIGEST_KEY: &str = "leafwalk.sha256";
 
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,15 +200,59 @@ fn json<T: serde::Serialize>(value: &[T]) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// Reads every tensor of a safetensors file and its metadata.
+/// Reads every tensor of a safetensors file and its metadata, verifying the tensors' digest when
+/// the file carries one (the digest key is not returned).
 pub fn read(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::checkpoint(path, format!("cannot read: {e}")))?;
     let not_safetensors =
         |e: &dyn std::fmt::Display| ModelError::checkpoint(path, format!("not a safetensors file ({e})"));
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(&e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(&e))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    match metadata.remove(DIGEST_KEY) {
+        Some(expected) => {
+            let views = file.tensors();
+            let named: Vec<(&str, &safetensors::tensor::TensorView)> =
+                views.iter().map(|(name, view)| (name.as_str(), view)).collect();
+            let actual = tensor_digest(&named);
+            if actual != expected {
+                return Err(ModelError::checkpoint(
+                    path,
+                    "is corrupted: its tensors do not match the sha256 digest in its metadata",
+                ));
+            }
+        }
+        None => tracing::debug!("{}: no {DIGEST_KEY} in the metadata; the tensors are not verified", path.display()),
+    }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| not_safetensors(&e))?;
     Ok((tensors, metadata))
+}
+
+/// sha256 over views of tensors in name order, each as its name, dtype, shape and little-endian
+/// bytes, every variable-length part preceded by its length — independent of the order and
+/// alignment a writer lays the tensors out in, and of the metadata that holds the digest. One
+/// tensor's bytes are held at a time (a candle tensor's view copies them).
+pub fn tensor_digest<V: safetensors::View>(tensors: &[(&str, V)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&k| tensors[k].0);
+    let mut hasher = Sha256::new();
+    for k in order {
+        let (name, view) = &tensors[k];
+        let dtype = format!("{:?}", view.dtype());
+        for part in [name.as_bytes(), dtype.as_bytes()] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.update((view.shape().len() as u64).to_le_bytes());
+        for &d in view.shape() {
+            hasher.update((d as u64).to_le_bytes());
+        }
+        let data = view.data();
+        hasher.update((data.len() as u64).to_le_bytes());
+        hasher.update(&data);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes tensors and metadata atomically (temporary file in the same folder, then rename).
@@ -247,8 +297,10 @@ pub fn write_values(path: &Path, arrays: &[(String, F32Values)], metadata: HashM
 fn write_items<'a, V: safetensors::View>(
     path: &Path,
     items: impl IntoIterator<Item = (&'a str, V)>,
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<()> {
+    let items: Vec<(&str, V)> = items.into_iter().collect();
+    metadata.insert(DIGEST_KEY.to_string(), tensor_digest(&items));
     leafwalk_data::write_path_atomic(path, |temp| {
         safetensors::serialize_to_file(items, Some(metadata), temp).map_err(|e| leafwalk_data::DataError::Invalid {
             path: path.to_path_buf(),

@@ -146,6 +146,46 @@ fn checkpoint_round_trip_keeps_outputs_and_metadata() {
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
 
+/// Every write carries the tensors' digest; a flipped byte in any tensor, or a tensor renamed
+/// or reshaped, is refused on load; a file without a digest (a PyTorch export) still loads.
+#[test]
+fn checkpoint_digest_catches_any_changed_tensor_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(Arch::Mlp, 5, DType::F32);
+    let path = dir.path().join("sealed.safetensors");
+    model.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header["__metadata__"][checkpoint::DIGEST_KEY].as_str().unwrap().len(), 64);
+    assert!(!model.meta().extra.contains_key("sha256"));
+    let data = 8 + header_len;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for case in 0..64 {
+        let mut corrupted = bytes.clone();
+        let at = rng.random_range(data..bytes.len());
+        corrupted[at] ^= 1 << rng.random_range(0..8);
+        let file = dir.path().join(format!("flip-{case}.safetensors"));
+        std::fs::write(&file, corrupted).unwrap();
+        let e = load_err(&file, LoadOptions::default());
+        assert!(e.contains(&format!("flip-{case}.safetensors")) && e.contains("corrupted"), "{e}");
+    }
+    // The digest does not depend on the order tensors are listed in.
+    let mut tensors = model.named_tensors();
+    let forward = checkpoint::tensor_digest(&tensors.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>());
+    tensors.reverse();
+    let backward = checkpoint::tensor_digest(&tensors.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>());
+    assert_eq!(forward, backward);
+    let plain = dir.path().join("plain.safetensors");
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(model.meta().to_metadata()),
+        &plain,
+    )
+    .unwrap();
+    Classifier::load(&plain, LoadOptions::default(), &Device::Cpu).unwrap();
+}
+
 fn load_err(path: &Path, options: LoadOptions) -> String {
     match Classifier::load(path, options, &Device::Cpu) {
         Ok(_) => panic!("{} loaded", path.display()),
