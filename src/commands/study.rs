@@ -537,8 +537,20 @@ fn draw_figures(out: &Path, config: &StudyConfig, rows: &[Value]) -> anyhow::Res
         },
     )?;
     let mut frames = series(&|r| r["data_adaptive"]["frames"]["confident_fraction"].as_f64());
-    let line = series(&|r| r["linear_frames"]["confident_fraction"].as_f64());
-    frames.extend(line.into_iter().map(|s| Series { label: format!("{} — straight line", s.label), ..s }));
+    // The straight line's frames are the same for every model of a dataset: one flat reference
+    // line per dataset, across that dataset's stages.
+    let mut datasets: Vec<&str> = config.family.iter().map(|f| f.dataset.as_str()).collect();
+    datasets.sort_unstable();
+    datasets.dedup();
+    for dataset in datasets {
+        let of_dataset: Vec<&Value> = rows.iter().filter(|r| r["dataset"] == dataset).collect();
+        let stages: Vec<f64> = of_dataset.iter().filter_map(|r| r["stage_epochs"].as_f64()).collect();
+        let Some(level) = of_dataset.first().and_then(|r| r["linear_frames"]["confident_fraction"].as_f64()) else {
+            continue;
+        };
+        let (first, last) = stages.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &s| (a.min(s), b.max(s)));
+        frames.push(Series { label: format!("{dataset}: straight line"), points: vec![(first, level), (last, level)] });
+    }
     line_chart(
         &out.join("study-frames.png"),
         &LineChart {
