@@ -34,6 +34,8 @@ pub enum DenoiseError {
     #[error(transparent)]
     Walk(#[from] leafwalk_walk::WalkError),
     #[error(transparent)]
+    Geometry(#[from] leafwalk_geometry::GeometryError),
+    #[error(transparent)]
     Metric(#[from] leafwalk_metrics::MetricError),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

@@ -29,6 +29,8 @@ pub enum OodError {
     #[error(transparent)]
     Geometry(#[from] leafwalk_geometry::GeometryError),
     #[error(transparent)]
+    Walk(#[from] leafwalk_walk::WalkError),
+    #[error(transparent)]
     Model(#[from] leafwalk_models::ModelError),
     #[error(transparent)]
     Data(#[from] leafwalk_data::DataError),

@@ -65,7 +65,7 @@ pub fn generate_on_leaf(
     seed: u64,
 ) -> Result<Generated> {
     if !(step_size.is_finite() && step_size > 0.0) {
-        return Err(WalkError::Invalid(format!("the step size must be a positive number, got {step_size}")));
+        return Err(WalkError::StepSize(step_size));
     }
     let (label, _) = prediction(model, from)?;
     let mut generated = Generated { label, images: Vec::with_capacity(count), proposed: 0, accepted: 0 };
@@ -75,7 +75,7 @@ pub fn generate_on_leaf(
         let (mut x, mut direction) = (from.clone(), draw());
         for k in 0..steps {
             let next = direction_step(model, &x, &direction, Subspace::Leaf, step_size)
-                .map_err(|e| WalkError::Invalid(format!("walk {walk}, step {k}: {e}")))?
+                .map_err(WalkError::at_step(Some(walk), k))?
                 .next;
             generated.proposed += 1;
             if prediction(model, &next)?.0 == label {

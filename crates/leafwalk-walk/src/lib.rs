@@ -41,7 +41,42 @@ pub use project::{project_onto_leaf, Projection};
 pub use route::{concatenate, connect_steered, walked_length, SteeredPath};
 pub use step::{data_leaf_step, direction_step, direction_walk, leaf_direction, Step, Subspace};
 
-pub use leafwalk_geometry::GeometryError as WalkError;
+/// What can stop a walk. Causes are kept as sources, so a caller can branch on them
+/// (`matches!(e, WalkError::AtStep { source, .. } if matches!(*source, WalkError::NonFiniteJacobian))`)
+/// and a report prints the chain (`{:#}` through anyhow: "walk 2, step 17: the Jacobian is not
+/// finite (NaN/Inf)").
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error(transparent)]
+    Geometry(#[from] leafwalk_geometry::GeometryError),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("the step size must be a positive number, got {0}")]
+    StepSize(f64),
+    #[error("projection onto the data leaf needs at least one anchor")]
+    NoAnchors,
+    #[error("the Jacobian is not finite (NaN/Inf)")]
+    NonFiniteJacobian,
+    #[error(
+        "the fused step takes at most {max_channels} channels and {max_classes} classes, not {channels} and {classes}"
+    )]
+    TooLargeForFusedStep { channels: usize, classes: usize, max_channels: usize, max_classes: usize },
+    /// A step of a walk failed; `walk` numbers the walk when a call runs several.
+    #[error("{}step {step}", walk.map_or(String::new(), |w| format!("walk {w}, ")))]
+    AtStep {
+        walk: Option<usize>,
+        step: usize,
+        #[source]
+        source: Box<WalkError>,
+    },
+}
+
+impl WalkError {
+    fn at_step(walk: Option<usize>, step: usize) -> impl FnOnce(WalkError) -> WalkError {
+        move |source| WalkError::AtStep { walk, step, source: Box::new(source) }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, WalkError>;
 
 /// An image in the model's normalised coordinates, CHW, f32 (the paper's precision).

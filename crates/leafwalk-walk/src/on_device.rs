@@ -63,11 +63,12 @@ impl LeafStep {
     pub fn new(model: &Classifier, subspace: Subspace, step: f64, threshold: f64) -> Result<Self> {
         let shape = model.input_shape();
         if shape.channels > MAX_CHANNELS || model.classes() > MAX_CLASSES {
-            return Err(WalkError::Invalid(format!(
-                "the fused step takes at most {MAX_CHANNELS} channels and {MAX_CLASSES} classes, not {} and {}",
-                shape.channels,
-                model.classes()
-            )));
+            return Err(WalkError::TooLargeForFusedStep {
+                channels: shape.channels,
+                classes: model.classes(),
+                max_channels: MAX_CHANNELS,
+                max_classes: MAX_CLASSES,
+            });
         }
         let plane = shape.height * shape.width;
         let (lo, hi) = clamp_bounds(model, shape.channels * plane);

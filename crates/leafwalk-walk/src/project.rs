@@ -45,7 +45,7 @@ pub fn project_onto_leaf(
     options: &PathOptions,
 ) -> Result<Vec<Projection>> {
     if anchors.is_empty() || per_point == 0 {
-        return Err(WalkError::Invalid("projection onto the data leaf needs at least one anchor".into()));
+        return Err(WalkError::NoAnchors);
     }
     let per_point = per_point.min(anchors.len());
     let points_per_chunk = (MAX_BATCH / per_point).max(1);

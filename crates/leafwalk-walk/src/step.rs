@@ -47,7 +47,7 @@ pub(crate) fn geometries(model: &Classifier, points: &[&State]) -> Result<Vec<Op
 }
 
 fn geometry(model: &Classifier, x: &State) -> Result<PointGeometry> {
-    geometries(model, &[x])?.remove(0).ok_or_else(|| WalkError::Invalid("the Jacobian is not finite (NaN/Inf)".into()))
+    geometries(model, &[x])?.remove(0).ok_or(WalkError::NonFiniteJacobian)
 }
 
 /// x + step · d̂ in f64, rounded to f32 and clamped to the image of [0, 1].
@@ -128,8 +128,7 @@ pub fn direction_walk(
 ) -> Result<(Vec<State>, Vec<PathRecord>)> {
     let (mut x, mut points, mut records) = (from.clone(), vec![from.clone()], Vec::new());
     for k in 0..steps {
-        let step = direction_step(model, &x, direction, subspace, step_size)
-            .map_err(|e| WalkError::Invalid(format!("step {k}: {e}")))?;
+        let step = direction_step(model, &x, direction, subspace, step_size).map_err(WalkError::at_step(None, k))?;
         let (prediction, log_p) = argmax(&step.log_probs);
         let record = PathRecord {
             step: k,

@@ -10,8 +10,8 @@ use leafwalk_data::dataset_info;
 use leafwalk_geometry::{batch_geometry_in, Coordinates};
 use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
 use leafwalk_walk::{
-    connect, connect_batch, connect_steered, data_leaf_step, generate_on_leaf, leaf_direction, prediction,
-    project_onto_leaf, Ending, PathOptions, PathOutcome, State,
+    connect, connect_batch, connect_steered, data_leaf_step, direction_walk, generate_on_leaf, leaf_direction,
+    prediction, project_onto_leaf, Ending, PathOptions, PathOutcome, State, Subspace, WalkError,
 };
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
@@ -127,6 +127,31 @@ fn a_walk_whose_jacobian_is_not_finite_stops_and_keeps_its_points() {
         assert_eq!(outcome.ending, Ending::Diverged { step: 0 });
         assert_eq!(outcome.points, vec![digits[0].clone()]);
     }
+}
+
+/// Errors a caller may branch on are variants, and a failed step keeps its cause as the source.
+#[test]
+fn walk_errors_are_typed_and_keep_their_cause() {
+    let good = model();
+    let mut tensors: HashMap<String, Tensor> = good.named_tensors().into_iter().collect();
+    let bias = tensors["fc2.bias"].clone();
+    tensors.insert("fc2.bias".into(), (bias * f64::NAN).unwrap());
+    let broken =
+        Classifier::from_tensors(Path::new("nan.safetensors"), good.meta().clone(), tensors, &Device::Cpu).unwrap();
+    let digits = digits();
+    let direction = DVector::from_element(digits[0].0.len(), 1.0);
+    let e = direction_walk(&broken, &digits[0], &direction, Subspace::Kernel, 3, 0.1, |_| {}).unwrap_err();
+    assert!(
+        matches!(&e, WalkError::AtStep { walk: None, step: 0, source } if matches!(**source, WalkError::NonFiniteJacobian)),
+        "{e:?}"
+    );
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(chain, "step 0: the Jacobian is not finite (NaN/Inf)");
+    let e = generate_on_leaf(&broken, &digits[0], 2, 3, 0.1, 0).unwrap_err();
+    assert!(matches!(e, WalkError::AtStep { walk: Some(0), step: 0, .. }), "{e:?}");
+    assert!(matches!(generate_on_leaf(&good, &digits[0], 1, 1, 0.0, 0), Err(WalkError::StepSize(0.0))));
+    let e = project_onto_leaf(&good, &digits[..1], &[], 1, &PathOptions::adaptive()).unwrap_err();
+    assert!(matches!(e, WalkError::NoAnchors), "{e:?}");
 }
 
 #[test]
