@@ -828,3 +828,48 @@ fn study_measures_a_grid_and_reruns_one_row() {
     let e = failure(&study(&[]));
     assert!(e.contains("grid.toml"), "{e}");
 }
+
+/// A write that fails for lack of space (here the file-size limit, `ulimit -f`, with SIGXFSZ
+/// ignored so the write returns an error as on a full disk) ends the run with one line and
+/// loses nothing: the previous checkpoints stay as they were, no temporary file is left, and
+/// the run resumes once there is room.
+#[test]
+fn a_full_disk_ends_training_cleanly_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let out = dir.path().join("run");
+    let out_arg = out.to_str().unwrap();
+    let train = ["train", "--arch", "mnist-cnn", "--batch-size", "20", "--reference-size", "0", "--out", out_arg];
+    let first = leafwalk(&[&train[..], &["--epochs", "1"]].concat(), dir.path());
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let before: Vec<(String, Vec<u8>)> =
+        files_in(&out).into_iter().map(|name| (name.clone(), std::fs::read(out.join(&name)).unwrap())).collect();
+    // 2 MB: the log fits, a 4.8 MB checkpoint does not.
+    let limited = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2048; exec \"$@\"")
+        .arg("bash")
+        .arg(env!("CARGO_BIN_EXE_leafwalk"))
+        .args(train)
+        .args(["--epochs", "2", "--resume", "--data-root"])
+        .arg(dir.path())
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&limited.stderr);
+    assert!(!limited.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("leafwalk: error: ") && last.contains("run"), "{stderr}");
+    for (name, bytes) in &before {
+        if name.ends_with(".safetensors") {
+            assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name} changed");
+        }
+    }
+    let after = files_in(&out);
+    assert!(!after.iter().any(|n| n.ends_with(".tmp")), "{after:?}");
+    assert!(!after.contains(&"epoch-02.safetensors".to_string()), "{after:?}");
+    let resumed = leafwalk(&[&train[..], &["--epochs", "2", "--resume"]].concat(), dir.path());
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(out.join("epoch-02.safetensors").exists());
+}

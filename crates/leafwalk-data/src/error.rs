@@ -65,7 +65,10 @@ impl DataError {
         DataError::Io { path: path.into(), error }
     }
 
+    /// The problem is folded onto one line: decoders' messages (JPEG's among them) may end in
+    /// or contain newlines, and every error leafwalk reports is one line.
     pub(crate) fn invalid(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        DataError::Invalid { path: path.into(), problem: problem.into() }
+        let problem = problem.into().split_whitespace().collect::<Vec<_>>().join(" ");
+        DataError::Invalid { path: path.into(), problem }
     }
 }
