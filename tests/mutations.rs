@@ -249,3 +249,18 @@ fn walk_files(root: &Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// Inputs the longer fuzz runs caught, kept as regressions (`tests/fixtures/fuzz/`).
+#[test]
+fn cases_found_by_fuzzing() {
+    let folder = repo("tests/fixtures/fuzz");
+    for path in walk_files(&folder) {
+        let result = match path.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => leafwalk_onnx::read(&path).map(drop).map_err(|e| e.to_string()),
+            other => panic!("{}: no reader for {other:?}", path.display()),
+        };
+        if let Err(message) = result {
+            assert!(!message.contains('\n') && !message.trim().is_empty(), "{}: {message:?}", path.display());
+        }
+    }
+}

@@ -38,10 +38,16 @@ pub const MAX_TENSOR_VALUES: usize = 1 << 30;
 /// What is wrong with an ONNX file; every message is one line naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    #[error("{}: {problem}", path.display())]
+    #[error("{}: {}", path.display(), printable(problem))]
     File { path: PathBuf, problem: String },
-    #[error("{}: node '{node}' ({op}): {problem}", path.display())]
+    #[error("{}: node '{}' ({}): {}", path.display(), printable(node), printable(op), printable(problem))]
     Node { path: PathBuf, node: String, op: String, problem: String },
+}
+
+/// Names and strings come from the file and may hold anything: control characters (a newline
+/// in a tensor name, say) are shown escaped, so an error stays one readable line.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// A network read from ONNX: its description (nodes named after the exporter's parameter names

@@ -113,14 +113,18 @@ fn identical_endpoints_are_reached_at_once() {
     }
 }
 
-#[test]
-fn a_walk_whose_jacobian_is_not_finite_stops_and_keeps_its_points() {
+/// The fixture model with a NaN output bias: every Jacobian it gives is non-finite.
+fn model_with_nan_bias() -> Classifier {
     let good = model();
     let mut tensors: HashMap<String, Tensor> = good.named_tensors().into_iter().collect();
     let bias = tensors["fc2.bias"].clone();
     tensors.insert("fc2.bias".into(), (bias * f64::NAN).unwrap());
-    let broken =
-        Classifier::from_tensors(Path::new("nan.safetensors"), good.meta().clone(), tensors, &Device::Cpu).unwrap();
+    Classifier::from_tensors(Path::new("nan.safetensors"), good.meta().clone(), tensors, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn a_walk_whose_jacobian_is_not_finite_stops_and_keeps_its_points() {
+    let broken = model_with_nan_bias();
     let digits = digits();
     for options in [PathOptions::euler(), PathOptions::adaptive()] {
         let outcome = connect(&broken, &digits[0], &digits[1], &options, |_| {}).unwrap();
@@ -132,12 +136,7 @@ fn a_walk_whose_jacobian_is_not_finite_stops_and_keeps_its_points() {
 /// Errors a caller may branch on are variants, and a failed step keeps its cause as the source.
 #[test]
 fn walk_errors_are_typed_and_keep_their_cause() {
-    let good = model();
-    let mut tensors: HashMap<String, Tensor> = good.named_tensors().into_iter().collect();
-    let bias = tensors["fc2.bias"].clone();
-    tensors.insert("fc2.bias".into(), (bias * f64::NAN).unwrap());
-    let broken =
-        Classifier::from_tensors(Path::new("nan.safetensors"), good.meta().clone(), tensors, &Device::Cpu).unwrap();
+    let (good, broken) = (model(), model_with_nan_bias());
     let digits = digits();
     let direction = DVector::from_element(digits[0].0.len(), 1.0);
     let e = direction_walk(&broken, &digits[0], &direction, Subspace::Kernel, 3, 0.1, |_| {}).unwrap_err();
