@@ -30,10 +30,13 @@ pub struct NearestIndex {
 }
 
 impl NearestIndex {
-    /// An index over `rows`, all of one length.
-    pub fn new<'a>(rows: impl ExactSizeIterator<Item = &'a [f32]>, device: &Device) -> anyhow::Result<Self> {
+    /// An index over `rows`, all of one length (owned rows are freed as they are copied in).
+    pub fn new<R: AsRef<[f32]>>(rows: impl ExactSizeIterator<Item = R>, device: &Device) -> anyhow::Result<Self> {
         let count = rows.len();
-        let values: Vec<f32> = rows.flatten().copied().collect();
+        let mut values: Vec<f32> = Vec::new();
+        for row in rows {
+            values.extend_from_slice(row.as_ref());
+        }
         let width = values.len() / count.max(1);
         let train = Tensor::from_vec(values, (count, width), device)?;
         let train_norms = train.sqr()?.sum(1)?;

@@ -109,18 +109,12 @@ impl Family {
     fn recipe(&self) -> anyhow::Result<Recipe> {
         let bad = |what: &str, e: String| anyhow::anyhow!("family '{}': {what}: {e}", self.name);
         let arch: Arch = self.arch.parse().map_err(|e: leafwalk_models::ModelError| bad("arch", e.to_string()))?;
-        let activation = self
-            .activation
-            .as_deref()
-            .map(|a| ActivationArg::from_str(a, true).map(|a| a.activation()))
-            .transpose()
-            .map_err(|e| bad("activation", e))?;
-        let pooling = self
-            .pooling
-            .as_deref()
-            .map(|p| PoolingArg::from_str(p, true).map(|p| p.kind()))
-            .transpose()
-            .map_err(|e| bad("pooling", e))?;
+        // The config names choices as `train`'s flags do, so it parses them with the same enums.
+        fn choice<T: ValueEnum>(text: Option<&str>) -> Result<Option<T>, String> {
+            text.map(|t| T::from_str(t, true)).transpose()
+        }
+        let activation = choice::<ActivationArg>(self.activation.as_deref()).map_err(|e| bad("activation", e))?;
+        let pooling = choice::<PoolingArg>(self.pooling.as_deref()).map_err(|e| bad("pooling", e))?;
         let adversarial = self
             .adversarial
             .as_deref()
@@ -131,7 +125,9 @@ impl Family {
         if self.stages.is_empty() || self.stages.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
             return Err(bad("stages", "give one or more non-negative numbers of epochs".into()));
         }
-        Ok(Recipe { arch, variant: Variant { activation, pooling }, adversarial, optimizer })
+        let variant =
+            Variant { activation: activation.map(ActivationArg::activation), pooling: pooling.map(PoolingArg::kind) };
+        Ok(Recipe { arch, variant, adversarial, optimizer })
     }
 
     fn row_name(&self, stage: f64) -> String {
@@ -331,7 +327,8 @@ impl Bench {
         let train_set = Dataset::load(info, Split::Train, data_root)?;
         let train_pixels: Vec<Vec<f32>> =
             (0..train_set.len()).map(|i| train_set.pixels(i)).collect::<Result<_, _>>()?;
-        let nearest = NearestIndex::new(train_pixels.iter().map(Vec::as_slice), &Device::Cpu)?;
+        // Moved in, so each image is freed once copied into the index (60,000 for Fashion-MNIST).
+        let nearest = NearestIndex::new(train_pixels.into_iter(), &Device::Cpu)?;
         let evaluator_model = Classifier::load(evaluator, LoadOptions::default(), &Device::Cpu)
             .with_context(|| format!("evaluator for {dataset}"))?;
         if evaluator_model.meta().dataset.as_deref() != Some(info.name) {

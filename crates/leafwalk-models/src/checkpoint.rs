@@ -209,13 +209,13 @@ pub fn read(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Ha
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(&e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(&e))?;
     let mut metadata = header.metadata().clone().unwrap_or_default();
+    // One pass over the views serves the digest and the tensors.
+    let views = file.tensors();
     match metadata.remove(DIGEST_KEY) {
         Some(expected) => {
-            let views = file.tensors();
             let named: Vec<(&str, &safetensors::tensor::TensorView)> =
                 views.iter().map(|(name, view)| (name.as_str(), view)).collect();
-            let actual = tensor_digest(&named);
-            if actual != expected {
+            if tensor_digest(&named) != expected {
                 return Err(ModelError::checkpoint(
                     path,
                     "is corrupted: its tensors do not match the sha256 digest in its metadata",
@@ -224,7 +224,11 @@ pub fn read(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Ha
         }
         None => tracing::debug!("{}: no {DIGEST_KEY} in the metadata; the tensors are not verified", path.display()),
     }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| not_safetensors(&e))?;
+    use candle_core::safetensors::Load;
+    let tensors = views
+        .into_iter()
+        .map(|(name, view)| Ok((name, view.load(device).map_err(|e| not_safetensors(&e))?)))
+        .collect::<Result<HashMap<_, _>>>()?;
     Ok((tensors, metadata))
 }
 

@@ -341,14 +341,7 @@ pub fn train(config: &TrainConfig, mut should_stop: impl FnMut(usize) -> bool) -
             LogRecord::epoch(state.step, epoch, &state.epoch_tally, test_loss, test_accuracy, state.seconds);
         record.geometry = geometry;
         log::append(&log_path, &record).map_err(|e| run_error(&log_path, e.to_string()))?;
-        let meta = model.meta_mut();
-        meta.epoch = epoch;
-        meta.step = state.step;
-        meta.test_accuracy = Some(test_accuracy);
-        meta.extra.extend(run_metadata(config));
-        if let Some(trace) = mean_trace_g {
-            meta.extra.insert("mean_trace_g".into(), format!("{trace:?}"));
-        }
+        stamp(model.meta_mut(), config, epoch, state.step, test_accuracy, mean_trace_g);
         let checkpoint = config.out.join(checkpoint_name(epoch));
         model.save(&checkpoint)?;
         let result = EpochResult {
@@ -507,6 +500,24 @@ fn meta_arch_name(config: &TrainConfig) -> String {
     }
 }
 
+/// Records in a checkpoint's metadata where the run stands and how it was made.
+fn stamp(
+    meta: &mut CheckpointMeta,
+    config: &TrainConfig,
+    epoch: usize,
+    step: usize,
+    test_accuracy: f64,
+    mean_trace_g: Option<f64>,
+) {
+    meta.epoch = epoch;
+    meta.step = step;
+    meta.test_accuracy = Some(test_accuracy);
+    meta.extra.extend(run_metadata(config));
+    if let Some(trace) = mean_trace_g {
+        meta.extra.insert("mean_trace_g".into(), format!("{trace:?}"));
+    }
+}
+
 /// Writes the snapshot `at` epochs into the run, evaluated like an epoch's checkpoint; its
 /// metadata says how far in it is (`epochs_trained`) without touching the model's own.
 fn save_snapshot(
@@ -518,15 +529,10 @@ fn save_snapshot(
     state: &RunState,
 ) -> Result<()> {
     let (_, test_accuracy) = evaluate(model, test_set, 500)?;
+    let mean_trace_g = reference.map(|pixels| reference_geometry(model, pixels)).transpose()?.map(|g| g.mean_trace_g);
     let mut meta = model.meta().clone();
-    meta.epoch = at.floor() as usize;
-    meta.step = state.step;
-    meta.test_accuracy = Some(test_accuracy);
-    meta.extra.extend(run_metadata(config));
+    stamp(&mut meta, config, at.floor() as usize, state.step, test_accuracy, mean_trace_g);
     meta.extra.insert("epochs_trained".into(), at.to_string());
-    if let Some(pixels) = reference {
-        meta.extra.insert("mean_trace_g".into(), format!("{:?}", reference_geometry(model, pixels)?.mean_trace_g));
-    }
     leafwalk_models::checkpoint::write(
         &config.out.join(snapshot_name(at)),
         &model.named_tensors(),
