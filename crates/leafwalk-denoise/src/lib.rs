@@ -12,6 +12,7 @@
 //! of the k nearest training images t, step toward the noisy image along the leaf only,
 //! t + s·P(t)(x̃ − t), and average. Images are CHW pixels in [0, 1]; every output is clamped
 //! there.
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 
@@ -27,26 +28,39 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use thiserror::Error;
 
+/// Errors of the denoisers and their evaluation; messages are one line.
 #[derive(Debug, Error)]
 pub enum DenoiseError {
-    #[error("{0}")]
-    Invalid(String),
+    /// A noise level that is negative or not a number.
+    #[error("noise σ must be a non-negative number, got {0}")]
+    BadSigma(f64),
+    /// PCA fitted on fewer than two images (or on empty ones): no covariance exists.
+    #[error("PCA needs at least two images")]
+    TooFewImagesForPca,
+    /// Tuning asked to choose among no candidates.
+    #[error("nothing to tune on")]
+    NoCandidates,
+    /// A walk to the data leaf failed.
     #[error(transparent)]
     Walk(#[from] leafwalk_walk::WalkError),
+    /// A geometry routine failed.
     #[error(transparent)]
     Geometry(#[from] leafwalk_geometry::GeometryError),
+    /// A quality measure refused its images.
     #[error(transparent)]
     Metric(#[from] leafwalk_metrics::MetricError),
+    /// A tensor operation failed.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
+/// The denoise crate's result.
 pub type Result<T> = std::result::Result<T, DenoiseError>;
 
 /// `image + N(0, σ²)` per pixel, clipped to [0, 1], seeded.
 pub fn add_noise(images: &[Vec<f32>], sigma: f64, seed: u64) -> Result<Vec<Vec<f32>>> {
     if !(sigma.is_finite() && sigma >= 0.0) {
-        return Err(DenoiseError::Invalid(format!("noise σ must be a non-negative number, got {sigma}")));
+        return Err(DenoiseError::BadSigma(sigma));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     Ok(images
@@ -125,7 +139,7 @@ impl Pca {
     pub fn fit(images: &[Vec<f32>], max_components: usize) -> Result<Self> {
         let n = images.first().map_or(0, |i| i.len());
         if images.len() < 2 || n == 0 {
-            return Err(DenoiseError::Invalid("PCA needs at least two images".into()));
+            return Err(DenoiseError::TooFewImagesForPca);
         }
         let data = DMatrix::from_fn(images.len(), n, |r, c| images[r][c] as f64);
         let mean = DVector::from_fn(n, |c, _| data.column(c).mean());
@@ -173,7 +187,7 @@ pub fn tune<T: Copy>(
             best = Some((mean, candidate));
         }
     }
-    best.map(|(_, c)| c).ok_or_else(|| DenoiseError::Invalid("nothing to tune on".into()))
+    best.map(|(_, c)| c).ok_or(DenoiseError::NoCandidates)
 }
 
 /// Projections of `noisy` (pixels) onto the data leaf through `anchors` (training images,

@@ -5,7 +5,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use leafwalk_data::dataset_info;
 use leafwalk_denoise::{
-    add_noise, gaussian_blur, leaf_denoise, median3, nearest_images, neighbour_mean, tune, LeafTangents, Pca,
+    add_noise, gaussian_blur, leaf_denoise, median3, nearest_images, neighbour_mean, tune, DenoiseError, LeafTangents,
+    Pca,
 };
 use leafwalk_geometry::batch_geometry;
 use leafwalk_metrics::quality::psnr;
@@ -44,7 +45,11 @@ fn noise_is_seeded_clipped_and_validated() {
     assert_ne!(a, add_noise(&images, 0.3, 2).unwrap());
     assert!(a.iter().flatten().all(|v| (0.0..=1.0).contains(v)));
     assert_eq!(add_noise(&images, 0.0, 1).unwrap(), images);
-    assert!(add_noise(&images, -0.1, 1).is_err() && add_noise(&images, f64::NAN, 1).is_err());
+    assert!(matches!(add_noise(&images, -0.1, 1), Err(DenoiseError::BadSigma(s)) if s == -0.1));
+    assert!(matches!(add_noise(&images, f64::NAN, 1), Err(DenoiseError::BadSigma(s)) if s.is_nan()));
+    assert!(matches!(Pca::fit(&images[..1], 3), Err(DenoiseError::TooFewImagesForPca)));
+    let no_candidates: &[usize] = &[];
+    assert!(matches!(tune(&images, &images, no_candidates, |_, x, _| x.to_vec()), Err(DenoiseError::NoCandidates)));
 }
 
 #[test]

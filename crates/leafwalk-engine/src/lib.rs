@@ -13,6 +13,7 @@
 //! Entry points take a [`Classifier`] and tensors: [`input_jacobian`], [`log_probs`] and
 //! [`nll_gradients`]. The CPU path needs f32 weights on the CPU; anything else goes through
 //! [`tensor`].
+#![warn(missing_docs)]
 
 mod forward;
 mod jacobian;
@@ -32,16 +33,48 @@ use crate::plan::{Mode, Plan};
 /// Errors of the engine; messages are one line.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The model's description cannot be compiled into a plan (an operation or shape the engine
+    /// does not run).
     #[error("model description: {0}")]
     Description(String),
+    /// The model's tensors do not fit its description (missing, or of another shape).
     #[error("model weights: {0}")]
     Weights(String),
-    #[error("{0}")]
-    Invalid(String),
+    /// A batch whose images are not of the model's input size.
+    #[error("the model takes {}×{}×{} inputs, not {}×{}×{}", expected.0, expected.1, expected.2, got.0, got.1, got.2)]
+    InputShape {
+        /// The model's (channels, height, width).
+        expected: (usize, usize, usize),
+        /// The batch's (channels, height, width).
+        got: (usize, usize, usize),
+    },
+    /// Labels that do not match the batch: another count, or a class the model does not have.
+    #[error("{labels} labels for {points} images, or a label ≥ {classes}")]
+    Labels {
+        /// Labels given.
+        labels: usize,
+        /// Images in the batch.
+        points: usize,
+        /// The model's class count C; labels must be below it.
+        classes: usize,
+    },
+    /// The logits (or the loss) have no gradient with respect to the input (a constant model).
+    #[error("the logits do not depend on the input")]
+    InputNotUsed,
+    /// A layer the tensor (device) backend cannot differentiate as it is set up.
+    #[error("layer '{layer}': the tensor backend needs {need}")]
+    DeviceBackend {
+        /// The layer's PyTorch name.
+        layer: String,
+        /// What the backend needs of it.
+        need: &'static str,
+    },
+    /// A tensor operation failed.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
+/// The engine's result.
 pub type Result<T> = std::result::Result<T, EngineError>;
 
 /// Which input a Jacobian is taken with respect to.
@@ -106,24 +139,14 @@ pub fn jacobian_values(model: &Classifier, input: &Tensor, coordinates: Coordina
 /// other devices and dtypes.
 pub fn loss_input_gradient(model: &Classifier, pixels: &Tensor, labels: &[usize]) -> Result<(Tensor, Vec<f32>)> {
     let points = pixels.dim(0)?;
-    if labels.len() != points || labels.iter().any(|&l| l >= model.classes()) {
-        return Err(EngineError::Invalid(format!(
-            "{} labels for {points} images, or a label ≥ {}",
-            labels.len(),
-            model.classes()
-        )));
-    }
+    check_labels(model, labels, points)?;
     if !runs_on_cpu_engine(model) {
         let x = candle_core::Var::from_tensor(pixels)?;
         let log_probs = model.log_probs_t(x.as_tensor(), false)?;
         let index =
             Tensor::from_vec(labels.iter().map(|&l| l as u32).collect::<Vec<_>>(), (points, 1), pixels.device())?;
         let losses = log_probs.gather(&index, 1)?.neg()?;
-        let gradient = losses
-            .sum_all()?
-            .backward()?
-            .remove(x.as_tensor())
-            .ok_or_else(|| EngineError::Invalid("the loss does not depend on the pixels".into()))?;
+        let gradient = losses.sum_all()?.backward()?.remove(x.as_tensor()).ok_or(EngineError::InputNotUsed)?;
         return Ok((gradient, losses.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?));
     }
     let normalised = normalised_input(model, pixels, Coordinates::Pixels)?;
@@ -171,13 +194,7 @@ pub fn nll_gradients(model: &Classifier, pixels: &Tensor, labels: &Tensor) -> Re
     }
     let points = pixels.dim(0)?;
     let labels: Vec<usize> = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?.into_iter().map(|l| l as usize).collect();
-    if labels.len() != points || labels.iter().any(|&l| l >= model.classes()) {
-        return Err(EngineError::Invalid(format!(
-            "{} labels for {points} images, or a label ≥ {}",
-            labels.len(),
-            model.classes()
-        )));
-    }
+    check_labels(model, &labels, points)?;
     let normalised = normalised_input(model, pixels, Coordinates::Pixels)?;
     let pass = with_plan(model, Mode::Train, |plan| Ok(training::nll_gradients(plan, &normalised, points, &labels)))?;
     let device = model.device();
@@ -196,15 +213,20 @@ pub fn nll_gradients(model: &Classifier, pixels: &Tensor, labels: &Tensor) -> Re
     }))
 }
 
+/// One label a point, each naming one of the model's classes.
+fn check_labels(model: &Classifier, labels: &[usize], points: usize) -> Result<()> {
+    if labels.len() != points || labels.iter().any(|&l| l >= model.classes()) {
+        return Err(EngineError::Labels { labels: labels.len(), points, classes: model.classes() });
+    }
+    Ok(())
+}
+
 /// The batch in the network's normalised coordinates, as f32 values.
 fn normalised_input(model: &Classifier, input: &Tensor, coordinates: Coordinates) -> Result<Vec<f32>> {
     let shape = model.input_shape();
     let (_, c, h, w) = input.dims4()?;
     if (c, h, w) != (shape.channels, shape.height, shape.width) {
-        return Err(EngineError::Invalid(format!(
-            "the model takes {}×{}×{} inputs, not {c}×{h}×{w}",
-            shape.channels, shape.height, shape.width
-        )));
+        return Err(EngineError::InputShape { expected: (shape.channels, shape.height, shape.width), got: (c, h, w) });
     }
     let x = input.to_dtype(DType::F32)?;
     let x = match coordinates {

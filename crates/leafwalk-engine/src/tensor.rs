@@ -78,10 +78,10 @@ fn reverse(
                     || conv.padding[0] != conv.padding[1]
                     || conv.dilation[0] != conv.dilation[1]
                 {
-                    return Err(EngineError::Invalid(format!(
-                        "layer '{}': the tensor backend needs square stride, padding and dilation",
-                        node.name
-                    )));
+                    return Err(EngineError::DeviceBackend {
+                        layer: node.name.clone(),
+                        need: "square stride, padding and dilation",
+                    });
                 }
                 let (s, p, d) = (conv.stride[0], conv.padding[0], conv.dilation[0]);
                 // The output padding that gives back the input's size where the stride dropped rows.
@@ -154,7 +154,7 @@ fn reverse(
             });
         }
     }
-    grads[0].take().ok_or_else(|| EngineError::Invalid("the logits do not depend on the input".into()))
+    grads[0].take().ok_or(EngineError::InputNotUsed)
 }
 
 /// A transposed convolution's result cut or zero-padded to `dims` (a stride that dropped the

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use leafwalk_engine::{input_jacobian, nll_gradients, tensor, Coordinates};
+use leafwalk_engine::{input_jacobian, loss_input_gradient, nll_gradients, tensor, Coordinates, EngineError};
 use leafwalk_models::description::{
     Activation, Arith, BatchNorm, Conv2d, Description, Dims, GeluForm, GraphBuilder, Linear, Op, Pool,
 };
@@ -424,4 +424,18 @@ fn training_gradients(name: &str, description: &Description, seed: u64) {
         let worst = found.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(worst <= 1e-5, "{name}: running statistic {stat} off by {worst:e}");
     }
+}
+
+/// Inputs of another size and labels that do not fit are refusals of their own kind.
+#[test]
+fn bad_batches_are_typed_refusals() {
+    let (_, description) = variants().remove(0);
+    let model = model(&description, 0);
+    let wrong = pixels(1, 0, DType::F32, Dims::new(3, 8, 8));
+    let e = input_jacobian(&model, &wrong, Coordinates::Pixels).unwrap_err();
+    assert!(matches!(e, EngineError::InputShape { expected: (3, 9, 9), got: (3, 8, 8) }), "{e}");
+    let x = pixels(2, 0, DType::F32, INPUT);
+    let e = loss_input_gradient(&model, &x, &[0]).unwrap_err();
+    assert!(matches!(e, EngineError::Labels { labels: 1, points: 2, classes: CLASSES }), "{e}");
+    assert!(matches!(loss_input_gradient(&model, &x, &[0, CLASSES]), Err(EngineError::Labels { .. })));
 }

@@ -98,18 +98,11 @@ pub const DATASET_FISHER_MAX_BYTES: usize = 4 << 30;
 /// The `top` largest eigenvalues and the trace of the dataset Fisher (1/N) Σ F(x,w).
 pub fn dataset_fisher(factors: &[FisherFactor], top: usize) -> Result<(f64, Vec<f64>)> {
     if factors.is_empty() || factors.len() > DATASET_FISHER_MAX_POINTS {
-        return Err(GeometryError::Invalid(format!(
-            "the dataset Fisher takes 1 to {DATASET_FISHER_MAX_POINTS} points, got {}",
-            factors.len()
-        )));
+        return Err(GeometryError::FisherPointCount { got: factors.len(), max: DATASET_FISHER_MAX_POINTS });
     }
     let bytes: usize = factors.iter().map(|f| f.rows.iter().map(|r| r.len() * 4).sum::<usize>()).sum();
     if bytes > DATASET_FISHER_MAX_BYTES {
-        return Err(GeometryError::Invalid(format!(
-            "the dataset Fisher of {} points needs {:.1} GiB of gradients (limit 4 GiB): use fewer points",
-            factors.len(),
-            bytes as f64 / (1u64 << 30) as f64
-        )));
+        return Err(GeometryError::FisherTooLarge { points: factors.len(), bytes, limit: DATASET_FISHER_MAX_BYTES });
     }
     let n = factors.len() as f64;
     let weights: Vec<f64> = factors.iter().flat_map(|f| f.probs.iter().map(move |p| (p / n).sqrt())).collect();

@@ -48,19 +48,16 @@ pub fn integrability(
 ) -> Result<Vec<BracketStats>> {
     let shape = point.dims().to_vec();
     if shape.len() != 4 || shape[0] != 1 {
-        return Err(GeometryError::Invalid(format!("integrability takes one point [1, C, H, W], not {shape:?}")));
+        return Err(GeometryError::NotOnePoint { routine: "integrability", shape });
     }
     if pairs == 0 || steps.iter().any(|h| !(h.is_finite() && *h > 0.0)) {
-        return Err(GeometryError::Invalid("integrability needs at least one pair and positive steps".into()));
+        return Err(GeometryError::IntegrabilitySettings { pairs, steps: steps.to_vec() });
     }
     let x: Vec<f64> = point.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
     let x = DVector::from_vec(x);
     let projector = batch_geometry(model, point)?.remove(0).leaf_projector();
     if projector.rank() < 2 {
-        return Err(GeometryError::Invalid(format!(
-            "the leaf has {} direction(s) here; a bracket needs two",
-            projector.rank()
-        )));
+        return Err(GeometryError::LeafTooThin { rank: projector.rank() });
     }
     let directions = leaf_pairs(&projector, x.len(), pairs, seed);
     let projectors_at = |points: &[DVector<f64>]| -> Result<Vec<LeafProjector>> {

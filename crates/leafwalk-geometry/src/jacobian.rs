@@ -57,10 +57,7 @@ pub fn input_jacobian_autograd(model: &Classifier, pixels: &Tensor) -> Result<Ja
     let log_probs = model.log_probs_t(input.as_tensor(), false)?;
     let selector = Tensor::eye(c, model.dtype(), model.device())?.repeat((b, 1))?;
     let grads = (&log_probs * &selector)?.sum_all()?.backward()?;
-    let jacobian = grads
-        .get(input.as_tensor())
-        .ok_or_else(|| GeometryError::Invalid("the model output does not depend on its input".into()))?
-        .reshape((b, c, ch * h * w))?;
+    let jacobian = grads.get(input.as_tensor()).ok_or(GeometryError::InputNotUsed)?.reshape((b, c, ch * h * w))?;
     let log_probs = log_probs.detach().reshape((b, c, c))?.narrow(1, 0, 1)?.squeeze(1)?;
     Ok(Jacobians { log_probs, jacobian })
 }

@@ -9,6 +9,7 @@
 //! Frobenius test of whether ker G⊥ is integrable at all ([`integrability`]). The
 //! n×n G is never formed unless asked for on a small input: all linear algebra runs on the C×n
 //! Jacobian and C×C matrices, in f64.
+#![warn(missing_docs)]
 
 mod error;
 mod fisher;

@@ -66,11 +66,11 @@ impl PointGeometry {
     /// From log p (C values) and J (C×n, row-major).
     pub fn new(log_probs: &[f64], jacobian: Vec<f32>, classes: usize) -> Result<Self> {
         if classes == 0 || log_probs.len() != classes || !jacobian.len().is_multiple_of(classes) {
-            return Err(GeometryError::Invalid(format!(
-                "{} log-probabilities and {} Jacobian entries for {classes} classes",
-                log_probs.len(),
-                jacobian.len()
-            )));
+            return Err(GeometryError::InconsistentShapes {
+                log_probs: log_probs.len(),
+                jacobian: jacobian.len(),
+                classes,
+            });
         }
         let log_probs = DVector::from_column_slice(log_probs);
         Ok(PointGeometry {
@@ -279,10 +279,7 @@ impl PointGeometry {
     /// The dense n×n G = AᵀA, only for small inputs.
     pub fn dense(&self, max_dim: usize) -> Result<DMatrix<f64>> {
         if self.dim() > max_dim {
-            return Err(GeometryError::Invalid(format!(
-                "refusing to form a dense {n}×{n} G (limit n ≤ {max_dim})",
-                n = self.dim()
-            )));
+            return Err(GeometryError::DenseTooLarge { n: self.dim(), max_dim });
         }
         let a = self.weighted_jacobian();
         Ok(a.transpose() * a)

@@ -2,7 +2,10 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use leafwalk_data::{dataset_info, DatasetInfo};
-use leafwalk_geometry::{batch_geometry, input_jacobian, input_jacobian_autograd, GeometryError, PointGeometry};
+use leafwalk_geometry::{
+    batch_geometry, dataset_fisher, input_jacobian, input_jacobian_autograd, integrability, GeometryError,
+    PointGeometry,
+};
 use leafwalk_models::{Arch, Classifier};
 use nalgebra::DVector;
 use rand::{Rng, SeedableRng};
@@ -236,6 +239,22 @@ fn non_finite_inputs_are_rejected() {
     let pixels = Tensor::from_vec(values, (2, 1, 28, 28), &Device::Cpu).unwrap();
     assert!(input_jacobian(&model, &pixels).unwrap_err().to_string().contains("non-finite"));
     assert!(PointGeometry::new(&[0.0; 3], vec![0.0; 10], 10).is_err());
+}
+
+/// Refusals a caller may branch on come as their own variants, not as text.
+#[test]
+fn geometry_refusals_are_typed() {
+    let e = PointGeometry::new(&[0.0; 3], vec![0.0; 10], 10).unwrap_err();
+    assert!(matches!(e, GeometryError::InconsistentShapes { log_probs: 3, jacobian: 10, classes: 10 }), "{e}");
+    let model = model(Arch::Mlp, DType::F32);
+    let point = batch_geometry(&model, &random_pixels(&model, 1, 3)).unwrap().remove(0);
+    let e = point.dense(100).unwrap_err();
+    assert!(matches!(e, GeometryError::DenseTooLarge { n: 784, max_dim: 100 }), "{e}");
+    assert!(matches!(dataset_fisher(&[], 3), Err(GeometryError::FisherPointCount { got: 0, .. })));
+    let e = integrability(&model, &random_pixels(&model, 2, 3), 1, &[0.1], 0).unwrap_err();
+    assert!(matches!(&e, GeometryError::NotOnePoint { shape, .. } if shape == &[2, 1, 28, 28]), "{e}");
+    let e = integrability(&model, &random_pixels(&model, 1, 3), 1, &[0.0], 0).unwrap_err();
+    assert!(matches!(e, GeometryError::IntegrabilitySettings { pairs: 1, .. }), "{e}");
 }
 
 /// F(x,w): trace = Σ eigenvalues, rank ≤ C−1 (Σ pᵢ ∇_w log pᵢ = 0 too), PSD, and the dataset

@@ -16,7 +16,7 @@ pub struct Detection {
 
 fn check(set: &'static str, scores: &[f64]) -> Result<()> {
     if scores.is_empty() {
-        return Err(MetricError::Invalid(format!("{set}: no scores")));
+        return Err(MetricError::NoScores { set });
     }
     let count = scores.iter().filter(|s| s.is_nan()).count();
     if count > 0 {

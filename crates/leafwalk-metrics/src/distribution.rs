@@ -6,12 +6,12 @@ use crate::{MetricError, Result};
 /// `b`: the area between their cumulative distribution functions. In the units of the values;
 /// samples of different sizes are compared through their CDFs.
 pub fn wasserstein_1(a: &[f64], b: &[f64]) -> Result<f64> {
-    for (name, sample) in [("first", a), ("second", b)] {
+    for (which, sample) in [("first", a), ("second", b)] {
         if sample.is_empty() {
-            return Err(MetricError::Invalid(format!("the {name} sample is empty")));
+            return Err(MetricError::BadSample { which, problem: "is empty" });
         }
         if sample.iter().any(|v| !v.is_finite()) {
-            return Err(MetricError::Invalid(format!("the {name} sample holds a value that is not finite")));
+            return Err(MetricError::BadSample { which, problem: "holds a value that is not finite" });
         }
     }
     let sorted = |s: &[f64]| {
@@ -40,6 +40,8 @@ mod tests {
         assert!((wasserstein_1(&[0.0, 0.0], &[0.0, 1.0]).unwrap() - 0.5).abs() < 1e-12);
         assert!((wasserstein_1(&[3.0], &[1.0, 2.0, 3.0, 4.0]).unwrap() - 1.0).abs() < 1e-12);
         assert_eq!(wasserstein_1(&[1.0, 4.0], &[2.0]).unwrap(), wasserstein_1(&[2.0], &[1.0, 4.0]).unwrap());
-        assert!(wasserstein_1(&[], &[1.0]).is_err() && wasserstein_1(&[f64::NAN], &[1.0]).is_err());
+        assert_eq!(wasserstein_1(&[], &[1.0]), Err(MetricError::BadSample { which: "first", problem: "is empty" }));
+        let not_finite = MetricError::BadSample { which: "second", problem: "holds a value that is not finite" };
+        assert_eq!(wasserstein_1(&[1.0], &[f64::NAN]), Err(not_finite));
     }
 }

@@ -15,6 +15,7 @@
 //!
 //! **Distributions** ([`distribution`]): the 1-Wasserstein distance between two samples, e.g. of
 //! G's log-eigenvalues over two datasets.
+#![warn(missing_docs)]
 
 pub mod detection;
 pub mod distribution;
@@ -23,10 +24,39 @@ pub mod quality;
 /// Errors of the metrics; messages are one line.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricError {
+    /// Detection scores holding NaN (a model or score that failed on some images).
     #[error("{set}: {count} of the scores are NaN")]
-    NanScores { set: &'static str, count: usize },
-    #[error("{0}")]
-    Invalid(String),
+    NanScores {
+        /// Which set: "in-distribution" or "out-of-distribution".
+        set: &'static str,
+        /// How many scores are NaN.
+        count: usize,
+    },
+    /// A set with no scores at all.
+    #[error("{set}: no scores")]
+    NoScores {
+        /// Which set: "in-distribution" or "out-of-distribution".
+        set: &'static str,
+    },
+    /// Two images (or an image and its shape) of different sizes.
+    #[error("images of {reference} and {image} values for a {shape} shape")]
+    ImageSizes {
+        /// The reference image's value count.
+        reference: usize,
+        /// The compared image's value count.
+        image: usize,
+        /// The shape both should have, as CxHxW.
+        shape: String,
+    },
+    /// A sample for a distance that is empty or holds a value that is not finite.
+    #[error("the {which} sample {problem}")]
+    BadSample {
+        /// "first" or "second".
+        which: &'static str,
+        /// "is empty" or "holds a value that is not finite".
+        problem: &'static str,
+    },
 }
 
+/// The metrics crate's result.
 pub type Result<T> = std::result::Result<T, MetricError>;

@@ -10,11 +10,11 @@ const K2: f64 = 0.03;
 fn check(reference: &[f32], image: &[f32], channels: usize, height: usize, width: usize) -> Result<()> {
     let len = channels * height * width;
     if len == 0 || reference.len() != len || image.len() != len {
-        return Err(MetricError::Invalid(format!(
-            "images of {} and {} values for a {channels}x{height}x{width} shape",
-            reference.len(),
-            image.len()
-        )));
+        return Err(MetricError::ImageSizes {
+            reference: reference.len(),
+            image: image.len(),
+            shape: format!("{channels}x{height}x{width}"),
+        });
     }
     Ok(())
 }

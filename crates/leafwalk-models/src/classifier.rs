@@ -21,19 +21,19 @@ pub struct Normalisation {
 impl Normalisation {
     /// Values for `channels` channels: one value applies to every channel.
     pub fn for_channels(&self, channels: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let expand = |what: &str, v: &[f32]| -> Result<Vec<f32>> {
+        let expand = |what: &'static str, v: &[f32]| -> Result<Vec<f32>> {
             match v.len() {
                 1 => Ok(vec![v[0]; channels]),
                 n if n == channels => Ok(v.to_vec()),
-                n => Err(ModelError::Invalid(format!("--{what} has {n} values, the model has {channels} channels"))),
+                values => Err(ModelError::NormalisationChannels { what, values, channels }),
             }
         };
-        let (mean, std) = (expand("mean", &self.mean)?, expand("std", &self.std)?);
+        let (mean, std) = (expand("--mean", &self.mean)?, expand("--std", &self.std)?);
         if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(ModelError::Invalid(format!("--std must be positive and finite, got {s}")));
+            return Err(ModelError::BadStd(*s));
         }
         if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
-            return Err(ModelError::Invalid(format!("--mean must be finite, got {m}")));
+            return Err(ModelError::BadMean(*m));
         }
         Ok((mean, std))
     }
@@ -209,30 +209,25 @@ impl Classifier {
     ) -> Result<Self> {
         let source = ParamSource::loaded(tensors);
         Self::build(meta, source, device, DType::F32).map_err(|e| match e {
-            ModelError::Candle(e) => ModelError::checkpoint(path, e.to_string()),
-            ModelError::Invalid(msg) => ModelError::checkpoint(path, msg),
-            other => other,
+            named @ (ModelError::Checkpoint { .. } | ModelError::InCheckpoint { .. } | ModelError::Data(_)) => named,
+            other => ModelError::InCheckpoint { path: path.to_path_buf(), source: Box::new(other) },
         })
     }
 
     fn build(meta: CheckpointMeta, source: ParamSource, device: &Device, dtype: DType) -> Result<Self> {
         let channels = meta.input.channels;
         if meta.mean.len() != channels || meta.std.len() != channels {
-            return Err(ModelError::Invalid(format!(
-                "normalisation has {} values, the {} input has {channels} channels",
-                meta.mean.len(),
-                meta.input
-            )));
+            let values = if meta.mean.len() != channels { meta.mean.len() } else { meta.std.len() };
+            return Err(ModelError::NormalisationChannels { what: "the normalisation", values, channels });
         }
-        let description = meta
-            .arch
-            .description(meta.input, meta.classes.len())
-            .map_err(|e| ModelError::Invalid(format!("{} on {} images: {e}", meta.arch, meta.input)))?;
+        let description = meta.arch.description(meta.input, meta.classes.len()).map_err(|source| {
+            ModelError::Description { arch: meta.arch.to_string(), input: meta.input.to_string(), source }
+        })?;
         let vb = VarBuilder::from_backend(Box::new(source.clone()), dtype, device.clone());
         let varmap = source.varmap();
         let net = GraphNet::new(description, vb, &varmap)?;
         if let Some(first) = source.unused().first() {
-            return Err(ModelError::Invalid(format!("unexpected tensor '{first}' for architecture {}", meta.arch)));
+            return Err(ModelError::UnexpectedTensor { name: first.clone(), arch: meta.arch.to_string() });
         }
         let channel_tensor = |v: &[f32]| Tensor::from_slice(v, (1, v.len(), 1, 1), device)?.to_dtype(dtype);
         Ok(Classifier {

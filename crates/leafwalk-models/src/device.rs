@@ -28,13 +28,10 @@ impl DeviceChoice {
     pub fn open(self) -> Result<Device> {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda(_) if !candle_core::utils::cuda_is_available() => Err(ModelError::Invalid(
-                "--device cuda: this leafwalk was built without CUDA; rebuild with `cargo build --release \
-                 --features cuda` (or scripts/build-cuda.sh)"
-                    .into(),
-            )),
-            DeviceChoice::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
-                ModelError::Invalid(format!("--device {self}: no usable CUDA GPU ({})", one_line(&e.to_string())))
+            DeviceChoice::Cuda(_) if !candle_core::utils::cuda_is_available() => Err(ModelError::CudaNotBuilt),
+            DeviceChoice::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| ModelError::CudaUnavailable {
+                device: self.to_string(),
+                reason: one_line(&e.to_string()),
             }),
         }
     }
@@ -58,7 +55,7 @@ impl FromStr for DeviceChoice {
     type Err = ModelError;
 
     fn from_str(text: &str) -> Result<Self> {
-        let bad = || ModelError::Invalid(format!("unknown device '{text}' (expected cpu, cuda or cuda:N)"));
+        let bad = || ModelError::UnknownDevice(text.to_string());
         match text.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),

@@ -11,6 +11,7 @@
 //! describes any other network for its plain `state_dict`. Weights are initialised from our own seeded RNG,
 //! because candle 0.11.1 cannot seed its CPU generator, and pooling is written with gathers and
 //! a first-maximum mask, because candle's `max_pool2d` backward is 4× off.
+#![warn(missing_docs)]
 
 mod arch;
 pub mod checkpoint;

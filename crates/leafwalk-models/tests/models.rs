@@ -241,6 +241,33 @@ fn bad_checkpoints_give_one_line_errors_naming_the_file() {
     assert!(e.contains("absent.safetensors") && e.contains("cannot read") && !e.contains('\n'), "{e}");
 }
 
+/// Refusals a caller may branch on are variants of their own, and a checkpoint that reads but
+/// does not build keeps the cause under the file's name.
+#[test]
+fn model_errors_are_typed_and_keep_their_cause() {
+    use leafwalk_models::{DeviceChoice, ModelError, Normalisation};
+    let dir = tempfile::tempdir().unwrap();
+    let good = model(Arch::MnistCnn, 0, DType::F32);
+    let extra = dir.path().join("extra.safetensors");
+    let mut tensors = good.named_tensors();
+    tensors.push(("fc3.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()));
+    write_tensors(&extra, tensors, good.meta().to_metadata());
+    let e = Classifier::load(&extra, LoadOptions::default(), &Device::Cpu).err().unwrap();
+    assert!(
+        matches!(&e, ModelError::InCheckpoint { path, source }
+            if path == &extra && matches!(&**source, ModelError::UnexpectedTensor { name, .. } if name == "fc3.weight")),
+        "{e:?}"
+    );
+    assert!(std::error::Error::source(&e).is_some());
+
+    let two_means = Normalisation { mean: vec![0.0, 0.0], std: vec![1.0] };
+    let e = two_means.for_channels(1).unwrap_err();
+    assert!(matches!(e, ModelError::NormalisationChannels { what: "--mean", values: 2, channels: 1 }), "{e}");
+    let zero_std = Normalisation { mean: vec![0.0], std: vec![0.0] };
+    assert!(matches!(zero_std.for_channels(1), Err(ModelError::BadStd(s)) if s == 0.0));
+    assert!(matches!("tpu".parse::<DeviceChoice>(), Err(ModelError::UnknownDevice(d)) if d == "tpu"));
+}
+
 /// A plain `safetensors.torch.save_file(model.state_dict())` export (the golden weights) loads
 /// once told its architecture and dataset, and reproduces PyTorch's log-probabilities.
 #[test]

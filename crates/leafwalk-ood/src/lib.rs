@@ -11,6 +11,7 @@
 //! nearest class mean under the shared covariance, and GradNorm. What the scores need from the
 //! training set ([`Reference`]) is computed once per model and cached on disk. [`OodSet`] names
 //! the evaluation's OOD sets: other data, noise, or transformed in-distribution images.
+#![warn(missing_docs)]
 
 mod reference;
 mod scores;
@@ -22,20 +23,70 @@ pub use sets::{OodSet, Transform};
 
 use thiserror::Error;
 
+/// Errors of out-of-distribution scoring; messages are one line.
 #[derive(Debug, Error)]
 pub enum OodError {
-    #[error("{0}")]
-    Invalid(String),
+    /// An OOD set spelled `noise:…` or `transform:…` that is not one of the known ones.
+    #[error("OOD set {text:?}: {problem}")]
+    UnknownSet {
+        /// The set as given.
+        text: String,
+        /// Which sets of that kind exist.
+        problem: &'static str,
+    },
+    /// A score name that is not one of [`Score::ALL`].
+    #[error("unknown score {name:?} (known: {known}, all)")]
+    UnknownScore {
+        /// The name as given.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
+    /// An image whose value count is not the model's input size.
+    #[error("image {index} has {values} values, the model takes {shape} = {expected}")]
+    ImageSize {
+        /// The image's index in the list.
+        index: usize,
+        /// Its value count.
+        values: usize,
+        /// The model's input shape, as text (C×H×W).
+        shape: String,
+        /// The model's input size C·H·W.
+        expected: usize,
+    },
+    /// The reference statistics need training images and none were given.
+    #[error("the training set is empty")]
+    EmptyTrainingSet,
+    /// The class-conditional feature covariance (Mahalanobis score) cannot be inverted.
+    #[error("covariance is not positive definite")]
+    CovarianceNotPositiveDefinite,
+    /// A cached reference file that lacks one of its tensors.
+    #[error("{}: no tensor {name}", path.display())]
+    CacheMissingTensor {
+        /// The cache file.
+        path: std::path::PathBuf,
+        /// The tensor it lacks.
+        name: &'static str,
+    },
+    /// The model's output has no gradient with respect to its input (a constant model).
+    #[error("the model output does not depend on its input")]
+    InputNotUsed,
+    /// A geometry routine failed.
     #[error(transparent)]
     Geometry(#[from] leafwalk_geometry::GeometryError),
+    /// A walk to the data leaf failed.
     #[error(transparent)]
     Walk(#[from] leafwalk_walk::WalkError),
+    /// The model could not be used or its cache file not read.
     #[error(transparent)]
     Model(#[from] leafwalk_models::ModelError),
+    /// An image set could not be read.
     #[error(transparent)]
     Data(#[from] leafwalk_data::DataError),
+    /// A tensor operation failed.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
+/// The OOD crate's result.
 pub type Result<T> = std::result::Result<T, OodError>;

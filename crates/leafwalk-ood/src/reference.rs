@@ -50,10 +50,7 @@ fn precision_around(samples: &[DVector<f64>], centre: impl Fn(usize) -> DVector<
     covariance /= samples.len().max(1) as f64;
     let ridge = 1e-6 * covariance.trace() / dim.max(1) as f64 + 1e-12;
     covariance += DMatrix::identity(dim, dim) * ridge;
-    covariance
-        .cholesky()
-        .map(|c| c.inverse())
-        .ok_or_else(|| OodError::Invalid("covariance is not positive definite".into()))
+    covariance.cholesky().map(|c| c.inverse()).ok_or(OodError::CovarianceNotPositiveDefinite)
 }
 
 /// Mean of a non-empty set of vectors.
@@ -73,7 +70,7 @@ impl Reference {
     /// matching file is there, and are written to it otherwise.
     pub fn build(model: &Classifier, train: &Dataset, options: &ReferenceOptions) -> Result<Self> {
         if train.is_empty() {
-            return Err(OodError::Invalid("the training set is empty".into()));
+            return Err(OodError::EmptyTrainingSet);
         }
         let anchors =
             (0..train.len()).map(|k| Ok(State::from_pixels(model, &train.pixels(k)?))).collect::<Result<Vec<_>>>()?;
@@ -132,10 +129,10 @@ impl Reference {
 
     fn read_cache(path: &Path, anchors: Vec<State>) -> Result<Self> {
         let (tensors, _) = checkpoint::read(path, &Device::Cpu)?;
-        let get = |name: &str| -> Result<&Tensor> {
-            tensors.get(name).ok_or_else(|| OodError::Invalid(format!("{}: no tensor {name}", path.display())))
+        let get = |name: &'static str| -> Result<&Tensor> {
+            tensors.get(name).ok_or_else(|| OodError::CacheMissingTensor { path: path.to_path_buf(), name })
         };
-        let matrix = |name: &str| -> Result<DMatrix<f64>> {
+        let matrix = |name: &'static str| -> Result<DMatrix<f64>> {
             let rows: Vec<Vec<f64>> = get(name)?.to_dtype(DType::F64)?.to_vec2()?;
             let columns = rows.first().map_or(0, |r| r.len());
             Ok(DMatrix::from_row_iterator(rows.len(), columns, rows.into_iter().flatten()))

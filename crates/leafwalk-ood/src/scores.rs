@@ -89,7 +89,7 @@ impl FromStr for Score {
     fn from_str(text: &str) -> Result<Self> {
         Score::ALL.into_iter().find(|s| s.name() == text).ok_or_else(|| {
             let known: Vec<&str> = Score::ALL.iter().map(|s| s.name()).collect();
-            OodError::Invalid(format!("unknown score {text:?} (known: {}, all)", known.join(", ")))
+            OodError::UnknownScore { name: text.to_string(), known: known.join(", ") }
         })
     }
 }
@@ -147,11 +147,12 @@ pub fn score_images(
 ) -> Result<ScoreTable> {
     let shape = model.input_shape();
     if let Some(k) = images.iter().position(|image| image.len() != shape.len()) {
-        return Err(OodError::Invalid(format!(
-            "image {k} has {} values, the model takes {shape} = {}",
-            images[k].len(),
-            shape.len()
-        )));
+        return Err(OodError::ImageSize {
+            index: k,
+            values: images[k].len(),
+            shape: shape.to_string(),
+            expected: shape.len(),
+        });
     }
     let mut predictions = Vec::with_capacity(images.len());
     let mut columns: Vec<(Score, Vec<f64>)> = which.iter().map(|&s| (s, Vec::with_capacity(images.len()))).collect();
@@ -228,10 +229,7 @@ fn odin(model: &Classifier, pixels: &Tensor, options: &ScoreOptions) -> Result<V
     let scaled = (model.logits_t(input.as_tensor(), false)? / temperature)?;
     let log_probs = candle_nn::ops::log_softmax(&scaled, D::Minus1)?;
     let top = log_probs.max(D::Minus1)?.sum_all()?;
-    let gradient = top
-        .backward()?
-        .remove(input.as_tensor())
-        .ok_or_else(|| OodError::Invalid("the model output does not depend on its input".into()))?;
+    let gradient = top.backward()?.remove(input.as_tensor()).ok_or(OodError::InputNotUsed)?;
     // Raising the top class's log-probability is x + ε·sign(∇ log p_top).
     let perturbed = (pixels + (gradient.sign()? * options.odin_epsilon)?)?;
     let logits = rows(&(model.logits_t(&perturbed, false)? / temperature)?)?;

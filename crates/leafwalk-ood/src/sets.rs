@@ -39,7 +39,7 @@ pub enum Transform {
 
 impl OodSet {
     pub fn parse(text: &str) -> Result<Self> {
-        let invalid = |problem: &str| OodError::Invalid(format!("OOD set {text:?}: {problem}"));
+        let invalid = |problem: &'static str| OodError::UnknownSet { text: text.to_string(), problem };
         match text.split_once(':') {
             Some(("noise", "uniform")) => Ok(OodSet::UniformNoise),
             Some(("noise", "gaussian")) => Ok(OodSet::GaussianNoise),

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::Device;
 use leafwalk_data::{dataset_info, Dataset, Split};
 use leafwalk_models::{checkpoint, Arch, Classifier, LoadOptions};
-use leafwalk_ood::{score_images, Reference, ReferenceOptions, Score, ScoreOptions};
+use leafwalk_ood::{score_images, OodError, OodSet, Reference, ReferenceOptions, Score, ScoreOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -97,4 +97,13 @@ fn unknown_scores_and_wrong_sizes_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("100 values"), "{error}");
+}
+
+/// Unknown names come back as their own variants, for a caller to branch on.
+#[test]
+fn unknown_names_are_typed_refusals() {
+    assert!(matches!("entropy2".parse::<Score>(), Err(OodError::UnknownScore { name, .. }) if name == "entropy2"));
+    let e = OodSet::parse("noise:pink").unwrap_err();
+    assert!(matches!(&e, OodError::UnknownSet { text, .. } if text == "noise:pink"), "{e}");
+    assert_eq!(e.to_string(), "OOD set \"noise:pink\": noise sets are noise:uniform and noise:gaussian");
 }
