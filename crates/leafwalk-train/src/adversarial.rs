@@ -23,8 +23,13 @@ pub enum Norm {
 /// PGD with `steps` steps of 2.5·ε / steps inside the `norm` ball of radius `epsilon` (pixels).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Adversary {
+    /// The ball the perturbation stays in: one ‖δ‖₂ per image, or a bound on every value.
     pub norm: Norm,
+    /// The ball's radius in pixel units (images in [0, 1]), positive, e.g. 2 for `l2:2` or 0.3
+    /// for `linf:0.3`.
     pub epsilon: f32,
+    /// PGD steps per batch, at least 1 (10 when the flag gives no count); each step is
+    /// 2.5·`epsilon` / `steps` long and costs one loss gradient of the batch.
     pub steps: usize,
 }
 

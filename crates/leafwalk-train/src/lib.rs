@@ -8,6 +8,7 @@
 //! `resume.safetensors` (weights, optimizer moments, running tallies) written at each epoch end
 //! and every `checkpoint_every` steps lets `--resume` reproduce an uninterrupted run bit for bit;
 //! `train-log.jsonl` records loss and accuracy about ten times an epoch.
+#![warn(missing_docs)]
 
 mod adversarial;
 mod figure;
@@ -30,49 +31,93 @@ pub use log::{GeometryStats, LogRecord};
 pub use optim::{Optimizer, OptimizerKind};
 pub use recommend::{recommend, Recommendation};
 
+/// Everything that can stop a training run; every message is one line, and those about settings
+/// name the command-line flag (`--lr`, `--epochs`, …) to change.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// Settings that cannot make a run: `epochs` or `batch_size` 0, `lr` not positive and finite,
+    /// `min_accuracy` outside [0, 1], `checkpoint_every` 0, a snapshot outside [0, `epochs`) or
+    /// on a whole epoch ≥ 1, an unparsable `--adversarial`, a variant the architecture cannot
+    /// take, or a resumed run that already has `epochs` epochs.
     #[error("{0}")]
     Config(String),
+    /// The run folder or one of its files is unusable: the folder cannot be created or written,
+    /// it already holds a run (without `resume`) or holds none (with `resume`), the resume file
+    /// was made with other settings or has malformed metadata, or the log cannot be written.
     #[error("{}: {msg}", path.display())]
-    Run { path: PathBuf, msg: String },
+    Run {
+        /// The folder or file concerned (the run folder, `resume.safetensors` or the log).
+        path: PathBuf,
+        /// What is wrong with it, in words.
+        msg: String,
+    },
+    /// Loading the training or test split failed (e.g. the dataset is not under `data_root`).
     #[error(transparent)]
     Data(#[from] leafwalk_data::DataError),
+    /// Building the model or reading or writing a checkpoint failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A tensor operation failed (out of device memory, a shape or dtype mismatch).
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    /// Measuring G on the reference batch failed.
     #[error(transparent)]
     Geometry(#[from] leafwalk_geometry::GeometryError),
+    /// The CPU engine refused or failed to run the model (gradients, log-probabilities, PGD).
     #[error(transparent)]
     Engine(#[from] leafwalk_engine::EngineError),
+    /// Drawing the run's `trace.png` failed.
     #[error(transparent)]
     Plot(#[from] leafwalk_plot::PlotError),
 }
 
+/// The training crate's result.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 fn run_error(path: &Path, msg: impl Into<String>) -> TrainError {
     TrainError::Run { path: path.to_path_buf(), msg: msg.into() }
 }
 
+/// Everything a training run needs. [`train`] checks it before loading anything and answers
+/// [`TrainError::Config`] for settings that cannot make a run. The `leafwalk train` defaults
+/// quoted below are the command line's; the struct itself has none.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
+    /// The dataset: the model trains on its training split and is evaluated on its test split,
+    /// and takes its image shape, classes and (unless `normalisation` says otherwise) its
+    /// normalisation from it.
     pub dataset: &'static DatasetInfo,
+    /// The built-in architecture trained (before `variant`'s swaps).
     pub arch: Arch,
     /// The built-in with its activations or pooling swapped (plain: the built-in itself).
     pub variant: Variant,
     /// The input normalisation, when not the dataset's (`None`: the dataset's).
     pub normalisation: Option<Normalisation>,
+    /// Length of the whole run in epochs, at least 1 (default 10). A resumed run continues up
+    /// to this many epochs in all, so raising it extends a finished run.
     pub epochs: usize,
+    /// Learning rate, positive and finite (default 0.01, for plain SGD as in the paper; the
+    /// `leafwalk train` example runs AdamW at 0.001).
     pub lr: f64,
+    /// Images per training step, at least 1 (default 60); an epoch's last batch holds the
+    /// remainder when the training set does not divide evenly.
     pub batch_size: usize,
+    /// The update rule (default plain SGD).
     pub optimizer: OptimizerKind,
+    /// Seeds the initial weights and every epoch's shuffle (default 42): the same seed, settings
+    /// and thread count give the same run bit for bit.
     pub seed: u64,
+    /// The run folder, created if missing: `epoch-XX.safetensors`, `resume.safetensors`,
+    /// `train-log.jsonl` and `trace.png` go there. It must not hold a run unless `resume` is set.
     pub out: PathBuf,
+    /// The folder holding the datasets (`mnist/`, `fashion-mnist/`, `cifar10/`); on the command
+    /// line `--data-root` or `$LEAFWALK_DATA`, default `data`.
     pub data_root: PathBuf,
     /// Also write the resume file every this many steps (it is always written at epoch ends).
     pub checkpoint_every: Option<usize>,
+    /// Continue the run in `out` from its `resume.safetensors` instead of starting one. The
+    /// dataset, architecture, variant, seed, optimizer, `lr`, `batch_size` and `adversarial` must
+    /// be those the run was started with ([`TrainError::Run`] otherwise); `epochs` may differ.
     pub resume: bool,
     /// Draw an indicatif progress bar (on stderr, only when it is a terminal).
     pub progress: bool,
@@ -125,19 +170,33 @@ impl TrainConfig {
 /// One finished epoch.
 #[derive(Clone, Debug)]
 pub struct EpochResult {
+    /// The epoch's number, counted from 1.
     pub epoch: usize,
+    /// Optimizer steps taken since the start of the run, at the end of this epoch.
     pub step: usize,
+    /// Mean negative log-likelihood (nats per image) of the epoch's training batches, each taken
+    /// in training mode just before its update (on the adversarial examples when training on
+    /// them); a resumed epoch includes the steps made before the interruption.
     pub train_loss: f64,
+    /// Fraction in [0, 1] of the epoch's training images predicted correctly, measured like
+    /// `train_loss`.
     pub train_accuracy: f64,
+    /// Mean negative log-likelihood (nats per image) over the whole test split, in evaluation
+    /// mode, with the epoch's final weights.
     pub test_loss: f64,
+    /// Fraction in [0, 1] of the test split predicted correctly, measured like `test_loss`.
     pub test_accuracy: f64,
     /// Mean trace of G over the reference batch with the epoch's final weights.
     pub mean_trace_g: Option<f64>,
+    /// Path of the epoch's checkpoint, `out/epoch-XX.safetensors` ([`checkpoint_name`]).
     pub checkpoint: PathBuf,
 }
 
+/// What [`train`] returns once the run has finished or was stopped by `should_stop`.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
+    /// The epochs finished by this call, in order; on `resume`, earlier epochs are not repeated
+    /// here (their records stay in `train-log.jsonl`).
     pub epochs: Vec<EpochResult>,
     /// The checkpoint the recommendation rule picks over the whole run (see [`recommend`]).
     pub recommended: Option<Recommendation>,
@@ -168,9 +227,15 @@ impl Tally {
 }
 
 const RESUME_FILE: &str = "resume.safetensors";
+/// File name, inside the run folder, of the training figure: mean trace of G on the reference
+/// batch and test accuracy against the training step, redrawn at every epoch end.
 pub const TRACE_FIGURE: &str = "trace.png";
+/// File name, inside the run folder, of the training log: one JSON [`LogRecord`] per line.
 pub const LOG_FILE: &str = "train-log.jsonl";
 
+/// File name (not a path) of the checkpoint written at the end of epoch `epoch`, counted from
+/// 1, zero-padded to two digits: `epoch-03.safetensors`. `0` names the initial weights'
+/// snapshot.
 pub fn checkpoint_name(epoch: usize) -> String {
     format!("epoch-{epoch:02}.safetensors")
 }

@@ -10,24 +10,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::Tally;
 
+/// One line of `train-log.jsonl` ([`crate::LOG_FILE`]): a `"start"` record with the initial
+/// geometry (when tracked), about ten `"batch"` records per epoch and one `"epoch"` record at
+/// each epoch end. Absent optional fields are left out of the JSON.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LogRecord {
     /// `"batch"`: statistics of the batches since the previous record; `"epoch"`: of a whole
     /// epoch, with the test set's.
     pub event: String,
+    /// Optimizer steps taken since the start of the run when the record was made (0 for
+    /// `"start"`); resuming cuts the log back to records at or before the resume step.
     pub step: usize,
+    /// The epoch the record belongs to, counted from 1 (0 for `"start"`).
     pub epoch: usize,
     /// Mean training loss and accuracy of the batches the record covers (none for "start").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Fraction in [0, 1] of the covered batches' images predicted correctly during their
+    /// training steps (none for `"start"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_accuracy: Option<f64>,
+    /// `"epoch"` only: mean negative log-likelihood (nats per image) over the test split, in
+    /// evaluation mode, with the epoch's final weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_loss: Option<f64>,
+    /// `"epoch"` only: fraction in [0, 1] of the test split predicted correctly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_accuracy: Option<f64>,
     /// Wall-clock seconds since the run started (interruptions excluded).
     pub seconds: f64,
+    /// `"batch"` only: training throughput over the batches the record covers, in images per
+    /// wall-clock second, the time spent measuring G excluded; 0 in other records.
     #[serde(default)]
     pub images_per_s: f64,
     /// Trace and rank of G on the reference batch, when tracked.
@@ -38,7 +51,10 @@ pub struct LogRecord {
 /// Local data matrix statistics over the run's fixed reference batch.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct GeometryStats {
+    /// Mean over the reference images of trace G = Σᵢ pᵢ ‖∇ₓ log pᵢ‖², in pixel units (inputs in
+    /// [0, 1]), with the model in evaluation mode.
     pub mean_trace_g: f64,
+    /// Median of the same traces (NaN for an empty reference batch).
     pub median_trace_g: f64,
     /// `rank_hist[r]` = number of reference images where G has numerical rank r.
     pub rank_hist: Vec<usize>,

@@ -8,6 +8,8 @@ use std::{fmt, str::FromStr};
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
+/// Which update rule an [`Optimizer`] applies; parses from and prints as `sgd` or `adamw`, the
+/// values of `--optimizer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerKind {
     /// Plain SGD (no momentum, no weight decay): the paper's optimizer.
@@ -41,6 +43,8 @@ struct Moments {
     v: Tensor,
 }
 
+/// SGD or AdamW over a model's trainable variables, updating them in place, with state a resume
+/// file can carry ([`Optimizer::state`], [`Optimizer::restore`]).
 pub struct Optimizer {
     kind: OptimizerKind,
     lr: f64,
@@ -57,6 +61,9 @@ const WEIGHT_DECAY: f64 = 0.01;
 const STATE_PREFIX: &str = "optimizer.";
 
 impl Optimizer {
+    /// An optimizer of `kind` with learning rate `lr` over `params`, (name, variable) pairs as
+    /// `Classifier::trainable_vars` gives them; the names key the saved state. AdamW's moments
+    /// start at zero (allocated on each variable's device); errs only if that allocation fails.
     pub fn new(kind: OptimizerKind, lr: f64, params: Vec<(String, Var)>) -> Result<Self> {
         let moments = match kind {
             OptimizerKind::Sgd => Vec::new(),
@@ -68,6 +75,10 @@ impl Optimizer {
         Ok(Self { kind, lr, params, moments, updates: 0 })
     }
 
+    /// One update of every parameter that has a gradient in `grads`, the others left as they
+    /// are: SGD w ← w − lr·g; AdamW PyTorch's rule (bias-corrected moments, decoupled weight
+    /// decay). Counts as an update even when no parameter had a gradient. Errs when a gradient
+    /// does not fit its parameter's shape, dtype or device.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.updates += 1;
         match self.kind {
@@ -97,6 +108,9 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Updates made so far: by [`Optimizer::step`] since creation, plus the count given to
+    /// [`Optimizer::restore`]. AdamW's bias correction depends on it, so it is saved with the
+    /// state.
     pub fn updates(&self) -> usize {
         self.updates
     }
@@ -123,6 +137,8 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Whether a tensor name from a resume file belongs to the optimizer's state (the
+    /// `optimizer.` prefix of [`Optimizer::state`]) rather than to the model.
     pub fn is_state(name: &str) -> bool {
         name.starts_with(STATE_PREFIX)
     }

@@ -11,10 +11,14 @@
 
 use crate::{checkpoint_name, LogRecord};
 
+/// The checkpoint of a run that [`recommend`] picks for geometry, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recommendation {
+    /// The picked epoch, counted from 1.
     pub epoch: usize,
+    /// Its checkpoint's file name inside the run folder (`epoch-XX.safetensors`), not a path.
     pub checkpoint: String,
+    /// Its test accuracy, a fraction in [0, 1].
     pub test_accuracy: f64,
     /// The mean trace of G averaged over the epoch's tracking records.
     pub mean_trace_g: Option<f64>,
@@ -22,6 +26,12 @@ pub struct Recommendation {
     pub reason: String,
 }
 
+/// Picks the checkpoint to study from a run's log records `history`: among the epochs whose test
+/// accuracy reaches `min_accuracy` (a fraction in [0, 1]), the one with the highest mean trace of
+/// G averaged over its tracking records (about ten in the epoch and one at its end: a model that
+/// already separates the classes but still carries the most information about its data leaf).
+/// If no epoch reaches the floor, the most accurate one; if G was not tracked, the first epoch
+/// that reaches it. `None` when `history` holds no `"epoch"` record with a test accuracy.
 pub fn recommend(history: &[LogRecord], min_accuracy: f64) -> Option<Recommendation> {
     let epochs: Vec<(&LogRecord, f64)> =
         history.iter().filter(|r| r.event == "epoch").filter_map(|r| Some((r, r.test_accuracy?))).collect();

@@ -23,8 +23,10 @@ pub struct Generated {
     pub label: usize,
     /// The end of each walk.
     pub images: Vec<State>,
-    /// Steps proposed and steps kept, over all walks.
+    /// Steps proposed over all walks (`count × steps`).
     pub proposed: usize,
+    /// Proposed steps kept because the prediction stayed `label`; after any other the walk
+    /// stayed put and drew a new direction.
     pub accepted: usize,
 }
 

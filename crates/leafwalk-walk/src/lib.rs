@@ -21,6 +21,7 @@
 //! rather than in pixels, avoids re-normalising at every step, whose one-ulp changes flip
 //! near-tied pooling windows over blank background and let a walk drift from the paper's.
 //! [`State::from_pixels`] and [`State::to_pixels`] convert at the edges.
+#![warn(missing_docs)]
 
 use leafwalk_models::Classifier;
 use nalgebra::DVector;
@@ -47,25 +48,48 @@ pub use step::{data_leaf_step, direction_step, direction_walk, leaf_direction, S
 /// finite (NaN/Inf)").
 #[derive(Debug, thiserror::Error)]
 pub enum WalkError {
+    /// Computing J and p failed: a start or target holding NaN/∞ (device walks), or the CPU
+    /// engine refusing the model.
     #[error(transparent)]
     Geometry(#[from] leafwalk_geometry::GeometryError),
+    /// A tensor operation failed: out of device memory, or inputs to [`LeafStep::apply`] whose
+    /// shapes do not fit together or that are not f32.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    /// [`generate_on_leaf`] was given a step size that is zero, negative or not finite (the
+    /// value given).
     #[error("the step size must be a positive number, got {0}")]
     StepSize(f64),
+    /// [`project_onto_leaf`] was given no anchors, or asked for 0 walks per point.
     #[error("projection onto the data leaf needs at least one anchor")]
     NoAnchors,
+    /// log p or J at the point a single step starts from holds NaN/∞ (the step functions and
+    /// [`generate_on_leaf`]; the path integrators report [`Ending::Diverged`] instead).
     #[error("the Jacobian is not finite (NaN/Inf)")]
     NonFiniteJacobian,
+    /// The model is too large for [`LeafStep`] (and so [`euler_on_device`]): more than 3 input
+    /// channels or more than 32 classes. The host integrators ([`connect_batch`]) take it.
     #[error(
         "the fused step takes at most {max_channels} channels and {max_classes} classes, not {channels} and {classes}"
     )]
-    TooLargeForFusedStep { channels: usize, classes: usize, max_channels: usize, max_classes: usize },
+    TooLargeForFusedStep {
+        /// The model's input channels.
+        channels: usize,
+        /// The model's classes.
+        classes: usize,
+        /// The most channels the fused step takes (3).
+        max_channels: usize,
+        /// The most classes the fused step takes (32).
+        max_classes: usize,
+    },
     /// A step of a walk failed; `walk` numbers the walk when a call runs several.
     #[error("{}step {step}", walk.map_or(String::new(), |w| format!("walk {w}, ")))]
     AtStep {
+        /// Index of the failing walk among those of the call (`None` for a call that runs one).
         walk: Option<usize>,
+        /// Index of the failing step within its walk, counted from 0.
         step: usize,
+        /// Why the step failed.
         #[source]
         source: Box<WalkError>,
     },
@@ -77,6 +101,7 @@ impl WalkError {
     }
 }
 
+/// The walk crate's result.
 pub type Result<T> = std::result::Result<T, WalkError>;
 
 /// An image in the model's normalised coordinates, CHW, f32 (the paper's precision).

@@ -40,8 +40,12 @@ mod ptx {
 /// direction was not finite: the path has diverged and stays put), and 1 if it moved.
 #[derive(Clone, Debug)]
 pub struct LeafStep {
+    /// [`Subspace::Leaf`] for a data-leaf step (the part of target − x in ker G⊥),
+    /// [`Subspace::Kernel`] for the part in ker G.
     pub subspace: Subspace,
+    /// Step length in normalised units (the paper's 0.1).
     pub step: f64,
+    /// Paths at most this far from their target (normalised units) do not move.
     pub threshold: f64,
     plane: usize,
     lower: [f32; MAX_CHANNELS],
@@ -60,6 +64,8 @@ pub struct FusedStep {
 }
 
 impl LeafStep {
+    /// The step for `model`'s inputs, its clamp bounds taken from the model's normalisation.
+    /// Errs with [`WalkError::TooLargeForFusedStep`] for more than 3 channels or 32 classes.
     pub fn new(model: &Classifier, subspace: Subspace, step: f64, threshold: f64) -> Result<Self> {
         let shape = model.input_shape();
         if shape.channels > MAX_CHANNELS || model.classes() > MAX_CLASSES {
@@ -79,6 +85,11 @@ impl LeafStep {
         Ok(LeafStep { subspace, step, threshold, plane, lower, upper })
     }
 
+    /// One step of every path of the batch (see [`LeafStep`]): x `[B, n]`, J `[B, C, n]` and
+    /// target `[B, n]`, f32 on one device, normalised coordinates, n a whole number of the
+    /// model's image planes. Runs `kernels/leaf_step.cu` on a CUDA device (`cuda` feature) and
+    /// the same algorithm on the CPU. Errs ([`WalkError::Candle`]) when the shapes do not fit
+    /// together, C exceeds 32, the dtype is not f32, or the device has no implementation.
     pub fn apply(&self, x: &Tensor, jacobian: &Tensor, target: &Tensor) -> Result<FusedStep> {
         let n = x.dim(1)?;
         let out = x.contiguous()?.apply_op3_no_bwd(&jacobian.contiguous()?, &target.contiguous()?, self)?;
@@ -291,10 +302,14 @@ impl CustomOp3 for LeafStep {
 /// Where a device walk ended.
 #[derive(Clone, Debug)]
 pub struct DeviceWalk {
+    /// Why the walk stopped: never [`Ending::ReachedClass`], as the device walk ignores
+    /// `stop_at_target_class`.
     pub ending: Ending,
     /// Steps taken (= Jacobian evaluations).
     pub steps: usize,
+    /// Distance from `end` to the target, normalised units.
     pub distance: f64,
+    /// The walk's last point, normalised coordinates.
     pub end: State,
 }
 

@@ -37,6 +37,7 @@ use crate::{Result, State};
 /// Largest number of points per batched Jacobian pass (bounds memory: B × C replicas).
 pub const MAX_BATCH: usize = 64;
 
+/// How a data-leaf path chooses its step lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Integrator {
     /// The paper's fixed step.
@@ -48,6 +49,8 @@ pub enum Integrator {
 /// Settings of a data-leaf path.
 #[derive(Clone, Copy, Debug)]
 pub struct PathOptions {
+    /// Fixed-step Euler (the paper's, [`PathOptions::euler`]) or the adaptive integrator
+    /// ([`PathOptions::adaptive`]).
     pub integrator: Integrator,
     /// Step length in normalised units: Euler's fixed step (the paper's 0.1), the adaptive
     /// integrator's first trial.
@@ -58,11 +61,15 @@ pub struct PathOptions {
     pub max_steps: usize,
     /// Stall: no `stall_progress` of progress over `stall_window` Jacobian evaluations.
     pub stall_window: usize,
+    /// Smallest gain on the best distance to the target so far (normalised units) that counts
+    /// as progress for the stall rule (0.01 in both presets).
     pub stall_progress: f64,
     /// Adaptive: largest local error per step, normalised units.
     pub tolerance: f64,
     /// Adaptive: step length bounds.
     pub max_step: f64,
+    /// Adaptive: a path whose step must shrink below this length (normalised units) to be
+    /// accepted ends [`Ending::Stalled`] (1e-3 in both presets).
     pub min_step: f64,
     /// Stop as soon as the prediction is the target's (`--flip-target`).
     pub stop_at_target_class: bool,
@@ -140,10 +147,13 @@ impl Progress {
 /// One logged point of a path.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathRecord {
+    /// Index of the point along the path, counted from 0 at the start.
     pub step: usize,
     /// Distance to the target, normalised units.
     pub distance: f64,
+    /// The model's predicted class here (argmax of log p).
     pub prediction: usize,
+    /// The model's probability of `prediction` here, in [0, 1].
     pub probability: f64,
     /// trace G at this point in pixel units (`None` where no Jacobian was taken).
     pub trace_g: Option<f64>,
@@ -157,13 +167,22 @@ pub enum Ending {
     /// Within the threshold of the target.
     Reached,
     /// The prediction became the target's at this step (`stop_at_target_class`).
-    ReachedClass { step: usize },
+    ReachedClass {
+        /// Index of the point where the target's class was first predicted.
+        step: usize,
+    },
     /// No progress (see [`PathOptions::stall_window`]) by this step.
-    Stalled { step: usize },
+    Stalled {
+        /// Steps taken when the path gave up (index of its last point).
+        step: usize,
+    },
     /// `max_steps` taken.
     StepLimit,
     /// log p or J stopped being finite at this step; the points before it are kept.
-    Diverged { step: usize },
+    Diverged {
+        /// Steps taken before the divergence: the index of the last point kept.
+        step: usize,
+    },
 }
 
 impl Ending {
@@ -181,7 +200,11 @@ impl Ending {
 /// How a path ended, with everything it visited.
 #[derive(Clone, Debug)]
 pub struct PathOutcome {
+    /// Why the path stopped.
     pub ending: Ending,
+    /// Jacobians taken for this path, one per point examined: Euler one per step (plus the
+    /// point where the target's class shows); adaptive one at the start and one per trial step,
+    /// accepted or rejected.
     pub jacobian_evals: usize,
     /// Every point of the walk, the start included.
     pub points: Vec<State>,
@@ -190,10 +213,13 @@ pub struct PathOutcome {
 }
 
 impl PathOutcome {
+    /// Whether the path ended at its goal: within `threshold` of the target, or (with
+    /// `stop_at_target_class`) where the target's class is predicted.
     pub fn reached(&self) -> bool {
         matches!(self.ending, Ending::Reached | Ending::ReachedClass { .. })
     }
 
+    /// The step count at which the path stalled, or `None` when it ended otherwise.
     pub fn stalled_at(&self) -> Option<usize> {
         match self.ending {
             Ending::Stalled { step } => Some(step),
@@ -201,10 +227,13 @@ impl PathOutcome {
         }
     }
 
+    /// Steps taken: the points visited after the start.
     pub fn steps(&self) -> usize {
         self.points.len() - 1
     }
 
+    /// Distance of the last recorded point to the target, normalised units (0 when the path
+    /// has no record: it diverged at its start).
     pub fn final_distance(&self) -> f64 {
         self.records.last().map_or(0.0, |r| r.distance)
     }

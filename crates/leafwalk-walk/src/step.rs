@@ -11,6 +11,7 @@ use crate::{channel_stats, clamp_bounds, Result, State, WalkError};
 /// One step's result.
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// The point after the step, normalised coordinates, clamped to the image of [0, 1].
     pub next: State,
     /// Dimension of ker G⊥ used by the projection.
     pub rank: usize,
