@@ -16,7 +16,9 @@ use crate::{cifar, idx};
 /// Which half of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Split {
+    /// The training images, those the registry's mean and std were computed over; written `train`.
     Train,
+    /// The held-out test images; written `test` (`t10k`, the MNIST file prefix, is also accepted).
     Test,
 }
 
@@ -52,7 +54,9 @@ impl fmt::Display for Split {
 /// converts only what a step needs.
 #[derive(Clone)]
 pub struct Dataset {
+    /// The registry entry the split was loaded as; fixes the image shape and the number of classes.
     pub info: &'static DatasetInfo,
+    /// Which split of the dataset this is.
     pub split: Split,
     /// `len() * C*H*W` bytes, each image in CHW order.
     pub images: Vec<u8>,
@@ -77,6 +81,7 @@ impl Dataset {
         self.labels.len()
     }
 
+    /// True when the split holds no images, so that every [`Dataset::image`] call errs.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

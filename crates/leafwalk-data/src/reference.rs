@@ -16,8 +16,12 @@ const REF_SYNTAX: &str = "expected NAME:SPLIT[:INDEX], e.g. mnist:test:17";
 /// A dataset split, or one image of it: `NAME:SPLIT[:INDEX]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DatasetRef {
+    /// The registry entry named by `NAME`.
     pub dataset: &'static DatasetInfo,
+    /// The split named by `SPLIT` (`train`, or `test`/`t10k`).
     pub split: Split,
+    /// 0-based image index within the split; `None` when the reference names the whole split. Not checked
+    /// against the split's length until the split is loaded.
     pub index: Option<usize>,
 }
 
@@ -59,7 +63,9 @@ impl fmt::Display for DatasetRef {
 /// Where an input image comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ImageSource {
+    /// An image file (PNG, JPEG or GIF, recognised by content), resampled to the requested shape by [`load_image`].
     File(PathBuf),
+    /// One image of a dataset split, `NAME:SPLIT:INDEX`; parsing guarantees the index is set.
     Ref(DatasetRef),
     /// Images in a safetensors file (one of them, or all where a command takes several).
     Tensor(TensorImages),

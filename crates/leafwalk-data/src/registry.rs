@@ -8,8 +8,11 @@ use crate::error::{DataError, Result};
 /// The shape of one image, channels first, as models see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ImageShape {
+    /// Colour channels: 1 for greyscale, 3 for RGB (in that order).
     pub channels: usize,
+    /// Image height in pixels (rows).
     pub height: usize,
+    /// Image width in pixels (columns).
     pub width: usize,
 }
 
@@ -42,6 +45,7 @@ impl fmt::Display for ImageShape {
 pub struct DatasetInfo {
     /// Registry name; also the directory under the data root.
     pub name: &'static str,
+    /// Shape of every image in the dataset, e.g. `1x28x28` for MNIST, `3x32x32` for CIFAR-10.
     pub shape: ImageShape,
     /// Class names, indexed by label.
     pub classes: &'static [&'static str],

@@ -14,6 +14,8 @@ use crate::registry::ImageShape;
 /// Images in a safetensors file (module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorImages {
+    /// The `.safetensors` file, as written on the command line (relative paths are resolved against the
+    /// working directory when the file is read).
     pub path: PathBuf,
     /// The tensor's name; `None`: the file's only tensor.
     pub name: Option<String>,

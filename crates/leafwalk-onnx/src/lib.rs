@@ -16,6 +16,7 @@
 //! [`MAX_TENSOR_VALUES`] values, and every allocation is sized by bytes actually present in the
 //! file (a corrupt length or dimension is an error, never an allocation), so a model file
 //! costs at most a few times its own size in memory while it is read.
+#![warn(missing_docs)]
 
 mod graph;
 mod patterns;
@@ -38,10 +39,29 @@ pub const MAX_TENSOR_VALUES: usize = 1 << 30;
 /// What is wrong with an ONNX file; every message is one line naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
+    /// The file as a whole is at fault: it cannot be read, is larger than [`MAX_FILE_BYTES`], is not an
+    /// ONNX model or imports no ONNX operator set, an initializer (or its external data) cannot be read, or
+    /// its inputs and outputs are not one image batch `[N, C, H, W]` in and one class-score vector out.
     #[error("{}: {}", path.display(), printable(problem))]
-    File { path: PathBuf, problem: String },
+    File {
+        /// The model file, as given to [`read`] or [`from_bytes`].
+        path: PathBuf,
+        /// What is wrong, on one line.
+        problem: String,
+    },
+    /// One node cannot be translated: an operator, operator set or attribute value leafwalk does not
+    /// read, an input that is not where it must be (computed or constant), or shapes that do not fit.
     #[error("{}: node '{}' ({}): {}", path.display(), printable(node), printable(op), printable(problem))]
-    Node { path: PathBuf, node: String, op: String, problem: String },
+    Node {
+        /// The model file, as given to [`read`] or [`from_bytes`].
+        path: PathBuf,
+        /// The node's name in the file, or `#POSITION` (0-based, in file order) for an unnamed node.
+        node: String,
+        /// The node's ONNX operator (`op_type`, e.g. `Conv`).
+        op: String,
+        /// What is wrong with it, on one line.
+        problem: String,
+    },
 }
 
 /// Names and strings come from the file and may hold anything: control characters (a newline
@@ -55,8 +75,15 @@ fn printable(text: &str) -> String {
 /// description's parameter names, on the CPU, and who wrote the file.
 #[derive(Debug)]
 pub struct Imported {
+    /// The network as a leafwalk description: one image `[C, H, W]` (no batch axis) in, the file's one output
+    /// out (class scores `[classes]`, or their (log-)softmax where the export ends in one); nodes the output
+    /// does not depend on are dropped.
     pub description: Description,
+    /// Every parameter of `description`, keyed by its name (`NODE.weight`, `NODE.bias`, `NODE.running_mean`,
+    /// …), as `f32` on the CPU in the shape [`Description::parameters`] gives it (batch norms the exporter
+    /// folded into convolutions arrive folded).
     pub tensors: HashMap<String, Tensor>,
+    /// The file's `producer_name`, e.g. `pytorch`; empty when the file does not say.
     pub producer: String,
 }
 

@@ -5,6 +5,7 @@
 //! so no system fonts are needed), a blue–white–red map for signed directions (blue negative,
 //! white zero, red positive, each tile scaled to its own largest magnitude), and atomic writes.
 //! Pixels are filled directly into an RGB buffer; plotters draws the text and the charts.
+#![warn(missing_docs)]
 
 use std::path::Path;
 use std::sync::Once;
@@ -12,14 +13,25 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+/// What can go wrong while drawing a figure or writing it out; every message is one line naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
+    /// Drawing or encoding the figure failed: plotters could not draw text or lines, or the PNG or GIF
+    /// encoder refused the pixels (e.g. GIF frames of different sizes). Nothing has been written.
     #[error("{path}: cannot draw the figure: {msg}")]
-    Draw { path: String, msg: String },
+    Draw {
+        /// The figure file that was to be written, as displayed in the message.
+        path: String,
+        /// The drawing library's or encoder's own message.
+        msg: String,
+    },
+    /// Writing the encoded file failed: an I/O error of the atomic write, or a path that names no file. Any
+    /// earlier file at that path is left as it was.
     #[error(transparent)]
     Data(#[from] leafwalk_data::DataError),
 }
 
+/// Results of this crate's drawing functions.
 pub type Result<T> = std::result::Result<T, PlotError>;
 
 const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
@@ -49,11 +61,19 @@ pub enum TileKind {
 
 /// One cell of a grid: CHW values and a caption drawn under it.
 pub struct Tile<'a> {
+    /// `channels * height * width` values, channels first, borrowed from the caller; values missing from a
+    /// short slice are drawn as 0.
     pub values: &'a [f32],
+    /// 3: the values are drawn as RGB (a signed direction per channel around mid-gray); any other count: the
+    /// first channel alone.
     pub channels: usize,
+    /// Rows of values; each is drawn `scale` screen pixels tall.
     pub height: usize,
+    /// Columns of values; each is drawn `scale` screen pixels wide.
     pub width: usize,
+    /// Text drawn on one line under the tile, neither wrapped nor clipped (keep it to a cell's width).
     pub caption: String,
+    /// Whether the values are pixels or a signed direction.
     pub kind: TileKind,
 }
 
@@ -166,17 +186,28 @@ pub fn render_tiles(
 
 /// A named line of (x, y) points.
 pub struct Series {
+    /// The line's name in the chart's legend.
     pub label: String,
+    /// `(x, y)` in data units, joined in the given order (sort by x first for a function plot). On the primary
+    /// axis, points whose y is not finite (or, on a log axis, not positive) are left out.
     pub points: Vec<(f64, f64)>,
 }
 
 /// A line chart; `secondary` series use a right-hand axis of their own.
 pub struct LineChart {
+    /// Caption drawn above the plot area.
     pub title: String,
+    /// Description of the horizontal axis, with its unit if it has one (e.g. `step`).
     pub x_label: String,
+    /// Description of the left-hand (primary) axis.
     pub y_label: String,
+    /// Draws the primary axis on a log scale, spanning the positive y values with a factor 1.5 of margin.
     pub log_y: bool,
+    /// The lines on the primary axis, coloured in palette order; the x range and the primary y range are
+    /// fitted to them alone (with 5% margins on a linear axis).
     pub series: Vec<Series>,
+    /// The right-hand axis's description and its lines (linear scale, coloured after the primary ones,
+    /// sharing the primary x range), or `None` for a chart with one y axis.
     pub secondary: Option<(String, Vec<Series>)>,
 }
 
