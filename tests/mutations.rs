@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use common::{repo, tiny_mnist};
-use leafwalk_data::{dataset_info, Dataset, ImageShape, Invert, Split};
+use leafwalk_data::{dataset_info, Dataset, ImageShape, Invert, Split, TensorImages};
 use leafwalk_models::{Arch, Classifier, LoadOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -235,6 +235,34 @@ fn cifar_batches() {
     let valid = std::fs::read(&batch).unwrap();
     let load = |_: &Path| Dataset::load(info, Split::Test, dir.path()).map(drop).map_err(|e| e.to_string());
     cases("cifar", &valid, |bytes| through_file(&batch, bytes, load));
+}
+
+/// Pairs files for `path --pairs`: every kind of image source on a side, header and comment.
+#[test]
+fn pairs_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid =
+        b"from,to\n# a comment\nmnist:test:0, mnist:test:1\nmodels/samples/mnist-1.png,batch.safetensors:x#3\n\n";
+    let path = dir.path().join("pairs.csv");
+    cases("pairs-csv", valid, |bytes| {
+        through_file(&path, bytes, |p| leafwalk_data::read_pairs(p).map(drop).map_err(|e| e.to_string()))
+    });
+}
+
+/// Images handed over as a safetensors tensor (`FILE.safetensors[:NAME][#INDEX]`).
+#[test]
+fn tensor_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batch.safetensors");
+    let pixels: Vec<f32> = (0..3 * 784).map(|i| (i % 256) as f32 / 255.0).collect();
+    let batch = candle_core::Tensor::from_vec(pixels, (3, 1, 28, 28), &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("images", batch)]), &path).unwrap();
+    let valid = std::fs::read(&path).unwrap();
+    let shape = ImageShape { channels: 1, height: 28, width: 28 };
+    let every = TensorImages::parse(&format!("{}:images", path.display())).unwrap().unwrap();
+    cases("tensor-images", &valid, |bytes| {
+        through_file(&path, bytes, |_| every.load(shape).map(drop).map_err(|e| e.to_string()))
+    });
 }
 
 fn walk_files(root: &Path) -> Vec<std::path::PathBuf> {

@@ -24,7 +24,7 @@ const STRIP_FRAMES: usize = 9;
 pub fn run(args: PathArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let options = path_options(&args.walk)?;
     let sources = match (&args.pairs, &args.from, &args.to) {
-        (Some(csv), _, _) => read_pairs(csv)?,
+        (Some(csv), _, _) => leafwalk_data::read_pairs(csv)?,
         (None, Some(from), Some(to)) => vec![(from.clone(), to.clone())],
         // The target is the start, mirrored once its pixels are read.
         (None, Some(from), None) if args.to_flipped => vec![(from.clone(), from.clone())],
@@ -174,30 +174,6 @@ fn load_pair(
     }
     let batch = input_batch(&[from.clone(), to.clone()], model, args.invert, data_root)?;
     Ok(batch.flatten_from(1)?.to_vec2()?)
-}
-
-/// `from,to` rows; a first row `from,to` is a header; blank lines and `#` comments skipped.
-fn read_pairs(csv: &Path) -> anyhow::Result<Vec<(ImageSource, ImageSource)>> {
-    let text = std::fs::read_to_string(csv).with_context(|| format!("{}: cannot read", csv.display()))?;
-    let mut pairs = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || (pairs.is_empty() && line.replace(' ', "") == "from,to") {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [from, to] = fields[..] else {
-            bail!("{}: line {}: expected `from,to`, got {line:?}", csv.display(), number + 1);
-        };
-        let parse = |text: &str| -> anyhow::Result<ImageSource> {
-            text.parse().with_context(|| format!("{}: line {}", csv.display(), number + 1))
-        };
-        pairs.push((parse(from)?, parse(to)?));
-    }
-    if pairs.is_empty() {
-        bail!("{}: no `from,to` rows", csv.display());
-    }
-    Ok(pairs)
 }
 
 fn ending_name(ending: Ending) -> &'static str {

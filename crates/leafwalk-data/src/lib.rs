@@ -16,6 +16,7 @@
 //! `hub::download` fetches them through candle-datasets instead.
 //!
 //! Images are `C*H*W` values per image, channels first, everywhere.
+#![warn(missing_docs)]
 
 mod atomic_file;
 mod cifar;
@@ -26,6 +27,7 @@ pub mod hub;
 mod idx;
 mod image_file;
 mod image_set;
+mod pairs;
 mod reference;
 mod registry;
 mod tensor_file;
@@ -37,6 +39,7 @@ pub use dataset::{Dataset, Split};
 pub use error::{DataError, Result};
 pub use image_file::{image_file_shape, load_image, mirror, save_image, Invert};
 pub use image_set::{ImageSet, NamedImage};
+pub use pairs::read_pairs;
 pub use reference::{DatasetRef, ImageSource};
 pub use registry::{dataset_info, DatasetInfo, ImageShape, DATASETS};
 pub use tensor_file::TensorImages;
