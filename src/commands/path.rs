@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::{Device, Tensor};
 use leafwalk_data::{image_file_shape, mirror, ImageShape, ImageSource};
 use leafwalk_models::Classifier;

@@ -153,6 +153,8 @@ impl Pca {
         Ok(Pca { mean, components })
     }
 
+    /// The number of components fitted, `min(max_components, n)`: the largest `k`
+    /// [`Pca::project`] can use.
     pub fn max_components(&self) -> usize {
         self.components.ncols()
     }

@@ -177,7 +177,9 @@ pub fn log_probs(model: &Classifier, pixels: &Tensor) -> Result<Tensor> {
 /// running statistics.
 #[derive(Debug)]
 pub struct NllGradients {
+    /// The batch's mean negative log-likelihood of the labels, in nats.
     pub loss: f64,
+    /// Points whose most probable class (the first of ties) is their label.
     pub correct: usize,
     /// `(parameter name, gradient)` in PyTorch's layouts.
     pub gradients: Vec<(String, Tensor)>,

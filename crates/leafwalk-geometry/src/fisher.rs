@@ -14,6 +14,7 @@ use crate::{check_finite, GeometryError, Result};
 /// Per-class parameter gradients at one point.
 #[derive(Clone, Debug)]
 pub struct FisherFactor {
+    /// p, the C class probabilities at the point (evaluation mode).
     pub probs: Vec<f64>,
     /// C rows of P values: row i is ∇_w log pᵢ, parameters in the model's construction order.
     pub rows: Vec<Vec<f32>>,
@@ -46,6 +47,8 @@ pub fn fisher_factors(model: &Classifier, pixels: &Tensor) -> Result<Vec<FisherF
 }
 
 impl FisherFactor {
+    /// trace F(x,w) = Σᵢ pᵢ ‖∇_w log pᵢ‖², over every trainable parameter (running statistics
+    /// excluded).
     pub fn trace(&self) -> f64 {
         self.rows
             .iter()

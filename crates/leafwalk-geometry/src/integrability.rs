@@ -30,8 +30,11 @@ pub struct BracketStats {
     pub step: f64,
     /// Pairs whose fields vary at all (the ratio is undefined for the others).
     pub pairs: usize,
-    /// Mean and median of ‖II(X, Y) − II(Y, X)‖ / (‖II(X, Y)‖ + ‖II(Y, X)‖): 0 integrable.
+    /// Mean over those pairs of ‖II(X, Y) − II(Y, X)‖ / (‖II(X, Y)‖ + ‖II(Y, X)‖), in [0, 1]:
+    /// 0 for an integrable distribution.
     pub mean_asymmetry: f64,
+    /// Median of the same ratio over those pairs, in [0, 1]: less swayed by a few outlying
+    /// pairs.
     pub median_asymmetry: f64,
     /// Mean ‖[X, Y]‖ (unit X₀, Y₀; 1/pixels).
     pub mean_bracket: f64,

@@ -83,10 +83,13 @@ impl PointGeometry {
         })
     }
 
+    /// C, the number of classes (the length of p and the rows of J).
     pub fn classes(&self) -> usize {
         self.probs.len()
     }
 
+    /// n, the columns of J: one image's C·H·W values, in the coordinates J was taken in (pixels
+    /// in [0, 1] by default, or the model's normalised input).
     pub fn dim(&self) -> usize {
         self.rows.len() / self.classes()
     }
@@ -184,6 +187,8 @@ impl PointGeometry {
         DMatrix::from_fn(self.classes(), self.classes(), |i, j| root[i] * self.gram()[(i, j)] * root[j])
     }
 
+    /// G's eigenvalues (C, descending; units of 1/coordinate²) and M's eigenvectors, computed on
+    /// the first call and cloned after.
     pub fn spectrum(&self) -> Spectrum {
         self.spectrum
             .get_or_init(|| {
@@ -308,6 +313,7 @@ pub struct LeafProjector {
 }
 
 impl LeafProjector {
+    /// r, the dimension of ker G⊥ (the columns of `basis`): the numerical rank, at most C − 1.
     pub fn rank(&self) -> usize {
         self.basis.ncols()
     }

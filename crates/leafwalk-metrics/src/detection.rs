@@ -5,9 +5,16 @@ use crate::{MetricError, Result};
 /// Everything [`evaluate`] reports for one (score, OOD set) pair.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Detection {
+    /// Area under the ROC curve with OOD as positive: the probability that an OOD score exceeds
+    /// an ID one, ties counting ½; 0.5 is chance, 1 perfect separation.
     pub auroc: f64,
+    /// Average precision with in-distribution as the positive class, on negated scores; in
+    /// [0, 1].
     pub aupr_in: f64,
+    /// Average precision with OOD as the positive class; in [0, 1].
     pub aupr_out: f64,
+    /// Fraction of OOD scores at or below the threshold that accepts 95 % of the ID scores:
+    /// OOD inputs still taken for in-distribution; in [0, 1], lower is better.
     pub fpr_at_95_tpr: f64,
     /// ROC curve points (false-positive rate, true-positive rate) with OOD as positive, from
     /// (0, 0) to (1, 1), one per distinct threshold.

@@ -40,6 +40,7 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Every built-in architecture, in the order error messages list them.
     pub const ALL: [Arch; 8] = [
         Arch::MnistCnn,
         Arch::Mlp,
@@ -51,6 +52,8 @@ impl Arch {
         Arch::Resnet18,
     ];
 
+    /// The name on the command line and in a checkpoint's `leafwalk.arch` (e.g. `mnist-cnn`);
+    /// `str::parse` reads it back.
     pub fn name(self) -> &'static str {
         match self {
             Arch::MnistCnn => "mnist-cnn",
@@ -286,7 +289,9 @@ fn resnet_stages(g: &mut GraphBuilder, x: usize, channels: usize, stages: &[(usi
 /// The two kinds of spatial pooling a [`Variant`] can switch between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
+    /// Max pooling (`nn.MaxPool2d`).
     Max,
+    /// Average pooling (`nn.AvgPool2d`, padded zeros counted in the divisor).
     Avg,
 }
 
@@ -295,7 +300,10 @@ pub enum PoolKind {
 /// architecture instead of written once per network.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Variant {
+    /// The nonlinearity every activation node becomes; `None` keeps the built-in's.
     pub activation: Option<Activation>,
+    /// The kind every pooling window becomes, with its kernel, stride and padding; `None` keeps
+    /// the built-in's.
     pub pooling: Option<PoolKind>,
 }
 
@@ -369,7 +377,10 @@ impl fmt::Display for Variant {
 /// description of its own, carried whole in its checkpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Architecture {
+    /// A built-in, rebuilt from its name for the checkpoint's input shape and class count.
     Builtin(Arch),
+    /// A description of its own (a layer file, an ONNX export, a [`Variant`]), stored as JSON
+    /// in the checkpoint's `leafwalk.layers`; it fixes the input shape and class count.
     Custom(Box<Description>),
 }
 

@@ -21,6 +21,8 @@ use candle_core::{Device, Tensor};
 
 use crate::{Arch, Architecture, Description, Dims, ModelError, Result};
 
+/// The metadata version this build writes (`leafwalk.format_version`): newer files are
+/// refused; version 1 files, which lack `leafwalk.input`, still load.
 pub const FORMAT_VERSION: u32 = 2;
 const PREFIX: &str = "leafwalk.";
 /// Metadata key of the tensors' digest.
@@ -29,16 +31,26 @@ pub const DIGEST_KEY: &str = "leafwalk.sha256";
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointMeta {
+    /// The network: a built-in's name, or a whole description (`leafwalk.arch`, `.layers`).
     pub arch: Architecture,
     /// The image shape the network takes.
     pub input: Dims,
     /// The registered dataset the model was trained on, if any.
     pub dataset: Option<String>,
+    /// Class names in the order of the network's outputs; their count is the number of
+    /// classes C.
     pub classes: Vec<String>,
+    /// Per-channel mean subtracted from pixels in [0, 1] before the first layer, one value per
+    /// input channel (0 for a model that takes raw pixels).
     pub mean: Vec<f32>,
+    /// Per-channel standard deviation the centred pixels are divided by, one positive value per
+    /// input channel (1 for a model that takes raw pixels).
     pub std: Vec<f32>,
+    /// Training epochs completed when the file was written (0 for a fresh or imported model).
     pub epoch: usize,
+    /// Optimizer steps completed when the file was written (0 for a fresh or imported model).
     pub step: usize,
+    /// Accuracy on the dataset's test split as a fraction in [0, 1], when training measured it.
     pub test_accuracy: Option<f64>,
     /// Any other `leafwalk.*` key, without the prefix.
     pub extra: BTreeMap<String, String>,
@@ -79,6 +91,9 @@ impl CheckpointMeta {
         }
     }
 
+    /// The safetensors metadata: every field under its `leafwalk.*` key (lists as JSON, the
+    /// accuracy to 6 decimals), `leafwalk.format_version` = [`FORMAT_VERSION`] and the `extra`
+    /// keys, as [`CheckpointMeta::from_metadata`] reads them; [`write()`] adds the digest.
     pub fn to_metadata(&self) -> HashMap<String, String> {
         let mut m: HashMap<String, String> =
             self.extra.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())).collect();
@@ -266,7 +281,9 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String
 
 /// An f32 array to write as it is (no copy, unlike a candle tensor's view).
 pub struct F32Values<'a> {
+    /// The array's shape (row-major); its product must be `values.len()`.
     pub shape: Vec<usize>,
+    /// The values, borrowed, written as safetensors `F32` (little-endian).
     pub values: &'a [f32],
 }
 

@@ -14,7 +14,10 @@ use crate::{Arch, Architecture, ModelError, Result};
 /// Per-channel input normalisation `(pixel − mean) / std`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Normalisation {
+    /// Mean subtracted from pixels in [0, 1]: one value per input channel, or one for all.
     pub mean: Vec<f32>,
+    /// Standard deviation the centred pixels are divided by: one per channel, or one for all;
+    /// each must be positive and finite ([`Normalisation::for_channels`] errs otherwise).
     pub std: Vec<f32>,
 }
 
@@ -47,6 +50,10 @@ pub struct LoadOptions {
     pub arch: Option<Arch>,
     /// A layer description for a plain `state_dict` of any other network (`--layers`).
     pub layers: Option<Description>,
+    /// The registered dataset the model was trained on: a built-in architecture takes its input
+    /// shape, classes and normalisation from it (default: the architecture's usual one), a layer
+    /// description must match its shape and class count, and a file with leafwalk metadata must
+    /// name the same dataset.
     pub dataset: Option<&'static DatasetInfo>,
     /// Class names, in the order of the network's outputs (default: the dataset's, else 0 …
     /// C−1).
@@ -289,6 +296,8 @@ impl Classifier {
         self.net.values(normalised)
     }
 
+    /// Log-probabilities `[B, classes]` (natural log-softmax of the logits) of pixels
+    /// `[B, C, H, W]` in `[0, 1]`; `train` as in [`Classifier::logits_t`].
     pub fn log_probs_t(&self, pixels: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         candle_nn::ops::log_softmax(&self.logits_t(pixels, train)?, D::Minus1)
     }
@@ -299,31 +308,41 @@ impl Classifier {
         candle_nn::ops::log_softmax(&self.net.run(normalised, false, None)?.0, D::Minus1)
     }
 
+    /// The architecture: a built-in, or the description carried in the checkpoint.
     pub fn arch(&self) -> &Architecture {
         &self.meta.arch
     }
 
+    /// The checkpoint metadata: input shape, classes, normalisation, training progress.
     pub fn meta(&self) -> &CheckpointMeta {
         &self.meta
     }
 
+    /// The metadata to change before [`Classifier::save`], e.g. epochs, steps, test accuracy or
+    /// `extra` keys. Its input, classes, mean and std describe the network already built: leave
+    /// them as they are.
     pub fn meta_mut(&mut self) -> &mut CheckpointMeta {
         &mut self.meta
     }
 
+    /// The shape of one input image, `[C, H, W]`.
     pub fn input_shape(&self) -> ImageShape {
         let d = self.meta.input;
         ImageShape { channels: d.channels, height: d.height, width: d.width }
     }
 
+    /// The number of classes C, the length of the logits.
     pub fn classes(&self) -> usize {
         self.meta.classes.len()
     }
 
+    /// The device the parameters live on; inputs must be on it too.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// The parameters' dtype (f32 unless converted by [`Classifier::to_dtype`]); inputs must have
+    /// it too.
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -45,12 +45,16 @@ use serde::{Deserialize, Serialize};
 /// width]`; a flat vector of F features is `[F, 1, 1]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Dims {
+    /// Channels C (PyTorch's dim 1 once a batch axis is added), or the length F of a flat vector.
     pub channels: usize,
+    /// Rows H; 1 for a flat vector.
     pub height: usize,
+    /// Columns W; 1 for a flat vector.
     pub width: usize,
 }
 
 impl Dims {
+    /// `[channels, height, width]` of one point (no batch axis).
     pub const fn new(channels: usize, height: usize, width: usize) -> Self {
         Dims { channels, height, width }
     }
@@ -65,6 +69,8 @@ impl Dims {
         self.channels * self.height * self.width
     }
 
+    /// True when some dimension is 0, so that a point holds no values ([`Description::shapes`]
+    /// refuses such an input).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -95,14 +101,25 @@ impl fmt::Display for Dims {
 /// Zero padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conv2d {
+    /// `in_channels`: channels of the input value; must be divisible by `groups`.
     pub in_channels: usize,
+    /// `out_channels`: channels of the output value (rows of the weight); divisible by `groups`.
     pub out_channels: usize,
-    /// `[height, width]`.
+    /// `kernel_size` as `[height, width]`; no default.
     pub kernel: [usize; 2],
+    /// `stride` as `[vertical, horizontal]`, in input positions between output positions;
+    /// PyTorch's default 1.
     pub stride: [usize; 2],
+    /// `padding`: zeros added on both sides of each axis, `[above and below, left and right]`;
+    /// default 0. Only numbers: PyTorch's `"same"` and `"valid"` strings have no equivalent.
     pub padding: [usize; 2],
+    /// `dilation`: spacing between kernel taps, `[vertical, horizontal]`; default 1 (a dense
+    /// kernel).
     pub dilation: [usize; 2],
+    /// `groups`: channel groups convolved separately (`in_channels` for a depthwise
+    /// convolution); default 1. The weight's second axis is `in_channels / groups`.
     pub groups: usize,
+    /// `bias`: whether a learned `[out_channels]` bias (`<name>.bias`) is added; default `true`.
     pub bias: bool,
 }
 
@@ -121,22 +138,29 @@ impl Conv2d {
         }
     }
 
+    /// The same stride on both axes (`stride=s`).
     pub fn stride(self, stride: usize) -> Self {
         Conv2d { stride: [stride; 2], ..self }
     }
 
+    /// The same zero padding on all four sides (`padding=p`).
     pub fn padding(self, padding: usize) -> Self {
         Conv2d { padding: [padding; 2], ..self }
     }
 
+    /// No bias (`bias=False`), so no `<name>.bias` tensor: the usual convolution before a batch
+    /// norm.
     pub fn no_bias(self) -> Self {
         Conv2d { bias: false, ..self }
     }
 
+    /// Channels split into `groups` groups (`groups=g`); both channel counts must divide by it,
+    /// which [`Description::shapes`] checks.
     pub fn groups(self, groups: usize) -> Self {
         Conv2d { groups, ..self }
     }
 
+    /// The same dilation on both axes (`dilation=d`).
     pub fn dilation(self, dilation: usize) -> Self {
         Conv2d { dilation: [dilation; 2], ..self }
     }
@@ -160,12 +184,16 @@ impl Conv2d {
 /// optional bias `[out_features]`; its input is a flat vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Linear {
+    /// `in_features`: length F of the flat input `[F, 1, 1]`.
     pub in_features: usize,
+    /// `out_features`: length of the output vector (the class count C for the last layer).
     pub out_features: usize,
+    /// `bias`: whether a learned `[out_features]` bias (`<name>.bias`) is added; default `true`.
     pub bias: bool,
 }
 
 impl Linear {
+    /// `nn.Linear(in_features, out_features)`, with a bias as PyTorch's default.
     pub fn new(in_features: usize, out_features: usize) -> Self {
         Linear { in_features, out_features, bias: true }
     }
@@ -176,13 +204,18 @@ impl Linear {
 /// mode (running statistics); training uses batch statistics and updates the running ones.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchNorm {
+    /// `num_features`: the channels normalised, C of a `[C, H, W]` value or F of a flat one.
     pub channels: usize,
+    /// `eps`: added to the variance before its square root; PyTorch's default 1e-5, must be
+    /// positive.
     pub eps: f64,
     /// Weight of the new batch statistics in the running averages (PyTorch's default 0.1).
     pub momentum: f64,
 }
 
 impl BatchNorm {
+    /// `nn.BatchNorm2d(channels)` with PyTorch's defaults: `eps` 1e-5, `momentum` 0.1 (affine
+    /// weight and bias, running statistics tracked).
     pub fn new(channels: usize) -> Self {
         BatchNorm { channels, eps: 1e-5, momentum: 0.1 }
     }
@@ -198,26 +231,39 @@ pub enum GeluForm {
     Tanh,
 }
 
-/// Element-wise nonlinearities.
+/// Element-wise nonlinearities, each PyTorch's module of that name with its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Activation {
+    /// `nn.ReLU`: max(0, x).
     Relu,
+    /// `nn.LeakyReLU`: x for x ≥ 0, `negative_slope`·x below.
     LeakyRelu {
+        /// `negative_slope`: the slope for x < 0; PyTorch's default 0.01.
         negative_slope: f64,
     },
+    /// `nn.ELU`: x for x > 0, α(eˣ − 1) otherwise.
     Elu {
+        /// `alpha`: α, so that the output tends to −α as x → −∞; PyTorch's default 1.0.
         alpha: f64,
     },
+    /// `nn.GELU`: x·Φ(x), Φ the standard normal CDF.
     Gelu {
+        /// `approximate`: `"none"` ([`GeluForm::Erf`], PyTorch's default) or `"tanh"`
+        /// ([`GeluForm::Tanh`]).
         form: GeluForm,
     },
+    /// `nn.SiLU` (swish): x·σ(x).
     Silu,
+    /// `nn.Sigmoid`: σ(x) = 1 / (1 + e⁻ˣ).
     Sigmoid,
+    /// `nn.Tanh`.
     Tanh,
-    /// `log(1 + exp(βx)) / β`, linear (x) where βx > threshold, as PyTorch.
+    /// `nn.Softplus`: `log(1 + exp(βx)) / β`, linear (x) where βx > threshold, as PyTorch.
     Softplus {
+        /// `beta`: β, the sharpness (larger is closer to ReLU); PyTorch's default 1.0.
         beta: f64,
+        /// `threshold`: where βx exceeds it the output is x itself; PyTorch's default 20.0.
         threshold: f64,
     },
 }
@@ -233,13 +279,21 @@ impl Activation {
 /// Max- or average-pooling window, PyTorch's `MaxPool2d` / `AvgPool2d` arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
+    /// `kernel_size`: the window as `[height, width]`; no default.
     pub kernel: [usize; 2],
+    /// `stride` as `[vertical, horizontal]`; PyTorch's default (`stride=None`) is the kernel.
     pub stride: [usize; 2],
+    /// `padding` on both sides of each axis, at most half the kernel; default 0. Max pooling
+    /// pads with −∞ (padding never wins), average pooling with zeros.
     pub padding: [usize; 2],
-    /// Max-pool only (average pooling has none in PyTorch).
+    /// `dilation`: spacing between window taps; default 1. Max-pool only (average pooling has
+    /// none in PyTorch).
     pub dilation: [usize; 2],
+    /// `ceil_mode`: output sizes rounded up instead of down (see [`Pool::output_size`]);
+    /// default `false`.
     pub ceil_mode: bool,
-    /// Average pool only: whether padded positions count in the divisor.
+    /// `count_include_pad`, average pool only: whether padded positions count in the divisor;
+    /// PyTorch's default `true`.
     pub count_include_pad: bool,
 }
 
@@ -256,18 +310,23 @@ impl Pool {
         }
     }
 
+    /// The same stride on both axes (`stride=s`), instead of the kernel size.
     pub fn stride(self, stride: usize) -> Self {
         Pool { stride: [stride; 2], ..self }
     }
 
+    /// The same padding on all four sides (`padding=p`), at most half the kernel.
     pub fn padding(self, padding: usize) -> Self {
         Pool { padding: [padding; 2], ..self }
     }
 
+    /// Sets `ceil_mode`: output sizes rounded up (`true`) or down (`false`, the default).
     pub fn ceil_mode(self, ceil_mode: bool) -> Self {
         Pool { ceil_mode, ..self }
     }
 
+    /// Sets `count_include_pad` (average pooling only): whether padded zeros count in the
+    /// divisor (`true`, the default) or only the positions inside the input.
     pub fn count_include_pad(self, count_include_pad: bool) -> Self {
         Pool { count_include_pad, ..self }
     }
@@ -312,17 +371,23 @@ impl Pool {
     }
 }
 
-/// Element-wise arithmetic.
+/// Element-wise arithmetic, `torch.add` / `sub` / `mul` / `div` (the `+ - * /` operators of a
+/// `forward`). `a` is the first operand, `b` the second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Arith {
+    /// `a + b`, e.g. a residual connection.
     Add,
+    /// `a − b`.
     Sub,
+    /// `a · b`.
     Mul,
+    /// `a / b` in IEEE f32: a zero divisor gives ±∞ or NaN, not an error.
     Div,
 }
 
 impl Arith {
+    /// `a ∘ b` for one pair of f32 values: the rule every engine applies element by element.
     pub fn apply(self, a: f32, b: f32) -> f32 {
         match self {
             Arith::Add => a + b,
@@ -333,15 +398,23 @@ impl Arith {
     }
 }
 
-/// One operation.
+/// One operation, each mirroring a PyTorch module or functional call on one point's values
+/// (shapes without the batch axis).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
+    /// `nn.Conv2d`: parameters `<name>.weight` and, with a bias, `<name>.bias`.
     Conv2d(Conv2d),
+    /// `nn.Linear` on a flat `[F, 1, 1]` input (put an [`Op::Flatten`] before it).
     Linear(Linear),
+    /// `nn.BatchNorm2d` / `nn.BatchNorm1d`: running statistics in evaluation mode, the batch's in
+    /// training mode.
     BatchNorm(BatchNorm),
+    /// An element-wise nonlinearity (`nn.ReLU`, `nn.GELU`, …); the shape is kept.
     Activation(Activation),
+    /// `nn.MaxPool2d`; the gradient goes to the first maximum of each window, as in PyTorch.
     MaxPool2d(Pool),
+    /// `nn.AvgPool2d` (no dilation, no `divisor_override`).
     AvgPool2d(Pool),
     /// Mean over each channel's positions: `[C, H, W]` → `[C, 1, 1]`
     /// (`AdaptiveAvgPool2d(1)`, ONNX `GlobalAveragePool`).
@@ -350,18 +423,24 @@ pub enum Op {
     Flatten,
     /// Another shape with as many values, row-major as `torch.reshape`.
     Reshape {
+        /// The new shape of one point (the batch axis is kept); as many values as the input.
         dims: Dims,
     },
     /// Two inputs of the same shape, or the second `[C, 1, 1]` against a first `[C, H, W]`
     /// (broadcast over positions).
     Binary {
+        /// The operation: first input ∘ second input.
         arith: Arith,
     },
     /// One input and a constant: one value, or one per channel. `constant_first` computes
     /// `constant ∘ x` instead of `x ∘ constant`.
     Constant {
+        /// The operation between the input and the constant.
         arith: Arith,
+        /// The constant: one value for every element, or one per channel (broadcast over
+        /// positions).
         values: Vec<f32>,
+        /// `false`: `x ∘ constant` (e.g. `x - 0.5`); `true`: `constant ∘ x` (e.g. `1 - x`).
         constant_first: bool,
     },
     /// Identity, dropout in evaluation mode, or any other no-op.
@@ -369,6 +448,7 @@ pub enum Op {
     /// A trailing softmax or log-softmax over the classes: geometry is always of log-softmax of
     /// the logits, so this is recognised at the end of a description and not applied twice.
     Softmax {
+        /// `true` for `nn.LogSoftmax`, `false` for `nn.Softmax` (over the classes, `dim=1`).
         log: bool,
     },
 }
@@ -421,6 +501,7 @@ impl Op {
 pub struct Node {
     /// The PyTorch module path (`features.0`, `blocks.1.c1`): parameters are `<name>.weight` etc.
     pub name: String,
+    /// The operation applied to the `inputs`.
     pub op: Op,
     /// Value indices: 0 is the network input, `i + 1` the output of node `i` (earlier nodes only).
     pub inputs: Vec<usize>,
@@ -432,14 +513,19 @@ pub enum Init {
     /// U(−1/√fan_in, 1/√fan_in): `nn.Linear` and `nn.Conv2d` weights and biases (kaiming-uniform
     /// with a = √5).
     FanInUniform {
+        /// Inputs one output sees: `in_features` of a linear layer, [`Conv2d::fan_in`] of a
+        /// convolution.
         fan_in: usize,
     },
+    /// Every value this constant: batch norm's `weight` and `running_var` 1, its `bias` and
+    /// `running_mean` 0.
     Constant(f32),
 }
 
 /// Whether a tensor is learned or running state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamRole {
+    /// Weights and biases, updated by the optimizer from their gradients.
     Trainable,
     /// Batch norm's running statistics: updated by training, not by the optimizer.
     RunningStatistic,
@@ -448,9 +534,14 @@ pub enum ParamRole {
 /// One tensor a description needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {
+    /// The `state_dict` key, `<node name>.<weight|bias|running_mean|running_var>`.
     pub name: String,
+    /// PyTorch's shape of the tensor, e.g. `[out_channels, in_channels / groups, kh, kw]` for a
+    /// convolution's weight, `[channels]` for every batch-norm tensor.
     pub shape: Vec<usize>,
+    /// How a fresh model draws it.
     pub init: Init,
+    /// Whether the optimizer updates it or training mode overwrites it.
     pub role: ParamRole,
 }
 
@@ -459,6 +550,8 @@ pub struct ParamSpec {
 pub struct Description {
     /// The input of one point.
     pub input: Dims,
+    /// The layers in evaluation order: node `i`'s output is value `i + 1`, the last node's the
+    /// logits (or their softmax, which geometry skips: see [`Description::logit_nodes`]).
     pub nodes: Vec<Node>,
 }
 
@@ -466,8 +559,13 @@ pub struct Description {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("layer '{node}' ({kind}): {problem}")]
 pub struct DescriptionError {
+    /// The name of the node at fault, or `input` (the input shape) or `file` (a layer file that
+    /// is not JSON).
     pub node: String,
+    /// The kind of layer as PyTorch names it ([`Op::kind`], or a layer file entry's `type`), or
+    /// `Input` / `JSON` for the two pseudo-nodes.
     pub kind: &'static str,
+    /// What is wrong, in one line (e.g. `expects 3 input channels, gets 1×28×28`).
     pub problem: String,
 }
 
@@ -673,13 +771,16 @@ fn output_shape(op: &Op, input: Dims, second: Option<Dims>) -> Result<Dims, Stri
     }
 }
 
-/// Builds descriptions node by node; each method returns the new value's index.
+/// Builds descriptions node by node; each method returns the new value's index. Nothing is
+/// checked before [`GraphBuilder::shapes_so_far`] or [`GraphBuilder::finish`].
 #[derive(Debug)]
 pub struct GraphBuilder {
     description: Description,
 }
 
 impl GraphBuilder {
+    /// An empty graph for points of shape `input` (`[channels, height, width]`, no batch axis),
+    /// which is value [`GraphBuilder::INPUT`].
     pub fn new(input: Dims) -> Self {
         GraphBuilder { description: Description { input, nodes: Vec::new() } }
     }
@@ -693,38 +794,49 @@ impl GraphBuilder {
         self.description.nodes.len()
     }
 
+    /// Appends `conv` (`nn.Conv2d`) named `name`, reading value `input`.
     pub fn conv(&mut self, name: &str, input: usize, conv: Conv2d) -> usize {
         self.node(name, Op::Conv2d(conv), &[input])
     }
 
+    /// Appends `linear` (`nn.Linear`) named `name`, reading value `input` (which must be flat).
     pub fn linear(&mut self, name: &str, input: usize, linear: Linear) -> usize {
         self.node(name, Op::Linear(linear), &[input])
     }
 
+    /// Appends `nn.BatchNorm2d(channels)` with PyTorch's defaults (eps 1e-5, momentum 0.1) named
+    /// `name`, reading value `input`.
     pub fn batch_norm(&mut self, name: &str, input: usize, channels: usize) -> usize {
         self.node(name, Op::BatchNorm(BatchNorm::new(channels)), &[input])
     }
 
+    /// Appends the element-wise `activation` named `name`, reading value `input`.
     pub fn activation(&mut self, name: &str, input: usize, activation: Activation) -> usize {
         self.node(name, Op::Activation(activation), &[input])
     }
 
+    /// Appends `nn.MaxPool2d` with window `pool` named `name`, reading value `input`.
     pub fn max_pool(&mut self, name: &str, input: usize, pool: Pool) -> usize {
         self.node(name, Op::MaxPool2d(pool), &[input])
     }
 
+    /// Appends `nn.AvgPool2d` with window `pool` named `name`, reading value `input`.
     pub fn avg_pool(&mut self, name: &str, input: usize, pool: Pool) -> usize {
         self.node(name, Op::AvgPool2d(pool), &[input])
     }
 
+    /// Appends a global average pool (`nn.AdaptiveAvgPool2d(1)`), `[C, H, W]` → `[C, 1, 1]`.
     pub fn global_avg_pool(&mut self, name: &str, input: usize) -> usize {
         self.node(name, Op::GlobalAvgPool, &[input])
     }
 
+    /// Appends `nn.Flatten()`, `[C, H, W]` → `[C·H·W, 1, 1]`, as a linear layer needs.
     pub fn flatten(&mut self, name: &str, input: usize) -> usize {
         self.node(name, Op::Flatten, &[input])
     }
 
+    /// Appends `a ∘ b` of two values (`Arith::Add` for a residual connection); `b` is of `a`'s
+    /// shape or `[C, 1, 1]` against an `a` of `[C, H, W]`.
     pub fn binary(&mut self, name: &str, arith: Arith, a: usize, b: usize) -> usize {
         self.node(name, Op::Binary { arith }, &[a, b])
     }

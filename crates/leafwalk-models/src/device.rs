@@ -10,6 +10,7 @@ use crate::{ModelError, Result};
 /// A device as the user names it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceChoice {
+    /// The CPU (`cpu`, the default), where leafwalk's own CPU engine runs.
     #[default]
     Cpu,
     /// The N-th CUDA GPU.

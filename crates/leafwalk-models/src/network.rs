@@ -241,6 +241,8 @@ fn subsample(x: &Tensor, stride: [usize; 2]) -> Result<Tensor> {
     x.index_select(&pick(2, stride[0])?, 2)?.index_select(&pick(3, stride[1])?, 3)
 }
 
+/// `activation` applied element-wise to `x` (any shape) with candle operations, so that autograd
+/// differentiates it: the reference for the CPU engine's activations.
 pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
     match activation {
         Activation::Relu => x.relu(),

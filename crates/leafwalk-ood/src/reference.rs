@@ -15,6 +15,7 @@ use crate::{OodError, Result};
 /// Images per forward batch while building.
 const BATCH: usize = 256;
 
+/// How [`Reference::build`] keeps its statistics; the default caches nothing.
 #[derive(Clone, Debug, Default)]
 pub struct ReferenceOptions {
     /// Folder for the cached statistics (`None`: compute every time).

@@ -48,6 +48,7 @@ pub enum Score {
 }
 
 impl Score {
+    /// Every score, in the order `all` selects them ([`Score::parse_list`]).
     pub const ALL: [Score; 9] = [
         Score::LeafDistance,
         Score::PixelLeafDistance,
@@ -60,6 +61,8 @@ impl Score {
         Score::GradNorm,
     ];
 
+    /// The name on the command line and in tables (e.g. `leaf-distance`); `str::parse` reads it
+    /// back.
     pub fn name(self) -> &'static str {
         match self {
             Score::LeafDistance => "leaf-distance",
@@ -100,12 +103,17 @@ impl fmt::Display for Score {
     }
 }
 
+/// Settings of the scores that have any: the leaf projection's and ODIN's. The defaults: 2
+/// anchors per image, adaptive walks of at most 200 steps, and Liang et al.'s T = 1000 and
+/// ε = 0.0014.
 #[derive(Clone, Debug)]
 pub struct ScoreOptions {
     /// Training images each leaf projection starts from.
     pub anchors_per_point: usize,
     /// The walks of the leaf projection.
     pub path: PathOptions,
+    /// ODIN's temperature T: the logits are divided by it for both the input gradient and the
+    /// score; default 1000.
     pub odin_temperature: f64,
     /// ODIN's input perturbation, in pixels ([0, 1]).
     pub odin_epsilon: f64,
@@ -132,6 +140,7 @@ pub struct ScoreTable {
 }
 
 impl ScoreTable {
+    /// The values of `score`, one per image in input order; `None` when it was not requested.
     pub fn column(&self, score: Score) -> Option<&[f64]> {
         self.columns.iter().find(|(s, _)| *s == score).map(|(_, values)| values.as_slice())
     }

@@ -27,6 +27,8 @@ pub enum OodSet {
     Transform(Transform),
 }
 
+/// A change to the in-distribution images that makes an OOD set of them (`transform:…`); every
+/// result stays in [0, 1].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Transform {
     /// `transform:flip`: mirrored left to right.
@@ -38,6 +40,10 @@ pub enum Transform {
 }
 
 impl OodSet {
+    /// Reads a set as named on the command line: `noise:uniform`, `noise:gaussian`,
+    /// `transform:flip`, `transform:invert`, `transform:noiseS` (S > 0), else an image set as
+    /// [`ImageSet::parse`] reads it. Errs on any other `noise:` or `transform:` kind, or on an
+    /// image set that does not parse.
     pub fn parse(text: &str) -> Result<Self> {
         let invalid = |problem: &'static str| OodError::UnknownSet { text: text.to_string(), problem };
         match text.split_once(':') {
