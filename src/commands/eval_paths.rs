@@ -11,14 +11,14 @@ use leafwalk_data::Dataset;
 use leafwalk_geometry::median;
 use leafwalk_models::Classifier;
 use leafwalk_plot::{tile_grid, Tile, TileKind};
-use leafwalk_walk::State;
+use leafwalk_walk::{PairPath, State};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
 use crate::commands::frames::{inner_samples, interpolate, NearestIndex, SAMPLES};
-use crate::commands::walking::{path_options, training_waypoints, walk_pairs, Walked};
+use crate::commands::walking::{path_options, training_waypoints, walk_pairs};
 use crate::commands::{fresh_output, load_model, model_dataset};
 
 /// Pairs drawn in the PNG sheet.
@@ -104,8 +104,8 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn strategy_report(walked: &[Walked], seconds: f64) -> serde_json::Value {
-    let reached: Vec<&Walked> = walked.iter().filter(|w| w.outcome.reached()).collect();
+fn strategy_report(walked: &[PairPath], seconds: f64) -> serde_json::Value {
+    let reached: Vec<&PairPath> = walked.iter().filter(|w| w.outcome.reached()).collect();
     let all_evals = median(&walked.iter().map(|w| w.outcome.jacobian_evals as f64).collect::<Vec<_>>());
     json!({
         "reached": reached.len(), "pairs": walked.len(), "fraction_reached": reached.len() as f64 / walked.len() as f64,
@@ -139,7 +139,7 @@ fn sample_report(model: &Classifier, index: &NearestIndex, paths: &[Vec<State>])
 fn draw_sheet(
     file: &Path,
     model: &Classifier,
-    paths: &[Walked],
+    paths: &[PairPath],
     pairs: &[(State, State)],
     linear: &[Vec<State>],
 ) -> anyhow::Result<()> {

@@ -18,10 +18,10 @@ use std::process::ExitCode;
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use candle_core::{Device, Tensor};
 use leafwalk_data::{dataset_info, ImageSource, Invert};
-use leafwalk_models::{parse_layers, Architecture, Classifier, LoadOptions};
+use leafwalk_models::{parse_layers, Classifier, LoadOptions};
 
 use crate::cli::{Cli, Command, ForeignModelArgs, ModelArgs};
 
@@ -73,15 +73,7 @@ pub fn open_model(path: &Path, foreign: &ForeignModelArgs, device: &Device) -> a
         classes: foreign.classes.clone(),
         normalisation: foreign.normalisation.normalisation(),
     };
-    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-        return Ok(Classifier::load(path, options, device)?);
-    }
-    if foreign.arch.is_some() || foreign.layers.is_some() {
-        bail!("{}: an ONNX file carries its own network; drop --arch/--layers", path.display());
-    }
-    let imported = leafwalk_onnx::read(path)?;
-    let architecture = Architecture::Custom(Box::new(imported.description));
-    Ok(Classifier::from_foreign(path, architecture, imported.tensors, &options, device)?)
+    Ok(leafwalk_onnx::open_model(path, options, device)?)
 }
 
 /// The dataset a model was trained on (its metadata names it), for commands that read images

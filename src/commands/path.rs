@@ -10,11 +10,11 @@ use candle_core::{Device, Tensor};
 use leafwalk_data::{image_file_shape, mirror, ImageShape, ImageSource};
 use leafwalk_models::Classifier;
 use leafwalk_plot::{render_tiles, tile_grid, write_gif, Tile, TileKind};
-use leafwalk_walk::{Ending, PathRecord, State};
+use leafwalk_walk::{Ending, PairPath, PathRecord, State};
 use serde_json::json;
 
 use crate::cli::{PathArgs, ViaArg};
-use crate::commands::walking::{integrator_name, path_options, training_waypoints, walk_pairs, Walked};
+use crate::commands::walking::{integrator_name, path_options, training_waypoints, walk_pairs};
 use crate::commands::{fresh_output, input_batch, load_model};
 
 /// Frames in the GIF at most (evenly spaced over the walk) and in the strip.
@@ -189,7 +189,7 @@ fn ending_name(ending: Ending) -> &'static str {
 fn summary(
     (from, to): &(String, String),
     out: &Path,
-    walk: &Walked,
+    walk: &PairPath,
     start_distance: f64,
     integrator: &str,
     classes: &[String],
@@ -208,7 +208,7 @@ fn summary(
     })
 }
 
-fn print_line((from, to): &(String, String), walk: &Walked, start: f64, out: &Path, window: usize) {
+fn print_line((from, to): &(String, String), walk: &PairPath, start: f64, out: &Path, window: usize) {
     let o = &walk.outcome;
     let ending = match o.ending {
         Ending::Reached if walk.waypoints.is_empty() => "reached the target".to_string(),
@@ -258,7 +258,7 @@ fn write_summary_csv(path: &Path, summaries: &[serde_json::Value]) -> anyhow::Re
 }
 
 /// Every point of the walk in pixels `[K+1, C, H, W]` with its log, as safetensors.
-fn save_points(file: &Path, model: &Classifier, walk: &Walked, (from, to): &(String, String)) -> anyhow::Result<()> {
+fn save_points(file: &Path, model: &Classifier, walk: &PairPath, (from, to): &(String, String)) -> anyhow::Result<()> {
     let o = &walk.outcome;
     let shape: ImageShape = model.input_shape();
     let pixels: Vec<f32> = o.points.iter().flat_map(|x| x.to_pixels(model)).collect();

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use leafwalk_models::Description;
+use leafwalk_models::{Architecture, Classifier, Description, LoadOptions, ModelError};
 use prost::Message;
 
 /// The largest ONNX file read (protobuf's own limit).
@@ -85,6 +85,40 @@ pub struct Imported {
     pub tensors: HashMap<String, Tensor>,
     /// The file's `producer_name`, e.g. `pytorch`; empty when the file does not say.
     pub producer: String,
+}
+
+/// Why a model file could not be opened by [`open_model`]; every message is one line naming
+/// the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The ONNX file cannot be read or translated.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// The checkpoint or state_dict cannot be read, or its network not built.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// An architecture or layer description was given for an ONNX file, which carries its own.
+    #[error("{}: an ONNX file carries its own network; give no architecture or layer description", path.display())]
+    NetworkGiven {
+        /// The ONNX file.
+        path: PathBuf,
+    },
+}
+
+/// Any model file leafwalk reads, as one [`Classifier`]: an ONNX export (`.onnx`, its network
+/// and weights from the file; `options` may give the dataset, classes and normalisation), else a
+/// safetensors file — a leafwalk checkpoint or a plain PyTorch `state_dict` described by
+/// `options` (built-in architecture or layer description).
+pub fn open_model(path: &Path, options: LoadOptions, device: &Device) -> Result<Classifier, OpenError> {
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return Ok(Classifier::load(path, options, device)?);
+    }
+    if options.arch.is_some() || options.layers.is_some() {
+        return Err(OpenError::NetworkGiven { path: path.to_path_buf() });
+    }
+    let imported = read(path)?;
+    let architecture = Architecture::Custom(Box::new(imported.description));
+    Ok(Classifier::from_foreign(path, architecture, imported.tensors, &options, device)?)
 }
 
 /// Reads the ONNX file at `path` (external data from its folder).

@@ -54,6 +54,16 @@ pub enum OodError {
         /// The model's input size C·H·W.
         expected: usize,
     },
+    /// Training labels that do not fit the images: another count, or a class the model lacks.
+    #[error("{labels} labels for {images} training images, or a label ≥ {classes}")]
+    Labels {
+        /// Labels given.
+        labels: usize,
+        /// Images given.
+        images: usize,
+        /// The model's class count C.
+        classes: usize,
+    },
     /// The reference statistics need training images and none were given.
     #[error("the training set is empty")]
     EmptyTrainingSet,

@@ -73,15 +73,16 @@ impl Reference {
         if train.is_empty() {
             return Err(OodError::EmptyTrainingSet);
         }
-        let anchors =
-            (0..train.len()).map(|k| Ok(State::from_pixels(model, &train.pixels(k)?))).collect::<Result<Vec<_>>>()?;
+        let images = (0..train.len()).map(|k| train.pixels(k)).collect::<leafwalk_data::Result<Vec<_>>>()?;
+        let labels: Vec<usize> = train.labels.iter().map(|&l| usize::from(l)).collect();
         let cache = options.cache_dir.as_ref().map(|dir| dir.join(cache_name(model, train)));
         if let Some(path) = cache.as_deref().filter(|p| p.is_file()) {
-            if let Ok(reference) = Self::read_cache(path, anchors.clone()) {
+            let anchors = images.iter().map(|pixels| State::from_pixels(model, pixels)).collect();
+            if let Ok(reference) = Self::read_cache(path, anchors) {
                 return Ok(reference);
             }
         }
-        let reference = Self::compute(model, train, anchors)?;
+        let reference = Self::from_images(model, &images, &labels)?;
         if let Some(path) = &cache {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| leafwalk_data::DataError::io(dir, e))?;
@@ -91,22 +92,36 @@ impl Reference {
         Ok(reference)
     }
 
-    fn compute(model: &Classifier, train: &Dataset, anchors: Vec<State>) -> Result<Self> {
+    /// From training images given as pixels (CHW in [0, 1], the model's shape) and their labels
+    /// (class indices below C), computed every time: for callers holding images in memory
+    /// rather than a registered dataset (the Python package).
+    pub fn from_images(model: &Classifier, images: &[Vec<f32>], labels: &[usize]) -> Result<Self> {
+        let shape = model.input_shape();
+        if images.is_empty() {
+            return Err(OodError::EmptyTrainingSet);
+        }
+        if let Some(index) = images.iter().position(|image| image.len() != shape.len()) {
+            let values = images[index].len();
+            return Err(OodError::ImageSize { index, values, shape: shape.to_string(), expected: shape.len() });
+        }
+        if labels.len() != images.len() || labels.iter().any(|&l| l >= model.classes()) {
+            return Err(OodError::Labels { labels: labels.len(), images: images.len(), classes: model.classes() });
+        }
+        let anchors = images.iter().map(|pixels| State::from_pixels(model, pixels)).collect();
         let device = model.device();
         let classes = model.classes();
-        let (mut features, mut labels) = (Vec::with_capacity(train.len()), Vec::with_capacity(train.len()));
-        for start in (0..train.len()).step_by(BATCH) {
-            let indices: Vec<usize> = (start..(start + BATCH).min(train.len())).collect();
-            let (pixels, batch_labels) = train.batch(&indices, device)?;
+        let mut features = Vec::with_capacity(images.len());
+        for batch in images.chunks(BATCH) {
+            let pixels =
+                Tensor::from_vec(batch.concat(), (batch.len(), shape.channels, shape.height, shape.width), device)?;
             let (batch_features, _) = model.features_and_logits(&pixels.to_dtype(model.dtype())?)?;
             features.extend(rows(&batch_features)?);
-            labels.extend(batch_labels.to_dtype(DType::U32)?.to_vec1::<u32>()?.into_iter().map(|l| l as usize));
         }
         // A class without training images has no mean; Mahalanobis takes the nearest of the others.
         let class_means: Vec<Option<DVector<f64>>> = (0..classes)
             .map(|c| {
                 let members: Vec<DVector<f64>> =
-                    features.iter().zip(&labels).filter(|(_, &l)| l == c).map(|(f, _)| f.clone()).collect();
+                    features.iter().zip(labels).filter(|(_, &l)| l == c).map(|(f, _)| f.clone()).collect();
                 (!members.is_empty()).then(|| mean(&members))
             })
             .collect();

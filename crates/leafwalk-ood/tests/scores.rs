@@ -83,6 +83,13 @@ fn the_reference_round_trips_through_its_cache() {
         score_images(&model, r, &image, &[Score::Mahalanobis], &ScoreOptions::default()).unwrap().columns[0].1[0]
     };
     assert!((scores(&built) - scores(&cached)).abs() <= 1e-9 * scores(&built));
+    // Images in memory give the same statistics as the dataset they came from.
+    let images: Vec<Vec<f32>> = (0..train.len()).map(|k| train.pixels(k).unwrap()).collect();
+    let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
+    let in_memory = Reference::from_images(&model, &images, &labels).unwrap();
+    assert_eq!(scores(&in_memory), scores(&built));
+    let e = Reference::from_images(&model, &images, &labels[1..]).unwrap_err();
+    assert!(matches!(e, OodError::Labels { labels: 15, images: 16, classes: 10 }), "{e}");
 }
 
 #[test]

@@ -28,6 +28,7 @@ use nalgebra::DVector;
 
 mod generate;
 mod on_device;
+mod pairs;
 mod path;
 mod project;
 mod route;
@@ -35,6 +36,7 @@ mod step;
 
 pub use generate::{generate_on_leaf, random_direction, Generated};
 pub use on_device::{euler_on_device, DeviceWalk, FusedStep, LeafStep};
+pub use pairs::{walk_pairs, Leaf, PairPath, Steering, NOISE_STEP};
 pub use path::{
     connect, connect_batch, prediction, Ending, Integrator, PathOptions, PathOutcome, PathRecord, MAX_BATCH,
 };
