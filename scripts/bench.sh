@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite, one JSON line per benchmark. Speed targets live here, never in timed tests.
 #
-#   scripts/bench.sh [train|geometry|scale|import|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV]
+#   scripts/bench.sh [train|geometry|scale|import|path|ood|python|all] [--device cpu|cuda[:N]] [--baseline REV]
 #                    [--rounds R]                                            (default: all, cpu, 1)
 #
 #   train      training images/s at batch 60 (SGD) of mnist-cnn and resnet-mini
@@ -15,6 +15,9 @@
 #              device Euler path-steps/s at 1 … 1,024 paths (one fused kernel per step)
 #   ood        ood-score images/s per score on MNIST test images (needs data/mnist; the two
 #              leaf-distance scores walk, ~1 min each on 200 images)
+#   python     the Python package's `Model.jacobian` against the engine's own figure at batch 64
+#              (lenet5, resnet-mini fixtures; same timing; installs the package into
+#              target/py-venv first; with --rounds, the two take turns; not part of `all`)
 #
 # When the PyTorch reference is installed (~/.venv-ref, see shared/reference), ref.py's own figures
 # are measured once in the same run on the same device and the ratios printed; `path` and `all`
@@ -37,14 +40,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: scripts/bench.sh [train|geometry|scale|import|path|ood|all] [--device cpu|cuda[:N]] [--baseline REV] [--rounds R]" >&2; exit 2; }
+usage() { echo "usage: scripts/bench.sh [train|geometry|scale|import|path|ood|python|all] [--device cpu|cuda[:N]] [--baseline REV] [--rounds R]" >&2; exit 2; }
 what=all
 device=cpu
 baseline=
 rounds=1
 while (($#)); do
   case $1 in
-    train|geometry|jacobian|scale|import|path|ood|all) what=$1; shift ;;
+    train|geometry|jacobian|scale|import|path|ood|python|all) what=$1; shift ;;
     --device) (($# >= 2)) || usage; device=$2; shift 2 ;;
     --device=*) device=${1#*=}; shift ;;
     --baseline) (($# >= 2)) || usage; baseline=$2; shift 2 ;;
@@ -203,7 +206,20 @@ PY
 
 ood() { ours leafwalk-ood ood; }
 
-# `$1` (train or geometry) $rounds times, ref.py's figures measured afresh after the first
+python() {
+  local ours py
+  ours=$(LEAFWALK_BENCH_MODELS=lenet5,resnet-mini ours leafwalk-geometry jacobian)
+  py=$(target/py-venv/bin/python bindings/python/benches/overhead.py lenet5 resnet-mini)
+  python3 - "$ours" "$py" <<'PY'
+import json, sys
+ours, py = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ratios = {m: py["models"][m]["python_batch64_points_per_s"] / ours["models"][m]["results"]["engine_batch64_points_per_s"]
+          for m in py["models"]}
+print(json.dumps({"engine": ours, "python": py, "ratio_python_over_engine_batch64": ratios}))
+PY
+}
+
+# `$1` (train, geometry or python) $rounds times, ref.py's figures measured afresh after the first
 # round; with more than one round, one line: every round's and each ratio's median.
 in_rounds() {
   local lines=()
@@ -226,5 +242,6 @@ print(json.dumps({"rounds": rounds, "median_over_rounds": medians}))'
 case $what in
   all) in_rounds train; in_rounds geometry; import; path; ood ;;
   train|geometry) in_rounds "$what" ;;
+  python) scripts/python-tests.sh --install-only; in_rounds python ;;
   *) "$what" ;;
 esac

@@ -5,7 +5,10 @@
 //!   1,024, the wall time for all 2,000 test points, and candle's autograd at 16 for scale;
 //! - the PyTorch fixtures `lenet5`, `vgg-bn-small` and `resnet-mini` (their weights from
 //!   `tests/fixtures`, no normalisation) on uniform random pixels, as
-//!   `shared/models/torch_models.py bench` measures PyTorch: batches of 1 and 16.
+//!   `shared/models/torch_models.py bench` measures PyTorch: batches of 1 and 16, and 64 (the
+//!   figure the Python package's call is compared with, `scripts/bench.sh python`).
+//!
+//! `$LEAFWALK_BENCH_MODELS` (comma-separated names) limits the run to those models.
 //!
 //! Median of 5 runs after 1 warm-up, each over max(64, B) points repeated for at least half a
 //! second (64 of lenet5's points take 16 ms: one busy moment of a shared machine moved such a
@@ -89,32 +92,36 @@ fn throughput(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = DeviceChoice::from_env()?.open()?;
+    let only = std::env::var("LEAFWALK_BENCH_MODELS").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|list| list.split(',').any(|n| n.trim() == name));
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let mut models = Map::new();
 
     let mnist = dataset_info("mnist")?;
-    let (pixels, data) = match Dataset::load(mnist, Split::Test, &data_root(None)) {
-        Ok(set) => {
-            let indices: Vec<usize> = (0..POINTS).map(|k| k % set.len()).collect();
-            (set.batch(&indices, &Device::Cpu)?.0.to_device(&device)?, "mnist test images")
-        }
-        Err(_) => (Tensor::rand(0f32, 1f32, (POINTS, 1, 28, 28), &device)?, "random pixels"),
-    };
-    let model = Classifier::new(Arch::MnistCnn, mnist, 42, &device, DType::F32)?;
-    let mut results = Map::new();
-    throughput(input_jacobian, &model, &pixels, &[1, 4, 16, 32, 64, 256, 1024], "engine", &mut results)?;
-    throughput(input_jacobian_autograd, &model, &pixels, &[16], "autograd", &mut results)?;
-    let seconds = median_seconds(0.0, || jacobians(input_jacobian, &model, &pixels, 1024))?;
-    results.insert("engine_all_2000_test_points_s".into(), seconds.into());
-    models.insert("mnist-cnn".into(), json!({ "weights": "fresh, seed 42", "data": data, "results": results }));
+    if wanted("mnist-cnn") {
+        let (pixels, data) = match Dataset::load(mnist, Split::Test, &data_root(None)) {
+            Ok(set) => {
+                let indices: Vec<usize> = (0..POINTS).map(|k| k % set.len()).collect();
+                (set.batch(&indices, &Device::Cpu)?.0.to_device(&device)?, "mnist test images")
+            }
+            Err(_) => (Tensor::rand(0f32, 1f32, (POINTS, 1, 28, 28), &device)?, "random pixels"),
+        };
+        let model = Classifier::new(Arch::MnistCnn, mnist, 42, &device, DType::F32)?;
+        let mut results = Map::new();
+        throughput(input_jacobian, &model, &pixels, &[1, 4, 16, 32, 64, 256, 1024], "engine", &mut results)?;
+        throughput(input_jacobian_autograd, &model, &pixels, &[16], "autograd", &mut results)?;
+        let seconds = median_seconds(0.0, || jacobians(input_jacobian, &model, &pixels, 1024))?;
+        results.insert("engine_all_2000_test_points_s".into(), seconds.into());
+        models.insert("mnist-cnn".into(), json!({ "weights": "fresh, seed 42", "data": data, "results": results }));
+    }
 
-    for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini] {
+    for arch in [Arch::Lenet5, Arch::VggBnSmall, Arch::ResnetMini].into_iter().filter(|a| wanted(a.name())) {
         let options = LoadOptions::pixels(arch);
         let model = Classifier::load(&fixtures.join(format!("{arch}.safetensors")), options, &device)?;
         let s = model.input_shape();
         let pixels = Tensor::rand(0f32, 1f32, (64, s.channels, s.height, s.width), &device)?;
         let mut results = Map::new();
-        throughput(input_jacobian, &model, &pixels, &[1, 16], "engine", &mut results)?;
+        throughput(input_jacobian, &model, &pixels, &[1, 16, 64], "engine", &mut results)?;
         models.insert(
             arch.to_string(),
             json!({ "weights": "tests/fixtures", "data": "uniform random pixels", "results": results }),

@@ -1,0 +1,76 @@
+"""Shared helpers: fixture files, a dependency-free safetensors reader/writer (the format is a
+JSON header and raw little-endian bytes), the repository's shipped model and its CLI binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[3]
+DTYPES = {"F64": np.float64, "F32": np.float32, "U8": np.uint8, "I64": np.int64}
+
+
+def read_safetensors(path: Path) -> Dict[str, np.ndarray]:
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    body = data[8 + length :]
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        out[name] = np.frombuffer(body[start:end], dtype=DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return out
+
+
+def write_safetensors(path: Path, tensors: Dict[str, np.ndarray]) -> None:
+    header, offset, chunks = {}, 0, []
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        raw = array.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks))
+
+
+@pytest.fixture(scope="session")
+def golden_lenet5() -> Dict[str, np.ndarray]:
+    return read_safetensors(FIXTURES / "lenet5.golden.safetensors")
+
+
+@pytest.fixture(scope="session")
+def lenet5():
+    import leafwalk
+
+    return leafwalk.load(FIXTURES / "lenet5.onnx")
+
+
+@pytest.fixture(scope="session")
+def mnist_cnn():
+    """The repository's shipped default model (a partially trained mnist-cnn)."""
+    import leafwalk
+
+    path = REPO / "models" / "mnist-cnn.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is not here (the package is tested inside its repository)")
+    return leafwalk.load(path)
+
+
+@pytest.fixture(scope="session")
+def cli() -> Path:
+    """The `leafwalk` binary the README's test command builds (`cargo test --release`)."""
+    binary = Path(os.environ.get("LEAFWALK_BIN", REPO / "target" / "release" / "leafwalk"))
+    if not binary.is_file():
+        pytest.skip(f"no CLI binary at {binary}: build it with `cargo build --release` or set LEAFWALK_BIN")
+    return binary
