@@ -110,6 +110,12 @@ pub enum Command {
         after_help = "Examples:\n  leafwalk import net.onnx --out net.safetensors --classes cat,dog,bird\n  leafwalk import state_dict.safetensors --layers net.json --dataset mnist --out net.safetensors"
     )]
     Import(ImportArgs),
+    /// Combine the shards of a run made with --shard K/N (on as many machines as N) into the
+    /// report one process would have written; statistics come from the merged per-image values.
+    #[command(
+        after_help = "Example:\n  for k in 1 2 3 4; do leafwalk eval-ood --limit 2000 --shard $k/4 --out runs/ood; done\n  leafwalk merge runs/ood/eval-ood-shard-*-of-4.json --out runs/ood"
+    )]
+    Merge(MergeArgs),
     /// Does the data leaf hold the data? Train or reuse a grid of models and measure, per
     /// model and training stage, whether leaf paths connect test pairs and whether their
     /// frames look like data to a separate evaluator classifier, against the straight line.
@@ -648,7 +654,21 @@ pub struct EvalOodArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub projection: ProjectionArgs,
+    /// Compute only shard K of N (e.g. 2/4): that part of every set, written as
+    /// eval-ood-shard-K-of-N.json for `leafwalk merge`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::commands::shard::Shard>,
     /// Output folder: eval-ood.json, eval-ood.md and roc-<set>.png per OOD set.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The shard files of one run (eval-ood-shard-K-of-N.json), every K once.
+    #[arg(required = true)]
+    pub parts: Vec<PathBuf>,
+    /// Output folder of the merged report.
     #[arg(long)]
     pub out: PathBuf,
 }

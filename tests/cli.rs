@@ -554,6 +554,49 @@ fn eval_paths_reports_each_strategy_against_interpolation() {
     assert!(e.contains("mnist:test:3"), "{e}");
 }
 
+/// Four shards of an eval-ood run, merged, give the report the whole run gives: statistics come
+/// from the merged per-image scores.
+#[test]
+fn eval_ood_shards_merge_into_the_unsharded_report() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let root = dir.path();
+    let path = |name: &str| root.join(name).to_str().unwrap().to_string();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec!["eval-ood", "--ood", "noise:uniform,transform:invert", "--scores", "all", "--limit", "20"];
+        args.extend(["--max-steps", "10", "--anchors", "1", "--out", out]);
+        args.extend(extra);
+        let output = leafwalk(&args, root);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    run(&[], &path("whole"));
+    let shards: Vec<String> = (1..=4).map(|k| format!("{k}/4")).collect();
+    for shard in &shards {
+        run(&["--shard", shard], &path("parts"));
+    }
+    let parts: Vec<String> = (1..=4).map(|k| path(&format!("parts/eval-ood-shard-{k}-of-4.json"))).collect();
+    let merged = path("merged");
+    let mut merge = vec!["merge", "--out", &merged];
+    merge.extend(parts.iter().rev().map(String::as_str));
+    let output = leafwalk(&merge, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read = |dir: &str| std::fs::read_to_string(root.join(dir).join("eval-ood.json")).unwrap();
+    assert_eq!(read("merged"), read("whole"));
+    assert_eq!(files_in(&root.join("merged")), files_in(&root.join("whole")));
+
+    // Missing or doubled shards, or a shard of another run: one line, nothing written.
+    let m2 = path("m2");
+    let e = failure(&leafwalk(&["merge", "--out", &m2, &parts[0], &parts[1], &parts[2]], root));
+    assert!(e.contains("3 of 4 shards"), "{e}");
+    let e = failure(&leafwalk(&["merge", "--out", &m2, &parts[0], &parts[0], &parts[2], &parts[3]], root));
+    assert!(e.contains("every shard once"), "{e}");
+    run(&["--shard", "2/4", "--seed", "7"], &path("other"));
+    let other = path("other/eval-ood-shard-2-of-4.json");
+    let e = failure(&leafwalk(&["merge", "--out", &m2, &parts[0], &other, &parts[2], &parts[3]], root));
+    assert!(e.contains("another run"), "{e}");
+    assert!(!root.join("m2").join("eval-ood.json").exists());
+}
+
 #[test]
 fn ood_commands_score_evaluate_and_reject_bad_input() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ mod inspect;
 mod ood;
 mod path;
 mod predict;
+pub mod shard;
 mod study;
 mod train;
 mod walk;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::EvalDenoise(args) => denoise::evaluate(args, &cli.data_root),
         Command::EvalOod(args) => ood::evaluate(args, &cli.data_root),
         Command::Import(args) => import::run(args),
+        Command::Merge(args) => ood::merge(&args.parts, &args.out),
         Command::Study(args) => study::run(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {

@@ -12,9 +12,11 @@ use leafwalk_metrics::detection::{evaluate as detection, Detection};
 use leafwalk_models::Classifier;
 use leafwalk_ood::{score_images, OodSet, Reference, ReferenceOptions, Score, ScoreOptions, ScoreTable};
 use leafwalk_plot::{line_chart, LineChart, Series};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{EvalOodArgs, OodScoreArgs, ProjectionArgs};
+use crate::commands::shard::Shard;
 use crate::commands::walking::projection_options;
 use crate::commands::{fresh_output, load_model, model_dataset, training_set};
 
@@ -88,59 +90,171 @@ fn scores_csv(images: &[NamedImage], table: &ScoreTable, model: &Classifier) -> 
     text
 }
 
+/// Raw per-image scores of an `eval-ood` run or of one shard of it: what `merge` combines and
+/// the report is computed from.
+#[derive(Serialize, Deserialize)]
+struct OodRunScores {
+    /// What the run was asked (sets, scores, model, limits, seeds): shards must agree on it.
+    settings: serde_json::Value,
+    shard: Shard,
+    /// Score names, the order of every column list below.
+    scores: Vec<String>,
+    /// The in-distribution set and its images' scores.
+    in_set: SetScores,
+    ood_sets: Vec<SetScores>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SetScores {
+    name: String,
+    /// Images of the whole set (all shards).
+    images: usize,
+    /// One list per score: this shard's images' values, in image order.
+    columns: Vec<Vec<f64>>,
+}
+
 pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let which = Score::parse_list(&args.scores)?;
     let ood_sets: Vec<OodSet> = args.ood.split(',').map(|s| OodSet::parse(s.trim())).collect::<Result<_, _>>()?;
     if args.limit == 0 {
         bail!("--limit must be at least 1");
     }
+    let shard = args.shard.unwrap_or(Shard::WHOLE);
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let report_path = fresh_output(&args.out, "eval-ood.json")?;
+    let output = match args.shard {
+        Some(shard) => fresh_output(&args.out, &shard.file_name("eval-ood"))?,
+        None => fresh_output(&args.out, "eval-ood.json")?,
+    };
     let model = load_model(&args.model)?;
     let info = model_dataset(&model)?;
     let id_images = ImageSet::parse(&args.in_set)?.load(info, data_root, Some(args.limit), Invert::Off)?;
     let (reference, options) = scoring(&model, &args.projection, data_root)?;
 
     // The leaf distances walk for every image: minutes per set, so say which set is running.
-    let score_set = |name: &str, images: &[NamedImage]| -> anyhow::Result<ScoreTable> {
+    let score_set = |name: &str, images: &[NamedImage]| -> anyhow::Result<SetScores> {
+        let part = &images[shard.range(images.len())];
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        bar.set_message(format!("scoring {name} ({} images)", images.len()));
+        bar.set_message(format!("scoring {name} ({} images, shard {shard})", part.len()));
         let started = Instant::now();
-        let pixels: Vec<Vec<f32>> = images.iter().map(|i| i.pixels.clone()).collect();
+        let pixels: Vec<Vec<f32>> = part.iter().map(|i| i.pixels.clone()).collect();
         let table = score_images(&model, &reference, &pixels, &which, &options)?;
         bar.finish_and_clear();
-        tracing::info!("{name}: {} images scored in {:.1} s", images.len(), started.elapsed().as_secs_f64());
-        Ok(table)
+        tracing::info!("{name}: {} images scored in {:.1} s", part.len(), started.elapsed().as_secs_f64());
+        let columns = table.columns.into_iter().map(|(_, values)| values).collect();
+        Ok(SetScores { name: name.to_string(), images: images.len(), columns })
     };
-    let id_scores = score_set(&args.in_set, &id_images)?;
-    let mut results = Vec::new();
+    let in_set = score_set(&args.in_set, &id_images)?;
+    let mut scored_sets = Vec::new();
     for set in &ood_sets {
         let images = set.images(&id_images, info, data_root, Some(args.limit), args.seed)?;
-        let ood_scores = score_set(&set.to_string(), &images)?;
+        scored_sets.push(score_set(&set.to_string(), &images)?);
+    }
+    let run = OodRunScores {
+        settings: json!({
+            "in": args.in_set,
+            "ood": ood_sets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "model": args.model.model,
+            "limit": args.limit,
+            "seed": args.seed,
+            "anchors": args.projection.anchors,
+            "max_steps": args.projection.max_steps,
+        }),
+        shard,
+        scores: which.iter().map(|s| s.name().to_string()).collect(),
+        in_set,
+        ood_sets: scored_sets,
+    };
+    if args.shard.is_some() {
+        write_bytes_atomic(&output, serde_json::to_string(&run)?.as_bytes())?;
+        tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", output.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    report(&run, &args.out)
+}
+
+/// `leafwalk merge`: the shards of one `eval-ood` run into its report, as one process would
+/// have written it.
+pub fn merge(parts: &[std::path::PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
+    let mut runs = Vec::with_capacity(parts.len());
+    for path in parts {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let run: OodRunScores = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not an eval-ood shard file", path.display()))?;
+        runs.push((path, run));
+    }
+    runs.sort_by_key(|(_, run)| run.shard.index);
+    let Some((first_path, first)) = runs.first() else { bail!("merge: no shard files given") };
+    let count = first.shard.count;
+    for (k, (path, run)) in runs.iter().enumerate() {
+        if run.settings != first.settings || run.scores != first.scores {
+            bail!("{}: a shard of another run than {} (settings differ)", path.display(), first_path.display());
+        }
+        if run.shard != (Shard { index: k + 1, count }) {
+            bail!(
+                "{}: shard {} where shard {}/{count} was expected: give every shard once",
+                path.display(),
+                run.shard,
+                k + 1
+            );
+        }
+    }
+    if runs.len() != count {
+        bail!("merge: {} of {count} shards given", runs.len());
+    }
+    let merge_set = |pick: &dyn Fn(&OodRunScores) -> &SetScores| -> SetScores {
+        let first = pick(&runs[0].1);
+        let columns = (0..first.columns.len())
+            .map(|c| runs.iter().flat_map(|(_, run)| pick(run).columns[c].iter().copied()).collect())
+            .collect();
+        SetScores { name: first.name.clone(), images: first.images, columns }
+    };
+    let merged = OodRunScores {
+        settings: first.settings.clone(),
+        shard: Shard::WHOLE,
+        scores: first.scores.clone(),
+        in_set: merge_set(&|run| &run.in_set),
+        ood_sets: (0..first.ood_sets.len()).map(|k| merge_set(&|run| &run.ood_sets[k])).collect(),
+    };
+    for set in std::iter::once(&merged.in_set).chain(&merged.ood_sets) {
+        if set.columns.iter().any(|column| column.len() != set.images) {
+            bail!("merge: the shards hold a different number of {} images than the run ({})", set.name, set.images);
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    fresh_output(out, "eval-ood.json")?;
+    report(&merged, out)
+}
+
+/// The table, JSON and ROC curves of a whole run's scores.
+fn report(run: &OodRunScores, out: &Path) -> anyhow::Result<ExitCode> {
+    let which: Vec<Score> = run.scores.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let in_name = &run.in_set.name;
+    let mut results = Vec::new();
+    for set in &run.ood_sets {
         let mut per_score = Vec::new();
-        for &score in &which {
-            let (id, ood) = (id_scores.column(score), ood_scores.column(score));
-            let (Some(id), Some(ood)) = (id, ood) else { continue };
-            let result = detection(id, ood).with_context(|| format!("{score} on {set}"))?;
+        for (k, &score) in which.iter().enumerate() {
+            let result = detection(&run.in_set.columns[k], &set.columns[k])
+                .with_context(|| format!("{score} on {}", set.name))?;
             per_score.push((score, result));
         }
-        let file = format!("roc-{}.png", file_stem(&set.to_string()));
-        draw_roc(&args.out.join(&file), &args.in_set, set, &per_score)?;
-        results.push((set.to_string(), images.len(), per_score, file));
+        let file = format!("roc-{}.png", file_stem(&set.name));
+        draw_roc(&out.join(&file), in_name, &set.name, &per_score)?;
+        results.push((set.name.clone(), set.images, per_score, file));
     }
 
-    let table = markdown_table(&args.in_set, &which, &results);
+    let table = markdown_table(in_name, &which, &results);
     print!("{table}");
-    write_bytes_atomic(&args.out.join("eval-ood.md"), table.as_bytes())?;
+    write_bytes_atomic(&out.join("eval-ood.md"), table.as_bytes())?;
+    let settings = &run.settings;
     let report = json!({
-        "in": args.in_set,
-        "in_images": id_images.len(),
-        "model": args.model.model,
-        "limit": args.limit,
-        "seed": args.seed,
-        "anchors": args.projection.anchors,
-        "max_steps": args.projection.max_steps,
+        "in": settings["in"],
+        "in_images": run.in_set.images,
+        "model": settings["model"],
+        "limit": settings["limit"],
+        "seed": settings["seed"],
+        "anchors": settings["anchors"],
+        "max_steps": settings["max_steps"],
         "sets": results.iter().map(|(set, count, per_score, file)| json!({
             "set": set,
             "images": count,
@@ -150,8 +264,8 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
             }))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
     });
-    write_bytes_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    tracing::info!("wrote {}", args.out.display());
+    write_bytes_atomic(&out.join("eval-ood.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    tracing::info!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -203,7 +317,7 @@ fn markdown_table(in_set: &str, which: &[Score], results: &[SetResult]) -> Strin
     text
 }
 
-fn draw_roc(path: &Path, in_set: &str, set: &OodSet, per_score: &[(Score, Detection)]) -> anyhow::Result<()> {
+fn draw_roc(path: &Path, in_set: &str, set: &str, per_score: &[(Score, Detection)]) -> anyhow::Result<()> {
     let series = per_score
         .iter()
         .map(|(score, d)| Series { label: format!("{score} (AUROC {:.3})", d.auroc), points: d.roc.clone() })

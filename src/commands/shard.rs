@@ -1,0 +1,73 @@
+//! `--shard K/N`: one process's part of a dataset-level run, so that a run spreads over many
+//! machines; `leafwalk merge` puts the parts back together. Shard K of N takes the K-th of N
+//! contiguous, nearly equal ranges of each image set (sets are chosen and ordered before they
+//! are cut, so every shard agrees on them), and writes its raw per-image results with the run's
+//! settings; the merge checks that the parts are one run's and complete, concatenates them, and
+//! computes every statistic from the merged values — never by averaging the parts'.
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Shard `index` (1-based) of `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole run as one part.
+    pub const WHOLE: Shard = Shard { index: 1, count: 1 };
+
+    /// This shard's items of `len`.
+    pub fn range(self, len: usize) -> Range<usize> {
+        len * (self.index - 1) / self.count..len * self.index / self.count
+    }
+
+    /// `NAME-shard-K-of-N.json`: the file a shard writes.
+    pub fn file_name(self, name: &str) -> String {
+        format!("{name}-shard-{}-of-{}.json", self.index, self.count)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("shard {text:?}: expected K/N with 1 ≤ K ≤ N (e.g. 2/4)");
+        let (index, count) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (index.trim().parse().map_err(|_| bad())?, count.trim().parse().map_err(|_| bad())?);
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_item_once() {
+        for len in [0, 1, 7, 500] {
+            for count in 1..=6 {
+                let covered: Vec<usize> = (1..=count).flat_map(|index| Shard { index, count }.range(len)).collect();
+                assert_eq!(covered, (0..len).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!("2/4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
+        for bad in ["0/4", "5/4", "2", "a/b", "1/0"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
+}
