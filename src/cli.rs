@@ -350,6 +350,13 @@ pub struct InspectArgs {
     /// Write the dense n×n G of the (single) input as float64 .npy (n ≤ 4096 only).
     #[arg(long)]
     pub full_g: Option<PathBuf>,
+    /// Over --data: compute only shard K of N (e.g. 2/4) of the --limit images, written into
+    /// --out as inspect-shard-K-of-N.json for `leafwalk merge` (not with --fisher).
+    #[arg(long, value_name = "K/N", requires = "data")]
+    pub shard: Option<crate::commands::shard::Shard>,
+    /// Folder for the --shard file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Over --data: plot the eigenvalue spectrum of G (median and 10–90 % band, log scale).
     #[arg(long, requires = "data")]
     pub spectrum_png: Option<PathBuf>,

@@ -597,6 +597,39 @@ fn eval_ood_shards_merge_into_the_unsharded_report() {
     assert!(!root.join("m2").join("eval-ood.json").exists());
 }
 
+/// `inspect --data` in three shards, merged: the summary one process prints.
+#[test]
+fn inspect_data_shards_merge_into_the_unsharded_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let root = dir.path();
+    let path = |name: &str| root.join(name).to_str().unwrap().to_string();
+    let whole = leafwalk(&["inspect", "--data", "mnist:test", "--limit", "20", "--json"], root);
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    let parts = path("parts");
+    for shard in ["1/3", "2/3", "3/3"] {
+        let output =
+            leafwalk(&["inspect", "--data", "mnist:test", "--limit", "20", "--shard", shard, "--out", &parts], root);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let files: Vec<String> = (1..=3).map(|k| path(&format!("parts/inspect-shard-{k}-of-3.json"))).collect();
+    let merged = path("merged");
+    let mut args = vec!["merge", "--out", &merged];
+    args.extend(files.iter().map(String::as_str));
+    let output = leafwalk(&args, root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let whole: serde_json::Value = serde_json::from_slice(&whole.stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("merged/inspect.json")).unwrap()).unwrap();
+    assert_eq!(report, whole);
+    assert_eq!(files_in(&root.join("merged")), ["inspect.json", "spectrum.png"]);
+    let e =
+        failure(&leafwalk(&["inspect", "--data", "mnist:test", "--shard", "1/2", "--fisher", "--out", &parts], root));
+    assert!(e.contains("--fisher"), "{e}");
+    let e = failure(&leafwalk(&["merge", "--out", &path("m2"), &files[0], &path("parts")], root));
+    assert!(e.contains("cannot read") || e.contains("not a leafwalk shard file"), "{e}");
+}
+
 #[test]
 fn ood_commands_score_evaluate_and_reject_bad_input() {
     let dir = tempfile::tempdir().unwrap();

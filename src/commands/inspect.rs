@@ -14,10 +14,12 @@ use leafwalk_models::checkpoint::F32Values;
 use leafwalk_models::Classifier;
 use leafwalk_plot::{line_chart, LineChart, Series, Tile, TileKind};
 use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cli::InspectArgs;
-use crate::commands::{each_image, input_batch, load_model};
+use crate::commands::shard::{Part, Shard};
+use crate::commands::{each_image, fresh_output, input_batch, load_model};
 
 /// Points per Jacobian batch: throughput stops improving around 32 points (measured).
 const BATCH: usize = 32;
@@ -268,6 +270,14 @@ fn write_npy(path: &Path, matrix: &nalgebra::DMatrix<f64>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// One point's G over a split: what the summary is computed from, and a shard's result.
+#[derive(Serialize, Deserialize)]
+struct PointStats {
+    trace: f64,
+    rank: usize,
+    eigenvalues: Vec<f64>,
+}
+
 fn inspect_dataset(
     args: &InspectArgs,
     model: &Classifier,
@@ -277,6 +287,18 @@ fn inspect_dataset(
     if split.index.is_some() {
         bail!("--data takes a whole split (NAME:SPLIT); use --ref for one entry");
     }
+    let out = match (args.shard, &args.out) {
+        (Some(_), _) if args.fisher => {
+            bail!("--fisher needs every point's parameter gradients in one process; drop it or --shard")
+        }
+        (Some(shard), Some(out)) => {
+            std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+            fresh_output(out, &shard.file_name("inspect"))?;
+            Some(out)
+        }
+        (Some(_), None) => bail!("--shard writes its part into --out DIR (for `leafwalk merge`)"),
+        (None, _) => None,
+    };
     let dataset = Dataset::load(split.dataset, split.split, data_root)?;
     if dataset.info.shape != model.input_shape() {
         bail!("{split} images are {}, the model takes {}", dataset.info.shape, model.input_shape());
@@ -285,18 +307,23 @@ fn inspect_dataset(
     if count == 0 {
         bail!("--limit must be at least 1");
     }
-    let indices: Vec<usize> = (0..count).map(|k| k * dataset.len() / count).collect();
+    let shard = args.shard.unwrap_or(Shard::WHOLE);
+    let indices: Vec<usize> = shard.range(count).map(|k| k * dataset.len() / count).collect();
     // The dataset Fisher keeps every C×P gradient in memory: it uses an evenly spaced subset of
     // the points that fits the budget; every point still reports its own trace F.
     let params: usize = model.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
     let fisher_budget = (DATASET_FISHER_MAX_BYTES / (model.classes() * params * 4)).clamp(1, DATASET_FISHER_MAX_POINTS);
     let fisher_stride = count.div_ceil(fisher_budget);
-    let progress = indicatif::ProgressBar::new(count as u64);
-    let mut points = Vec::with_capacity(count);
+    let progress = indicatif::ProgressBar::new(indices.len() as u64);
+    let mut points = Vec::with_capacity(indices.len());
     let (mut fisher_traces, mut factors) = (Vec::new(), Vec::new());
     for (batch_index, chunk) in indices.chunks(BATCH).enumerate() {
         let (pixels, _) = dataset.batch(chunk, model.device())?;
-        points.extend(batch_geometry(model, &pixels)?);
+        points.extend(batch_geometry(model, &pixels)?.iter().map(|p| PointStats {
+            trace: p.trace(),
+            rank: p.rank(),
+            eigenvalues: p.spectrum().eigenvalues,
+        }));
         if args.fisher {
             for (k, factor) in fisher_factors(model, &pixels)?.into_iter().enumerate() {
                 fisher_traces.push(factor.trace());
@@ -308,34 +335,18 @@ fn inspect_dataset(
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
-
-    let traces: Vec<f64> = points.iter().map(PointGeometry::trace).collect();
-    let mean_trace = traces.iter().sum::<f64>() / count as f64;
-    let median_trace = median(&traces).unwrap_or(f64::NAN);
-    let mut rank_hist = vec![0usize; model.classes() + 1];
-    for p in &points {
-        rank_hist[p.rank()] += 1;
-    }
-    let spectra: Vec<Vec<f64>> = points.iter().map(|p| p.spectrum().eigenvalues).collect();
-    let band = |q: f64| -> Vec<f64> {
-        (0..model.classes())
-            .map(|k| {
-                let mut column: Vec<f64> = spectra.iter().map(|s| s[k]).collect();
-                column.sort_by(f64::total_cmp);
-                percentile(&column, q)
-            })
-            .collect()
-    };
-    let (p10, median, p90) = (band(0.1), band(0.5), band(0.9));
-    let mut report = json!({
+    let settings = json!({
         "data": split.to_string(),
         "model": args.model.model,
         "count": count,
-        "sampling": "evenly spaced indices k·len/count",
-        "trace_g": { "mean": mean_trace, "median": median_trace },
-        "rank_hist": rank_hist,
-        "eigenvalues_g": { "p10": p10, "median": median, "p90": p90 },
+        "classes": model.classes(),
     });
+    if let Some(out) = out {
+        let path = Part { command: "inspect".into(), settings, shard, results: points }.write(out)?;
+        tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut report = dataset_report(&settings, &points, args.spectrum_png.as_deref())?;
     if args.fisher {
         let (trace, top) = dataset_fisher(&factors, model.classes())?;
         report["fisher"] = json!({
@@ -343,10 +354,54 @@ fn inspect_dataset(
             "dataset_fisher": { "points": factors.len(), "every": fisher_stride, "trace": trace, "top_eigenvalues": top },
         });
     }
-    if let Some(path) = &args.spectrum_png {
+    print_dataset_report(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inspect --data` over a split from its shards' points (in shard order): inspect.json and
+/// spectrum.png in `out`, the summary on stdout, as one process would have printed it.
+pub fn merge(settings: &Value, parts: Vec<Value>, out: &Path) -> anyhow::Result<ExitCode> {
+    let mut points: Vec<PointStats> = Vec::new();
+    for part in parts {
+        points.extend(serde_json::from_value::<Vec<PointStats>>(part).context("merge: an inspect shard")?);
+    }
+    if Some(points.len() as u64) != settings["count"].as_u64() {
+        bail!("merge: the shards hold {} points, the run {}", points.len(), settings["count"]);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let report_path = fresh_output(out, "inspect.json")?;
+    let report = dataset_report(settings, &points, Some(&out.join("spectrum.png")))?;
+    leafwalk_data::write_bytes_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    print_dataset_report(&report, false)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trace, rank histogram and eigenvalue bands over the points (and the spectrum plot).
+fn dataset_report(settings: &Value, points: &[PointStats], spectrum_png: Option<&Path>) -> anyhow::Result<Value> {
+    let classes = settings["classes"].as_u64().context("the run's class count")? as usize;
+    let count = points.len();
+    let traces: Vec<f64> = points.iter().map(|p| p.trace).collect();
+    let mean_trace = traces.iter().sum::<f64>() / count as f64;
+    let median_trace = median(&traces).unwrap_or(f64::NAN);
+    let mut rank_hist = vec![0usize; classes + 1];
+    for p in points {
+        rank_hist[p.rank.min(classes)] += 1;
+    }
+    let band = |q: f64| -> Vec<f64> {
+        (0..classes)
+            .map(|k| {
+                let mut column: Vec<f64> = points.iter().filter_map(|p| p.eigenvalues.get(k).copied()).collect();
+                column.sort_by(f64::total_cmp);
+                percentile(&column, q)
+            })
+            .collect()
+    };
+    let (p10, median, p90) = (band(0.1), band(0.5), band(0.9));
+    let split = settings["data"].as_str().unwrap_or_default();
+    if let Some(path) = spectrum_png {
         let series = |label: &str, values: &[f64]| Series {
             label: label.to_string(),
-            points: values.iter().take(model.classes() - 1).enumerate().map(|(k, &v)| ((k + 1) as f64, v)).collect(),
+            points: values.iter().take(classes - 1).enumerate().map(|(k, &v)| ((k + 1) as f64, v)).collect(),
         };
         let chart = LineChart {
             title: format!("Spectrum of G over {count} images of {split}"),
@@ -358,27 +413,56 @@ fn inspect_dataset(
         };
         line_chart(path, &chart)?;
     }
+    Ok(json!({
+        "data": split,
+        "model": settings["model"],
+        "count": count,
+        "sampling": "evenly spaced indices k·len/count",
+        "trace_g": { "mean": mean_trace, "median": median_trace },
+        "rank_hist": rank_hist,
+        "eigenvalues_g": { "p10": p10, "median": median, "p90": p90 },
+    }))
+}
+
+fn print_dataset_report(report: &Value, as_json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-    } else {
-        writeln!(out, "{split}: {count} images (evenly spaced)")?;
-        writeln!(out, "trace G: mean {mean_trace:.4e}  median {median_trace:.4e}")?;
-        let hist: Vec<String> =
-            rank_hist.iter().enumerate().filter(|(_, &n)| n > 0).map(|(r, n)| format!("{r}:{n}")).collect();
-        writeln!(out, "rank histogram: {}", hist.join(" "))?;
-        let fmt = |v: &[f64]| v.iter().map(|e| format!("{e:.3e}")).collect::<Vec<_>>().join(" ");
-        writeln!(out, "median eigenvalues of G: [{}]", fmt(&median))?;
-        if let Some(f) = report.get("fisher") {
-            writeln!(
-                out,
-                "Fisher: mean trace {:.4e}; dataset Fisher top eigenvalues {}",
-                f["mean_trace"].as_f64().unwrap_or(0.0),
-                f["dataset_fisher"]["top_eigenvalues"]
-            )?;
-        }
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+        return Ok(());
     }
-    Ok(ExitCode::SUCCESS)
+    let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    writeln!(out, "{}: {} images (evenly spaced)", report["data"].as_str().unwrap_or_default(), report["count"])?;
+    writeln!(
+        out,
+        "trace G: mean {:.4e}  median {:.4e}",
+        number(&report["trace_g"]["mean"]),
+        number(&report["trace_g"]["median"])
+    )?;
+    let hist: Vec<String> = report["rank_hist"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(r, n)| format!("{r}:{n}"))
+        .collect();
+    writeln!(out, "rank histogram: {}", hist.join(" "))?;
+    let medians: Vec<String> = report["eigenvalues_g"]["median"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{:.3e}", number(e)))
+        .collect();
+    writeln!(out, "median eigenvalues of G: [{}]", medians.join(" "))?;
+    if let Some(f) = report.get("fisher") {
+        writeln!(
+            out,
+            "Fisher: mean trace {:.4e}; dataset Fisher top eigenvalues {}",
+            f["mean_trace"].as_f64().unwrap_or(0.0),
+            f["dataset_fisher"]["top_eigenvalues"]
+        )?;
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

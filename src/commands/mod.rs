@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use leafwalk_data::{dataset_info, ImageSource, Invert};
 use leafwalk_models::{parse_layers, Classifier, LoadOptions};
@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::EvalDenoise(args) => denoise::evaluate(args, &cli.data_root),
         Command::EvalOod(args) => ood::evaluate(args, &cli.data_root),
         Command::Import(args) => import::run(args),
-        Command::Merge(args) => ood::merge(&args.parts, &args.out),
+        Command::Merge(args) => merge(&args.parts, &args.out),
         Command::Study(args) => study::run(args, &cli.data_root),
         #[cfg(feature = "hub")]
         Command::Fetch(args) => {
@@ -51,6 +51,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{} written under {}", info.name, cli.data_root.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `leafwalk merge`: the shards of one run (every shard once) into the report one process
+/// would have written, by the command that wrote them.
+fn merge(files: &[std::path::PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
+    let (command, settings, parts) = shard::read_parts(files)?;
+    match command.as_str() {
+        "eval-ood" => ood::merge(&settings, parts, out),
+        "inspect" => inspect::merge(&settings, parts, out),
+        other => bail!("merge: shards of `{other}`, which this leafwalk cannot merge"),
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{EvalOodArgs, OodScoreArgs, ProjectionArgs};
-use crate::commands::shard::Shard;
+use crate::commands::shard::{Part, Shard};
 use crate::commands::walking::projection_options;
 use crate::commands::{fresh_output, load_model, model_dataset, training_set};
 
@@ -93,10 +93,7 @@ fn scores_csv(images: &[NamedImage], table: &ScoreTable, model: &Classifier) -> 
 /// Raw per-image scores of an `eval-ood` run or of one shard of it: what `merge` combines and
 /// the report is computed from.
 #[derive(Serialize, Deserialize)]
-struct OodRunScores {
-    /// What the run was asked (sets, scores, model, limits, seeds): shards must agree on it.
-    settings: serde_json::Value,
-    shard: Shard,
+struct OodScores {
     /// Score names, the order of every column list below.
     scores: Vec<String>,
     /// The in-distribution set and its images' scores.
@@ -121,7 +118,7 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
     }
     let shard = args.shard.unwrap_or(Shard::WHOLE);
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let output = match args.shard {
+    match args.shard {
         Some(shard) => fresh_output(&args.out, &shard.file_name("eval-ood"))?,
         None => fresh_output(&args.out, "eval-ood.json")?,
     };
@@ -150,71 +147,42 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
         let images = set.images(&id_images, info, data_root, Some(args.limit), args.seed)?;
         scored_sets.push(score_set(&set.to_string(), &images)?);
     }
-    let run = OodRunScores {
-        settings: json!({
-            "in": args.in_set,
-            "ood": ood_sets.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "model": args.model.model,
-            "limit": args.limit,
-            "seed": args.seed,
-            "anchors": args.projection.anchors,
-            "max_steps": args.projection.max_steps,
-        }),
-        shard,
-        scores: which.iter().map(|s| s.name().to_string()).collect(),
-        in_set,
-        ood_sets: scored_sets,
-    };
+    let settings = json!({
+        "in": args.in_set,
+        "ood": ood_sets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "model": args.model.model,
+        "limit": args.limit,
+        "seed": args.seed,
+        "anchors": args.projection.anchors,
+        "max_steps": args.projection.max_steps,
+    });
+    let scores =
+        OodScores { scores: which.iter().map(|s| s.name().to_string()).collect(), in_set, ood_sets: scored_sets };
     if args.shard.is_some() {
-        write_bytes_atomic(&output, serde_json::to_string(&run)?.as_bytes())?;
-        tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", output.display());
+        let part = Part { command: "eval-ood".into(), settings, shard, results: scores };
+        let path = part.write(&args.out)?;
+        tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    report(&run, &args.out)
+    report(&settings, &scores, &args.out)
 }
 
-/// `leafwalk merge`: the shards of one `eval-ood` run into its report, as one process would
-/// have written it.
-pub fn merge(parts: &[std::path::PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
-    let mut runs = Vec::with_capacity(parts.len());
-    for path in parts {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let run: OodRunScores = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not an eval-ood shard file", path.display()))?;
-        runs.push((path, run));
-    }
-    runs.sort_by_key(|(_, run)| run.shard.index);
-    let Some((first_path, first)) = runs.first() else { bail!("merge: no shard files given") };
-    let count = first.shard.count;
-    for (k, (path, run)) in runs.iter().enumerate() {
-        if run.settings != first.settings || run.scores != first.scores {
-            bail!("{}: a shard of another run than {} (settings differ)", path.display(), first_path.display());
-        }
-        if run.shard != (Shard { index: k + 1, count }) {
-            bail!(
-                "{}: shard {} where shard {}/{count} was expected: give every shard once",
-                path.display(),
-                run.shard,
-                k + 1
-            );
-        }
-    }
-    if runs.len() != count {
-        bail!("merge: {} of {count} shards given", runs.len());
-    }
-    let merge_set = |pick: &dyn Fn(&OodRunScores) -> &SetScores| -> SetScores {
-        let first = pick(&runs[0].1);
+/// The report of an `eval-ood` run from its shards' results (in shard order), as one process
+/// would have written it.
+pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &Path) -> anyhow::Result<ExitCode> {
+    let parts: Vec<OodScores> =
+        parts.into_iter().map(serde_json::from_value).collect::<Result<_, _>>().context("merge: an eval-ood shard")?;
+    let merge_set = |pick: &dyn Fn(&OodScores) -> &SetScores| -> SetScores {
+        let first = pick(&parts[0]);
         let columns = (0..first.columns.len())
-            .map(|c| runs.iter().flat_map(|(_, run)| pick(run).columns[c].iter().copied()).collect())
+            .map(|c| parts.iter().flat_map(|part| pick(part).columns[c].iter().copied()).collect())
             .collect();
         SetScores { name: first.name.clone(), images: first.images, columns }
     };
-    let merged = OodRunScores {
-        settings: first.settings.clone(),
-        shard: Shard::WHOLE,
-        scores: first.scores.clone(),
-        in_set: merge_set(&|run| &run.in_set),
-        ood_sets: (0..first.ood_sets.len()).map(|k| merge_set(&|run| &run.ood_sets[k])).collect(),
+    let merged = OodScores {
+        scores: parts[0].scores.clone(),
+        in_set: merge_set(&|part| &part.in_set),
+        ood_sets: (0..parts[0].ood_sets.len()).map(|k| merge_set(&|part| &part.ood_sets[k])).collect(),
     };
     for set in std::iter::once(&merged.in_set).chain(&merged.ood_sets) {
         if set.columns.iter().any(|column| column.len() != set.images) {
@@ -223,11 +191,11 @@ pub fn merge(parts: &[std::path::PathBuf], out: &Path) -> anyhow::Result<ExitCod
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     fresh_output(out, "eval-ood.json")?;
-    report(&merged, out)
+    report(settings, &merged, out)
 }
 
 /// The table, JSON and ROC curves of a whole run's scores.
-fn report(run: &OodRunScores, out: &Path) -> anyhow::Result<ExitCode> {
+fn report(settings: &serde_json::Value, run: &OodScores, out: &Path) -> anyhow::Result<ExitCode> {
     let which: Vec<Score> = run.scores.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
     let in_name = &run.in_set.name;
     let mut results = Vec::new();
@@ -246,7 +214,6 @@ fn report(run: &OodRunScores, out: &Path) -> anyhow::Result<ExitCode> {
     let table = markdown_table(in_name, &which, &results);
     print!("{table}");
     write_bytes_atomic(&out.join("eval-ood.md"), table.as_bytes())?;
-    let settings = &run.settings;
     let report = json!({
         "in": settings["in"],
         "in_images": run.in_set.images,

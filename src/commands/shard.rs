@@ -7,8 +7,10 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// Shard `index` (1-based) of `count`.
@@ -27,10 +29,62 @@ impl Shard {
         len * (self.index - 1) / self.count..len * self.index / self.count
     }
 
-    /// `NAME-shard-K-of-N.json`: the file a shard writes.
-    pub fn file_name(self, name: &str) -> String {
-        format!("{name}-shard-{}-of-{}.json", self.index, self.count)
+    /// `COMMAND-shard-K-of-N.json`: the file a shard writes.
+    pub fn file_name(self, command: &str) -> String {
+        format!("{command}-shard-{}-of-{}.json", self.index, self.count)
     }
+}
+
+/// One shard's file: the command that wrote it, the run's settings (the same in every shard of
+/// a run), which shard it is, and its per-item results.
+#[derive(Serialize, Deserialize)]
+pub struct Part<T> {
+    pub command: String,
+    pub settings: serde_json::Value,
+    pub shard: Shard,
+    pub results: T,
+}
+
+impl<T: Serialize> Part<T> {
+    /// Writes the part into `out` (atomically) as [`Shard::file_name`].
+    pub fn write(&self, out: &Path) -> anyhow::Result<PathBuf> {
+        let path = out.join(self.shard.file_name(&self.command));
+        leafwalk_data::write_bytes_atomic(&path, serde_json::to_string(self)?.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// The parts in `files`, checked to be every shard of one run once: the command, its settings
+/// and each part's results (as JSON, for the command's own merge), in shard order.
+pub fn read_parts(files: &[PathBuf]) -> anyhow::Result<(String, serde_json::Value, Vec<serde_json::Value>)> {
+    let mut parts = Vec::with_capacity(files.len());
+    for path in files {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let part: Part<serde_json::Value> =
+            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a leafwalk shard file", path.display()))?;
+        parts.push((path, part));
+    }
+    parts.sort_by_key(|(_, part)| part.shard.index);
+    let Some((first_path, first)) = parts.first() else { bail!("merge: no shard files given") };
+    let count = first.shard.count;
+    for (k, (path, part)) in parts.iter().enumerate() {
+        if part.command != first.command || part.settings != first.settings {
+            bail!("{}: a shard of another run than {} (settings differ)", path.display(), first_path.display());
+        }
+        if part.shard != (Shard { index: k + 1, count }) {
+            bail!(
+                "{}: shard {} where shard {}/{count} was expected: give every shard once",
+                path.display(),
+                part.shard,
+                k + 1
+            );
+        }
+    }
+    if parts.len() != count {
+        bail!("merge: {} of {count} shards given", parts.len());
+    }
+    let (command, settings) = (first.command.clone(), first.settings.clone());
+    Ok((command, settings, parts.into_iter().map(|(_, part)| part.results).collect()))
 }
 
 impl FromStr for Shard {
