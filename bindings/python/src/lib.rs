@@ -629,7 +629,7 @@ fn load_image<'py>(
 
 /// Trains a built-in architecture (see the Python `leafwalk.train`).
 #[pyfunction]
-#[pyo3(signature = (arch, dataset, out, *, epochs, lr, batch_size, optimizer, seed, data_root, resume, reference_size, min_accuracy, device))]
+#[pyo3(signature = (arch, dataset, out, *, epochs, lr, batch_size, optimizer, seed, data_root, resume, reference_size, min_accuracy, device, progress))]
 #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python function
 fn train<'py>(
     py: Python<'py>,
@@ -646,6 +646,7 @@ fn train<'py>(
     reference_size: usize,
     min_accuracy: f64,
     device: &str,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
     let config = leafwalk_train::TrainConfig {
         dataset: leafwalk_data::dataset_info(dataset).map_err(fail)?,
@@ -668,10 +669,23 @@ fn train<'py>(
         adversarial: None,
         snapshots: Vec::new(),
     };
-    // Ctrl-C in Python sets a flag that the training loop polls between steps.
+    // Between steps: the progress callback, and Ctrl-C (Python's signal flag); either one's
+    // exception stops the run after that step, its resume state saved, and is raised here.
+    let mut stopped_by = None;
     let summary = py
-        .detach(|| leafwalk_train::train(&config, |_| Python::attach(|py| py.check_signals().is_err())))
+        .detach(|| {
+            leafwalk_train::train(&config, |step| {
+                Python::attach(|py| {
+                    let called = progress.as_ref().map_or(Ok(()), |p| p.call1(py, (step,)).map(drop));
+                    stopped_by = called.and_then(|()| py.check_signals()).err();
+                    stopped_by.is_some()
+                })
+            })
+        })
         .map_err(fail)?;
+    if let Some(error) = stopped_by {
+        return Err(error);
+    }
     let epochs = PyList::empty(py);
     for e in summary.epochs {
         let dict = PyDict::new(py);

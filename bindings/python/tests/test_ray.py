@@ -5,33 +5,14 @@ where Ray is not installed)."""
 from __future__ import annotations
 
 import importlib.util
-import struct
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from conftest import tiny_mnist
+
 ray = pytest.importorskip("ray")
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    kind = 0x0803 if array.ndim == 3 else 0x0801
-    header = struct.pack(">I", kind) + b"".join(struct.pack(">I", d) for d in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def tiny_mnist(root: Path) -> None:
-    """60 training and 20 test 'digits': a bright band whose position is the label."""
-    (root / "mnist").mkdir(parents=True)
-    for prefix, count in [("train", 60), ("t10k", 20)]:
-        labels = np.arange(count) % 10
-        images = np.zeros((count, 28, 28), dtype=np.uint8)
-        flat = images.reshape(count, 784)
-        for k, label in enumerate(labels):
-            flat[k, label * 78 : (label + 1) * 78] = 255
-        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte", labels)
 
 
 def test_shards_on_ray_merge_into_the_unsharded_report(cli, tmp_path):

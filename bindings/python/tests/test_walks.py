@@ -98,3 +98,25 @@ def test_heavy_calls_release_the_gil(lenet5):
     done.set()
     counter.join()
     assert during > 1000, f"the counting thread ran {during} times during the call"
+
+
+def test_training_writes_checkpoints_and_reports_progress(tmp_path):
+    from conftest import tiny_mnist
+
+    tiny_mnist(tmp_path / "data")
+    steps = []
+    epochs = leafwalk.train(
+        "mlp", "mnist", tmp_path / "run", epochs=1, batch_size=20, data_root=tmp_path / "data",
+        reference_size=4, progress=steps.append,
+    )
+    assert len(epochs) == 1 and 0 <= epochs[0]["test_accuracy"] <= 1 and steps
+    model = leafwalk.load(epochs[0]["checkpoint"])
+    assert model.arch == "mlp" and model.dataset == "mnist"
+
+    def stop(step):
+        raise KeyboardInterrupt("stop here")
+
+    with pytest.raises(KeyboardInterrupt, match="stop here"):
+        leafwalk.train("mlp", "mnist", tmp_path / "run2", epochs=2, batch_size=20, data_root=tmp_path / "data",
+                       reference_size=4, progress=stop)
+    assert (tmp_path / "run2" / "resume.safetensors").is_file()

@@ -422,12 +422,15 @@ def train(
     reference_size: int = 200,
     min_accuracy: float = 0.95,
     device: str = "cpu",
+    progress: Optional[Callable[[int], Any]] = None,
 ) -> List[Dict[str, Any]]:
     """Trains a built-in architecture as ``leafwalk train`` does (same defaults: the paper's
     plain SGD), writing ``epoch-XX.safetensors`` checkpoints, the resume file and the log to
     ``out``; the datasets are read from ``data_root`` (``scripts/fetch-data.sh`` fetches them).
     Returns one dict per epoch (losses, accuracies, mean trace of G on a fixed reference batch,
-    checkpoint path). Ctrl-C stops after the current step with the resume state saved.
+    checkpoint path). ``progress(step)`` is called as training goes, with the step count; an exception in
+    it, or Ctrl-C, stops the run after that step with the resume state saved (``resume=True``
+    continues it) and is raised.
 
     >>> epochs = leafwalk.train("mlp", "mnist", "runs/mlp", epochs=1)
     """
@@ -445,4 +448,5 @@ def train(
         reference_size=reference_size,
         min_accuracy=min_accuracy,
         device=device,
+        progress=progress,
     )

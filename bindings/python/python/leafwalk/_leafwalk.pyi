@@ -146,4 +146,5 @@ def train(
     reference_size: int,
     min_accuracy: float,
     device: str,
+    progress: Optional[Callable[[int], Any]],
 ) -> List[Dict[str, Any]]: ...
