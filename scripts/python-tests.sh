@@ -10,7 +10,6 @@ cd "$(dirname "$0")/.."
 venv=${LEAFWALK_PY_VENV:-target/py-venv}
 if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q numpy pytest
 fi
 # The wheel builds in this workspace's target folder, so the crates compiled for the tests are reused.
