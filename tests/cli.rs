@@ -594,6 +594,13 @@ fn eval_ood_shards_merge_into_the_unsharded_report() {
     let other = path("other/eval-ood-shard-2-of-4.json");
     let e = failure(&leafwalk(&["merge", "--out", &m2, &parts[0], &other, &parts[2], &parts[3]], root));
     assert!(e.contains("another run"), "{e}");
+    let msp = path("msp");
+    let only_msp = ["eval-ood", "--ood", "noise:uniform,transform:invert", "--scores", "msp", "--limit", "20"];
+    let output = leafwalk(&[&only_msp[..], &["--shard", "2/4", "--out", &msp]].concat(), root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let other = path("msp/eval-ood-shard-2-of-4.json");
+    let e = failure(&leafwalk(&["merge", "--out", &m2, &parts[0], &other, &parts[2], &parts[3]], root));
+    assert!(e.contains("another run"), "{e}");
     assert!(!root.join("m2").join("eval-ood.json").exists());
 }
 

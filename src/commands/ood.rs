@@ -94,8 +94,6 @@ fn scores_csv(images: &[NamedImage], table: &ScoreTable, model: &Classifier) -> 
 /// the report is computed from.
 #[derive(Serialize, Deserialize)]
 struct OodScores {
-    /// Score names, the order of every column list below.
-    scores: Vec<String>,
     /// The in-distribution set and its images' scores.
     in_set: SetScores,
     ood_sets: Vec<SetScores>,
@@ -106,7 +104,8 @@ struct SetScores {
     name: String,
     /// Images of the whole set (all shards).
     images: usize,
-    /// One list per score: this shard's images' values, in image order.
+    /// One list per score (the settings' `scores`, in order): this shard's images' values, in
+    /// image order.
     columns: Vec<Vec<f64>>,
 }
 
@@ -147,24 +146,25 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
         let images = set.images(&id_images, info, data_root, Some(args.limit), args.seed)?;
         scored_sets.push(score_set(&set.to_string(), &images)?);
     }
+    // Everything the shards of one run must agree on, the score list included (a merge checks it).
     let settings = json!({
         "in": args.in_set,
         "ood": ood_sets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "scores": which.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "model": args.model.model,
         "limit": args.limit,
         "seed": args.seed,
         "anchors": args.projection.anchors,
         "max_steps": args.projection.max_steps,
     });
-    let scores =
-        OodScores { scores: which.iter().map(|s| s.name().to_string()).collect(), in_set, ood_sets: scored_sets };
+    let scores = OodScores { in_set, ood_sets: scored_sets };
     if args.shard.is_some() {
         let part = Part { command: "eval-ood".into(), settings, shard, results: scores };
         let path = part.write(&args.out)?;
         tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    report(&settings, &scores, &args.out)
+    report(&settings, &which, &scores, &args.out)
 }
 
 /// The report of an `eval-ood` run from its shards' results (in shard order), as one process
@@ -172,6 +172,19 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
 pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &Path) -> anyhow::Result<ExitCode> {
     let parts: Vec<OodScores> =
         parts.into_iter().map(serde_json::from_value).collect::<Result<_, _>>().context("merge: an eval-ood shard")?;
+    let which: Vec<Score> = serde_json::from_value::<Vec<String>>(settings["scores"].clone())
+        .context("merge: the eval-ood settings name no scores")?
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    let sets = settings["ood"].as_array().map_or(0, Vec::len);
+    let well_formed = |part: &OodScores| {
+        part.ood_sets.len() == sets
+            && std::iter::once(&part.in_set).chain(&part.ood_sets).all(|set| set.columns.len() == which.len())
+    };
+    if !parts.iter().all(well_formed) {
+        bail!("merge: an eval-ood shard holds other sets or scores than its settings name");
+    }
     let merge_set = |pick: &dyn Fn(&OodScores) -> &SetScores| -> SetScores {
         let first = pick(&parts[0]);
         let columns = (0..first.columns.len())
@@ -180,7 +193,6 @@ pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &
         SetScores { name: first.name.clone(), images: first.images, columns }
     };
     let merged = OodScores {
-        scores: parts[0].scores.clone(),
         in_set: merge_set(&|part| &part.in_set),
         ood_sets: (0..parts[0].ood_sets.len()).map(|k| merge_set(&|part| &part.ood_sets[k])).collect(),
     };
@@ -191,12 +203,11 @@ pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     fresh_output(out, "eval-ood.json")?;
-    report(settings, &merged, out)
+    report(settings, &which, &merged, out)
 }
 
 /// The table, JSON and ROC curves of a whole run's scores.
-fn report(settings: &serde_json::Value, run: &OodScores, out: &Path) -> anyhow::Result<ExitCode> {
-    let which: Vec<Score> = run.scores.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+fn report(settings: &serde_json::Value, which: &[Score], run: &OodScores, out: &Path) -> anyhow::Result<ExitCode> {
     let in_name = &run.in_set.name;
     let mut results = Vec::new();
     for set in &run.ood_sets {
@@ -211,7 +222,7 @@ fn report(settings: &serde_json::Value, run: &OodScores, out: &Path) -> anyhow::
         results.push((set.name.clone(), set.images, per_score, file));
     }
 
-    let table = markdown_table(in_name, &which, &results);
+    let table = markdown_table(in_name, which, &results);
     print!("{table}");
     write_bytes_atomic(&out.join("eval-ood.md"), table.as_bytes())?;
     let report = json!({
