@@ -19,10 +19,10 @@ use std::process::ExitCode;
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::{Device, Tensor};
 use leafwalk_data::{dataset_info, ImageSource, Invert};
-use leafwalk_models::{parse_layers, Classifier, LoadOptions};
+use leafwalk_models::{read_layers, Classifier, LoadOptions};
 
 use crate::cli::{Cli, Command, ForeignModelArgs, ModelArgs};
 
@@ -72,13 +72,7 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Classifier> {
 
 /// A leafwalk checkpoint, a plain state_dict or an ONNX file, as `foreign` describes it.
 pub fn open_model(path: &Path, foreign: &ForeignModelArgs, device: &Device) -> anyhow::Result<Classifier> {
-    let layers = match &foreign.layers {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-            Some(parse_layers(&text).with_context(|| file.display().to_string())?)
-        }
-        None => None,
-    };
+    let layers = foreign.layers.as_deref().map(read_layers).transpose()?;
     let options = LoadOptions {
         arch: foreign.arch,
         layers,

@@ -73,13 +73,7 @@ fn load(
     std: Option<Vec<f32>>,
     device: &str,
 ) -> PyResult<Model> {
-    let layers = match layers {
-        Some(file) => {
-            let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-            Some(leafwalk_models::parse_layers(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?)
-        }
-        None => None,
-    };
+    let layers = layers.as_deref().map(leafwalk_models::read_layers).transpose().map_err(fail)?;
     let normalisation = match (mean, std) {
         (None, None) => None,
         (mean, std) => Some(Normalisation { mean: mean.unwrap_or(vec![0.0]), std: std.unwrap_or(vec![1.0]) }),

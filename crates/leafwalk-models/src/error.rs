@@ -59,6 +59,15 @@ pub enum ModelError {
         /// The architecture it was loaded as.
         arch: String,
     },
+    /// A layer file (`--layers`) that does not describe a network leafwalk runs.
+    #[error("{}: {source}", path.display())]
+    LayerFile {
+        /// The file.
+        path: PathBuf,
+        /// The layer at fault and why.
+        #[source]
+        source: crate::DescriptionError,
+    },
     /// An unknown `--device` value.
     #[error("unknown device '{0}' (expected cpu, cuda or cuda:N)")]
     UnknownDevice(String),

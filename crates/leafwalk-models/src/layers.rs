@@ -30,6 +30,7 @@
 //! layer.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -37,6 +38,7 @@ use serde_json::{Map, Value};
 use crate::description::{
     Activation, Arith, BatchNorm, Conv2d, Description, DescriptionError, Dims, GeluForm, Linear, Node, Op, Pool,
 };
+use crate::error::ModelError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +55,12 @@ struct Layer {
     inputs: Option<Vec<String>>,
     #[serde(flatten)]
     arguments: Map<String, Value>,
+}
+
+/// Reads and parses the layer file at `path`; errors name the file (and the layer at fault).
+pub fn read_layers(path: &Path) -> Result<Description, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| leafwalk_data::DataError::io(path, e))?;
+    parse_layers(&text).map_err(|source| ModelError::LayerFile { path: path.to_path_buf(), source })
 }
 
 /// Parses a layer file into a checked description; errors name the layer at fault.

@@ -29,4 +29,4 @@ pub use classifier::{Classifier, LoadOptions, Normalisation};
 pub use description::{Description, DescriptionError, Dims};
 pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
-pub use layers::parse_layers;
+pub use layers::{parse_layers, read_layers};
