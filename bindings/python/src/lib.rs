@@ -35,8 +35,16 @@ pyo3::create_exception!(
     "A refusal or failure of leafwalk; the message is one line naming the file or argument at fault."
 );
 
-fn fail(error: impl std::fmt::Display) -> PyErr {
-    LeafwalkError::new_err(error.to_string())
+/// A `LeafwalkError` carrying `error` and its causes on one line, as the CLI prints them.
+fn fail(error: impl Into<Box<dyn std::error::Error>>) -> PyErr {
+    let error = error.into();
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(source) = cause {
+        message = format!("{message}: {source}");
+        cause = source.source();
+    }
+    LeafwalkError::new_err(message.replace('\n', " "))
 }
 
 /// A numpy array's values as owned rows of `n` values: copied, so that the computation can run

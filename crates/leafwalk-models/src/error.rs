@@ -12,8 +12,9 @@ pub enum ModelError {
         /// What is wrong with it.
         msg: String,
     },
-    /// A checkpoint that reads but does not build a model; the cause is kept.
-    #[error("{}: {source}", path.display())]
+    /// A checkpoint that reads but does not build a model; the cause is its source (printed
+    /// after it by an error chain, as the CLI's and the Python package's messages do).
+    #[error("{}", path.display())]
     InCheckpoint {
         /// The file.
         path: PathBuf,
@@ -41,7 +42,7 @@ pub enum ModelError {
     #[error("--mean must be finite, got {0}")]
     BadMean(f32),
     /// An architecture that cannot be built for this input size or class count.
-    #[error("{arch} on {input} images: {source}")]
+    #[error("{arch} on {input} images")]
     Description {
         /// The architecture's name.
         arch: String,
@@ -59,8 +60,9 @@ pub enum ModelError {
         /// The architecture it was loaded as.
         arch: String,
     },
-    /// A layer file (`--layers`) that does not describe a network leafwalk runs.
-    #[error("{}: {source}", path.display())]
+    /// A layer file (`--layers`) that does not describe a network leafwalk runs; the layer at
+    /// fault is the source.
+    #[error("{}", path.display())]
     LayerFile {
         /// The file.
         path: PathBuf,

@@ -189,7 +189,8 @@ fn checkpoint_digest_catches_any_changed_tensor_byte() {
 fn load_err(path: &Path, options: LoadOptions) -> String {
     match Classifier::load(path, options, &Device::Cpu) {
         Ok(_) => panic!("{} loaded", path.display()),
-        Err(e) => e.to_string(),
+        // The message and its causes, as the CLI prints them.
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
     }
 }
 
