@@ -537,6 +537,10 @@ pub struct EvalPathsArgs {
     /// Also steer stalled pairs through training images (`--via auto`).
     #[arg(long)]
     pub with_via: bool,
+    /// Walk only shard K of N (e.g. 2/4) of the pairs, written as eval-paths-shard-K-of-N.json
+    /// for `leafwalk merge`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::commands::shard::Shard>,
     /// Output folder: eval-paths.json and paths.png.
     #[arg(long)]
     pub out: PathBuf,
@@ -672,7 +676,7 @@ pub struct EvalOodArgs {
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
-    /// The shard files of one run (eval-ood-shard-K-of-N.json), every K once.
+    /// The shard files of one run (COMMAND-shard-K-of-N.json), every K once.
     #[arg(required = true)]
     pub parts: Vec<PathBuf>,
     /// Output folder of the merged report.

@@ -554,6 +554,50 @@ fn eval_paths_reports_each_strategy_against_interpolation() {
     assert!(e.contains("mnist:test:3"), "{e}");
 }
 
+/// eval-paths over three shards, merged: the report and sheet of one process (the strategies'
+/// wall-clock seconds apart).
+#[test]
+fn eval_paths_shards_merge_into_the_unsharded_report() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let root = dir.path();
+    let path = |name: &str| root.join(name).to_str().unwrap().to_string();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec!["eval-paths", "--pairs", "5", "--seed", "2", "--max-steps", "12", "--out", out];
+        args.extend(extra);
+        let output = leafwalk(&args, root);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    run(&[], &path("whole"));
+    for shard in ["1/3", "2/3", "3/3"] {
+        run(&["--shard", shard], &path("parts"));
+    }
+    let parts: Vec<String> = (1..=3).map(|k| path(&format!("parts/eval-paths-shard-{k}-of-3.json"))).collect();
+    let merged = path("merged");
+    let output = leafwalk(
+        &[&["merge", "--out", &merged][..], &parts.iter().map(String::as_str).collect::<Vec<_>>()].concat(),
+        root,
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = |dir: &str| {
+        let mut report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join(dir).join("eval-paths.json")).unwrap()).unwrap();
+        for strategy in ["euler", "adaptive"] {
+            assert!(report[strategy]["seconds"].as_f64().unwrap() > 0.0);
+            report[strategy]["seconds"] = serde_json::Value::Null;
+        }
+        report
+    };
+    assert_eq!(report("merged"), report("whole"));
+    assert_eq!(report("whole")["adaptive"]["pairs"], 5);
+    let sheet = |dir: &str| std::fs::read(root.join(dir).join("paths.png")).unwrap();
+    assert!(sheet("merged") == sheet("whole"), "the merged sheet differs");
+    run(&["--shard", "2/3", "--step-size", "0.5"], &path("other"));
+    let other = path("other/eval-paths-shard-2-of-3.json");
+    let e = failure(&leafwalk(&["merge", "--out", &path("m2"), &parts[0], &other, &parts[2]], root));
+    assert!(e.contains("another run"), "{e}");
+}
+
 /// Four shards of an eval-ood run, merged, give the report the whole run gives: statistics come
 /// from the merged per-image scores.
 #[test]

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cli::InspectArgs;
-use crate::commands::shard::{Part, Shard};
-use crate::commands::{each_image, fresh_output, input_batch, load_model};
+use crate::commands::shard::{output_file, Part, Shard};
+use crate::commands::{each_image, input_batch, load_model};
 
 /// Points per Jacobian batch: throughput stops improving around 32 points (measured).
 const BATCH: usize = 32;
@@ -293,7 +293,7 @@ fn inspect_dataset(
         }
         (Some(shard), Some(out)) => {
             std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-            fresh_output(out, &shard.file_name("inspect"))?;
+            output_file(Some(shard), out, "inspect")?;
             Some(out)
         }
         (Some(_), None) => bail!("--shard writes its part into --out DIR (for `leafwalk merge`)"),
@@ -342,8 +342,7 @@ fn inspect_dataset(
         "classes": model.classes(),
     });
     if let Some(out) = out {
-        let path = Part { command: "inspect".into(), settings, shard, results: points }.write(out)?;
-        tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", path.display());
+        Part { command: "inspect".into(), settings, shard, results: points }.write(out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut report = dataset_report(&settings, &points, args.spectrum_png.as_deref())?;
@@ -369,7 +368,7 @@ pub fn merge(settings: &Value, parts: Vec<Value>, out: &Path) -> anyhow::Result<
         bail!("merge: the shards hold {} points, the run {}", points.len(), settings["count"]);
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let report_path = fresh_output(out, "inspect.json")?;
+    let report_path = output_file(None, out, "inspect")?;
     let report = dataset_report(settings, &points, Some(&out.join("spectrum.png")))?;
     leafwalk_data::write_bytes_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     print_dataset_report(&report, false)?;

@@ -61,6 +61,7 @@ fn merge(files: &[std::path::PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
     match command.as_str() {
         "eval-ood" => ood::merge(&settings, parts, out),
         "inspect" => inspect::merge(&settings, parts, out),
+        "eval-paths" => eval_paths::merge(&settings, parts, out),
         other => bail!("merge: shards of `{other}`, which this leafwalk cannot merge"),
     }
 }

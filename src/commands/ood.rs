@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{EvalOodArgs, OodScoreArgs, ProjectionArgs};
-use crate::commands::shard::{Part, Shard};
+use crate::commands::shard::{output_file, Part, Shard};
 use crate::commands::walking::projection_options;
-use crate::commands::{fresh_output, load_model, model_dataset, training_set};
+use crate::commands::{load_model, model_dataset, training_set};
 
 /// The training-set reference of `model` (cached under `<data root>/cache/`) and score options.
 fn scoring(model: &Classifier, args: &ProjectionArgs, data_root: &Path) -> anyhow::Result<(Reference, ScoreOptions)> {
@@ -117,10 +117,7 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
     }
     let shard = args.shard.unwrap_or(Shard::WHOLE);
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-    match args.shard {
-        Some(shard) => fresh_output(&args.out, &shard.file_name("eval-ood"))?,
-        None => fresh_output(&args.out, "eval-ood.json")?,
-    };
+    output_file(args.shard, &args.out, "eval-ood")?;
     let model = load_model(&args.model)?;
     let info = model_dataset(&model)?;
     let id_images = ImageSet::parse(&args.in_set)?.load(info, data_root, Some(args.limit), Invert::Off)?;
@@ -159,9 +156,7 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
     });
     let scores = OodScores { in_set, ood_sets: scored_sets };
     if args.shard.is_some() {
-        let part = Part { command: "eval-ood".into(), settings, shard, results: scores };
-        let path = part.write(&args.out)?;
-        tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", path.display());
+        Part { command: "eval-ood".into(), settings, shard, results: scores }.write(&args.out)?;
         return Ok(ExitCode::SUCCESS);
     }
     report(&settings, &which, &scores, &args.out)
@@ -202,7 +197,7 @@ pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    fresh_output(out, "eval-ood.json")?;
+    output_file(None, out, "eval-ood")?;
     report(settings, &which, &merged, out)
 }
 

@@ -50,8 +50,16 @@ impl<T: Serialize> Part<T> {
     pub fn write(&self, out: &Path) -> anyhow::Result<PathBuf> {
         let path = out.join(self.shard.file_name(&self.command));
         leafwalk_data::write_bytes_atomic(&path, serde_json::to_string(self)?.as_bytes())?;
+        tracing::info!("wrote {} (merge the shards with `leafwalk merge`)", path.display());
         Ok(path)
     }
+}
+
+/// The file a run of `command` writes into `out` — its part (shard given) or its report
+/// `COMMAND.json` — refused if it exists already, before any work is done.
+pub fn output_file(shard: Option<Shard>, out: &Path, command: &str) -> anyhow::Result<PathBuf> {
+    let name = shard.map_or_else(|| format!("{command}.json"), |shard| shard.file_name(command));
+    crate::commands::fresh_output(out, &name)
 }
 
 /// The parts in `files`, checked to be every shard of one run once: the command, its settings
