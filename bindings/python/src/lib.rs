@@ -296,7 +296,7 @@ impl Model {
             None => None,
         };
         let pairs: Vec<(State, State)> = self.states(&from, points).into_iter().zip(self.states(&to, points)).collect();
-        let mut callback_error = None;
+        let mut progress = Callback(progress, None);
         let walked = py
             .detach(|| {
                 let steering = waypoints.as_deref().map(|waypoints| Steering {
@@ -305,17 +305,11 @@ impl Model {
                     rounds: via_rounds,
                 });
                 leafwalk_walk::walk_pairs(&self.inner, &pairs, &options, leaf, steering, |pair, record| {
-                    if let (Some(progress), None) = (&progress, &callback_error) {
-                        callback_error = Python::attach(|py| {
-                            progress.call1(py, (pair, record.step, record.distance, record.prediction)).err()
-                        });
-                    }
+                    progress.call(|py, f| f.call1(py, (pair, record.step, record.distance, record.prediction)))
                 })
             })
             .map_err(fail)?;
-        if let Some(error) = callback_error {
-            return Err(error);
-        }
+        progress.finish()?;
         walked
             .into_iter()
             .map(|w| {
@@ -387,7 +381,8 @@ impl Model {
         Ok(Reference { inner })
     }
 
-    #[pyo3(signature = (x, reference, *, scores, anchors_per_point, max_steps))]
+    #[pyo3(signature = (x, reference, *, scores, anchors_per_point, max_steps, progress))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python method
     fn ood_scores<'py>(
         &self,
         py: Python<'py>,
@@ -396,6 +391,7 @@ impl Model {
         scores: Vec<String>,
         anchors_per_point: usize,
         max_steps: usize,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let n = self.shape().len();
         let (_, values) = rows_of(&x, n, "x")?;
@@ -406,9 +402,15 @@ impl Model {
         }
         let defaults = ScoreOptions::default();
         let options = ScoreOptions { anchors_per_point, path: PathOptions { max_steps, ..defaults.path }, ..defaults };
+        let mut progress = Callback(progress, None);
         let table = py
-            .detach(|| leafwalk_ood::score_images(&self.inner, &reference.inner, &images, &which, &options))
+            .detach(|| {
+                leafwalk_ood::score_images(&self.inner, &reference.inner, &images, &which, &options, |done| {
+                    progress.call(|py, f| f.call1(py, (done, images.len())))
+                })
+            })
             .map_err(fail)?;
+        progress.finish()?;
         let columns = PyDict::new(py);
         for (score, values) in table.columns {
             columns.set_item(score.name(), values.into_pyarray(py))?;
@@ -416,7 +418,7 @@ impl Model {
         Ok(columns)
     }
 
-    #[pyo3(signature = (x, anchors, *, per_point, max_steps))]
+    #[pyo3(signature = (x, anchors, *, per_point, max_steps, progress))]
     #[allow(clippy::type_complexity)] // the pair of arrays Python receives
     fn denoise<'py>(
         &self,
@@ -425,6 +427,7 @@ impl Model {
         anchors: PyReadonlyArrayDyn<'py, f32>,
         per_point: usize,
         max_steps: usize,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f64>>)> {
         let n = self.shape().len();
         let (points, values) = rows_of(&x, n, "x")?;
@@ -434,12 +437,35 @@ impl Model {
         }
         let (noisy, anchors) = (self.states(&values, points), self.states(&anchor_values, count));
         let options = PathOptions { max_steps, ..PathOptions::adaptive() };
+        let mut progress = Callback(progress, None);
         let projections = py
-            .detach(|| leafwalk_walk::project_onto_leaf(&self.inner, &noisy, &anchors, per_point, &options))
+            .detach(|| {
+                leafwalk_walk::project_onto_leaf(&self.inner, &noisy, &anchors, per_point, &options, |point, record| {
+                    progress.call(|py, f| f.call1(py, (point, record.step, record.distance)))
+                })
+            })
             .map_err(fail)?;
+        progress.finish()?;
         let pixels: Vec<f32> = projections.iter().flat_map(|p| p.point.to_pixels(&self.inner)).collect();
         let distances: Vec<f64> = projections.iter().map(|p| p.distance).collect();
         Ok((array(py, &[points, n], pixels)?, array(py, &[points], distances)?))
+    }
+}
+
+/// A Python progress callback called from work that runs without the GIL: the first exception
+/// it raises is kept and later calls are skipped; [`Callback::finish`] raises it once the work
+/// is done.
+struct Callback(Option<Py<PyAny>>, Option<PyErr>);
+
+impl Callback {
+    fn call(&mut self, call: impl FnOnce(Python<'_>, &Py<PyAny>) -> PyResult<Py<PyAny>>) {
+        if let (Some(function), None) = (&self.0, &self.1) {
+            self.1 = Python::attach(|py| call(py, function).err());
+        }
+    }
+
+    fn finish(self) -> PyResult<()> {
+        self.1.map_or(Ok(()), Err)
     }
 }
 

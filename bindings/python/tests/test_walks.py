@@ -64,9 +64,22 @@ def test_a_path_saves_as_a_gif(mnist_cnn, digits, tmp_path):
 
 def test_denoising_projects_onto_the_data_leaf(mnist_cnn, digits):
     noisy = np.clip(digits[:2] + 0.3 * np.random.default_rng(0).standard_normal(digits[:2].shape), 0, 1)
-    clean, distances = mnist_cnn.denoise(noisy, anchors=digits[2:], max_steps=20)
+    closest = {}
+
+    def follow(image, step, distance):
+        closest[image] = min(distance, closest.get(image, np.inf))
+
+    clean, distances = mnist_cnn.denoise(noisy, anchors=digits[2:], max_steps=20, progress=follow)
     assert clean.shape == noisy.shape and distances.shape == (2,)
     assert np.all(distances >= 0) and clean.min() >= 0 and clean.max() <= 1
+    # Each image's walks are reported, and the nearest they came is the projection's distance.
+    assert np.allclose([closest[0], closest[1]], distances, rtol=1e-6)
+
+    def stop(*_):
+        raise KeyboardInterrupt("enough")
+
+    with pytest.raises(KeyboardInterrupt, match="enough"):
+        mnist_cnn.denoise(noisy, anchors=digits[2:], max_steps=5, progress=stop)
 
 
 def test_ood_scores_from_images_in_memory(mnist_cnn, digits, golden_lenet5):
@@ -76,8 +89,10 @@ def test_ood_scores_from_images_in_memory(mnist_cnn, digits, golden_lenet5):
     scores = mnist_cnn.ood_scores(noise, reference=reference, scores=["leaf-distance", "msp", "energy"], max_steps=20)
     assert set(scores) == {"leaf-distance", "msp", "energy"}
     assert all(v.shape == (3,) and np.all(np.isfinite(v)) for v in scores.values())
-    again = mnist_cnn.ood_scores(noise, reference=(digits, labels), scores=["msp"])
+    done = []
+    again = mnist_cnn.ood_scores(noise, reference=(digits, labels), scores=["msp"], progress=lambda d, n: done.append((d, n)))
     assert np.array_equal(again["msp"], scores["msp"])
+    assert done == [(3, 3)]
 
 
 def test_heavy_calls_release_the_gil(lenet5):

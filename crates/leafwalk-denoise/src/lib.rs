@@ -202,7 +202,7 @@ pub fn leaf_denoise(
     options: &PathOptions,
 ) -> Result<Vec<Vec<f32>>> {
     let states: Vec<State> = noisy.iter().map(|x| State::from_pixels(model, x)).collect();
-    let projections = project_onto_leaf(model, &states, anchors, per_point, options)?;
+    let projections = project_onto_leaf(model, &states, anchors, per_point, options, |_, _| {})?;
     Ok(projections.iter().map(|p| p.point.to_pixels(model)).collect())
 }
 

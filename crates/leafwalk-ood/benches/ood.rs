@@ -34,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let count =
             if matches!(score, Score::PixelLeafDistance | Score::LeafDistance) { WALKING_IMAGES } else { images.len() };
         let started = Instant::now();
-        score_images(&model, &reference, &images[..count], &[score], &ScoreOptions::default())?;
+        score_images(&model, &reference, &images[..count], &[score], &ScoreOptions::default(), |_| {})?;
         let seconds = started.elapsed().as_secs_f64();
         results
             .insert(score.name().into(), serde_json::json!({"images": count, "images_per_s": count as f64 / seconds}));

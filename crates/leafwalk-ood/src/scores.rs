@@ -146,13 +146,15 @@ impl ScoreTable {
     }
 }
 
-/// Every score in `which` for `images` (CHW pixels in [0, 1], the model's shape), in batches.
+/// Every score in `which` for `images` (CHW pixels in [0, 1], the model's shape), in batches;
+/// `on_batch(images_done)` is called after each.
 pub fn score_images(
     model: &Classifier,
     reference: &Reference,
     images: &[Vec<f32>],
     which: &[Score],
     options: &ScoreOptions,
+    mut on_batch: impl FnMut(usize),
 ) -> Result<ScoreTable> {
     let shape = model.input_shape();
     if let Some(k) = images.iter().position(|image| image.len() != shape.len()) {
@@ -183,7 +185,7 @@ pub fn score_images(
         let needs_projection = |s: &Score| matches!(s, Score::PixelLeafDistance | Score::LeafDistance);
         let leaf_distances: Vec<f64> = if which.iter().any(needs_projection) {
             let states: Vec<State> = chunk.iter().map(|x| State::from_pixels(model, x)).collect();
-            project_onto_leaf(model, &states, &reference.anchors, options.anchors_per_point, &options.path)?
+            project_onto_leaf(model, &states, &reference.anchors, options.anchors_per_point, &options.path, |_, _| {})?
                 .iter()
                 .map(|p| p.distance)
                 .collect()
@@ -216,6 +218,7 @@ pub fn score_images(
                 })),
             }
         }
+        on_batch(predictions.len());
     }
     Ok(ScoreTable { predictions, columns })
 }

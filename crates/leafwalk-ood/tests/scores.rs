@@ -37,7 +37,7 @@ fn scores_are_finite_oriented_and_consistent() {
         path: leafwalk_walk::PathOptions { max_steps: 30, ..ScoreOptions::default().path },
         ..ScoreOptions::default()
     };
-    let table = score_images(&model, &reference, &images, &Score::ALL, &options).unwrap();
+    let table = score_images(&model, &reference, &images, &Score::ALL, &options, |_| {}).unwrap();
     assert_eq!(table.predictions.len(), 5);
     for (score, values) in &table.columns {
         assert_eq!(values.len(), 5, "{score}");
@@ -65,7 +65,7 @@ fn scores_are_finite_oriented_and_consistent() {
         assert!((column(Score::LeafDistance)[k] - expected).abs() <= 1e-9 * expected.abs().max(1e-12));
     }
     // One score alone gives the same numbers as with all the others.
-    let alone = score_images(&model, &reference, &images, &[Score::Energy], &options).unwrap();
+    let alone = score_images(&model, &reference, &images, &[Score::Energy], &options, |_| {}).unwrap();
     assert_eq!(alone.column(Score::Energy).unwrap(), column(Score::Energy));
 }
 
@@ -80,7 +80,8 @@ fn the_reference_round_trips_through_its_cache() {
     let cached = Reference::build(&model, &train, &options).unwrap();
     let image = vec![train.pixels(5).unwrap()];
     let scores = |r: &Reference| {
-        score_images(&model, r, &image, &[Score::Mahalanobis], &ScoreOptions::default()).unwrap().columns[0].1[0]
+        score_images(&model, r, &image, &[Score::Mahalanobis], &ScoreOptions::default(), |_| {}).unwrap().columns[0].1
+            [0]
     };
     assert!((scores(&built) - scores(&cached)).abs() <= 1e-9 * scores(&built));
     // Images in memory give the same statistics as the dataset they came from.
@@ -100,7 +101,7 @@ fn unknown_scores_and_wrong_sizes_are_errors() {
     assert!(error.contains("bogus") && error.contains("pixel-leaf-distance"), "{error}");
     let (model, train) = setup();
     let reference = Reference::build(&model, &train, &ReferenceOptions::default()).unwrap();
-    let error = score_images(&model, &reference, &[vec![0.5; 100]], &[Score::Msp], &ScoreOptions::default())
+    let error = score_images(&model, &reference, &[vec![0.5; 100]], &[Score::Msp], &ScoreOptions::default(), |_| {})
         .unwrap_err()
         .to_string();
     assert!(error.contains("100 values"), "{error}");

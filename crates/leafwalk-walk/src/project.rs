@@ -14,7 +14,7 @@
 
 use leafwalk_models::Classifier;
 
-use crate::path::{connect_batch, PathOptions, MAX_BATCH};
+use crate::path::{connect_batch, PathOptions, PathRecord, MAX_BATCH};
 use crate::route::{nearest, walked_length};
 use crate::{Result, State, WalkError};
 
@@ -36,13 +36,15 @@ pub struct Projection {
 }
 
 /// Projects each of `points` onto the leaf through `anchors` (module docs), walking from the
-/// `per_point` anchors nearest each point with `options`.
+/// `per_point` anchors nearest each point with `options`; `on_record(point, record)` follows
+/// every step of the point's walks (its distance is to the point).
 pub fn project_onto_leaf(
     model: &Classifier,
     points: &[State],
     anchors: &[State],
     per_point: usize,
     options: &PathOptions,
+    mut on_record: impl FnMut(usize, &PathRecord),
 ) -> Result<Vec<Projection>> {
     if anchors.is_empty() || per_point == 0 {
         return Err(WalkError::NoAnchors);
@@ -50,14 +52,15 @@ pub fn project_onto_leaf(
     let per_point = per_point.min(anchors.len());
     let points_per_chunk = (MAX_BATCH / per_point).max(1);
     let mut projections = Vec::with_capacity(points.len());
-    for chunk in points.chunks(points_per_chunk) {
+    for (first, chunk) in (0..).step_by(points_per_chunk).zip(points.chunks(points_per_chunk)) {
         let starts: Vec<Vec<usize>> = chunk.iter().map(|x| nearest(x, anchors, per_point)).collect();
         let pairs: Vec<(State, State)> = chunk
             .iter()
             .zip(&starts)
             .flat_map(|(x, starts)| starts.iter().map(move |&a| (anchors[a].clone(), x.clone())))
             .collect();
-        let outcomes = connect_batch(model, &pairs, options, |_, _| {})?;
+        let outcomes =
+            connect_batch(model, &pairs, options, |walk, record| on_record(first + walk / per_point, record))?;
         for ((x, starts), walks) in chunk.iter().zip(&starts).zip(outcomes.chunks(per_point)) {
             let (best, walk) = walks
                 .iter()

@@ -149,7 +149,7 @@ fn walk_errors_are_typed_and_keep_their_cause() {
     let e = generate_on_leaf(&broken, &digits[0], 2, 3, 0.1, 0).unwrap_err();
     assert!(matches!(e, WalkError::AtStep { walk: Some(0), step: 0, .. }), "{e:?}");
     assert!(matches!(generate_on_leaf(&good, &digits[0], 1, 1, 0.0, 0), Err(WalkError::StepSize(0.0))));
-    let e = project_onto_leaf(&good, &digits[..1], &[], 1, &PathOptions::adaptive()).unwrap_err();
+    let e = project_onto_leaf(&good, &digits[..1], &[], 1, &PathOptions::adaptive(), |_, _| {}).unwrap_err();
     assert!(matches!(e, WalkError::NoAnchors), "{e:?}");
 }
 
@@ -208,9 +208,16 @@ fn projection_onto_the_leaf_starts_at_the_nearest_anchors_and_only_gets_closer()
     let (model, digits) = (model(), digits());
     let (anchors, points) = digits.split_at(10);
     let options = PathOptions { max_steps: 40, ..PathOptions::adaptive() };
-    let on_leaf = project_onto_leaf(&model, &anchors[3..4], anchors, 2, &options).unwrap();
+    let on_leaf = project_onto_leaf(&model, &anchors[3..4], anchors, 2, &options, |_, _| {}).unwrap();
     assert_eq!((on_leaf[0].distance, on_leaf[0].anchor), (0.0, 3));
-    let projections = project_onto_leaf(&model, points, anchors, 2, &options).unwrap();
+    // The records name each point's walks; the nearest any came is the projection's distance.
+    let mut closest = vec![f64::INFINITY; points.len()];
+    let projections =
+        project_onto_leaf(&model, points, anchors, 2, &options, |k, r| closest[k] = closest[k].min(r.distance))
+            .unwrap();
+    for (projection, closest) in projections.iter().zip(&closest) {
+        assert!((projection.distance - closest).abs() < 1e-6, "{} vs {closest}", projection.distance);
+    }
     for (x, projection) in points.iter().zip(&projections) {
         let nearest = anchors.iter().map(|a| x.distance(a)).fold(f64::MAX, f64::min);
         assert_eq!(projection.anchor_distance, nearest);
@@ -219,9 +226,9 @@ fn projection_onto_the_leaf_starts_at_the_nearest_anchors_and_only_gets_closer()
         let walk = connect(&model, &anchors[projection.anchor], x, &options, |_| {}).unwrap();
         assert_eq!(walk.points.last().unwrap(), &projection.point, "the named anchor's walk ends there");
     }
-    let alone = project_onto_leaf(&model, &points[2..3], anchors, 2, &options).unwrap();
+    let alone = project_onto_leaf(&model, &points[2..3], anchors, 2, &options, |_, _| {}).unwrap();
     assert_eq!(alone[0].point, projections[2].point);
-    assert!(project_onto_leaf(&model, points, &[], 2, &options).is_err());
+    assert!(project_onto_leaf(&model, points, &[], 2, &options, |_, _| {}).is_err());
 }
 
 /// Every generated image keeps the start's label, the walks move, and a seed fixes them.

@@ -302,12 +302,15 @@ class Model:
         scores: Sequence[str] = ("leaf-distance", "msp"),
         anchors_per_point: int = 2,
         max_steps: int = 200,
+        progress: Optional[Callable[[int, int], Any]] = None,
     ) -> Dict[str, np.ndarray]:
         """Out-of-distribution scores of each image, higher = more out of distribution: a dict
         from score name to a float64 array ``[B]``. Scores: ``leaf-distance`` (distance to the
         data leaf in the model's own length scale), ``pixel-leaf-distance``, ``trace``,
         ``spectrum``, ``msp``, ``energy``, ``odin``, ``mahalanobis``, ``gradnorm``.
         ``reference`` is a :meth:`reference` or ``(images, labels)`` of the training set.
+        ``progress(done, total)`` is called after each batch of images (the leaf distances walk,
+        about a second an image); an exception in it ends the call with that exception.
 
         >>> s = model.ood_scores(x, reference=(train_x, train_y), scores=["leaf-distance", "msp"])
         >>> s["msp"].shape
@@ -317,21 +320,36 @@ class Model:
         if isinstance(reference, tuple):
             reference = self.reference(*reference)
         return self._native.ood_scores(
-            rows, reference, scores=list(scores), anchors_per_point=anchors_per_point, max_steps=max_steps
+            rows,
+            reference,
+            scores=list(scores),
+            anchors_per_point=anchors_per_point,
+            max_steps=max_steps,
+            progress=progress,
         )
 
     def denoise(
-        self, x: Any, *, anchors: Any, per_point: int = 2, max_steps: int = 200
+        self,
+        x: Any,
+        *,
+        anchors: Any,
+        per_point: int = 2,
+        max_steps: int = 200,
+        progress: Optional[Callable[[int, int, float], Any]] = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """Projects each image onto the data leaf: walks from its ``per_point`` nearest
         ``anchors`` (training images) toward it and keeps the leaf point nearest it. Returns the
         projections (pixels, shaped like ``x``) and their distances to ``x`` (normalised units).
+        ``progress(image, step, distance)`` is called at each step of an image's walks
+        (``distance`` to the image); an exception in it ends the call with that exception.
 
         >>> clean, distance = model.denoise(noisy, anchors=train_x[:500])
         """
         rows, single = self._rows(x)
         anchor_rows, _ = self._rows(anchors, "anchors")
-        pixels, distances = self._native.denoise(rows, anchor_rows, per_point=per_point, max_steps=max_steps)
+        pixels, distances = self._native.denoise(
+            rows, anchor_rows, per_point=per_point, max_steps=max_steps, progress=progress
+        )
         shaped = pixels.reshape((-1,) + self.input_shape)
         return (shaped[0], distances[0]) if single else (shaped, distances)
 

@@ -101,6 +101,7 @@ class Model:
         scores: Sequence[str],
         anchors_per_point: int,
         max_steps: int,
+        progress: Optional[Callable[[int, int], Any]],
     ) -> Dict[str, npt.NDArray[np.float64]]: ...
     def denoise(
         self,
@@ -109,6 +110,7 @@ class Model:
         *,
         per_point: int,
         max_steps: int,
+        progress: Optional[Callable[[int, int, float], Any]],
     ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]: ...
 
 def load(
