@@ -564,6 +564,10 @@ pub struct StudyArgs {
     /// Random test pairs per model (default: the config's).
     #[arg(long)]
     pub pairs: Option<usize>,
+    /// Measure only shard K of N (e.g. 2/4) of the rows (in the config's order, training what
+    /// they need), written as study-shard-K-of-N.json for `leafwalk merge`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::commands::shard::Shard>,
     /// Print the JSON report on stdout.
     #[arg(long)]
     pub json: bool,
@@ -735,6 +739,10 @@ pub struct EvalDenoiseArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub projection: ProjectionArgs,
+    /// Denoise only shard K of N (e.g. 2/4) of the --limit images, written as
+    /// eval-denoise-shard-K-of-N.json for `leafwalk merge` (the tuning runs in every shard).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::commands::shard::Shard>,
     /// Output folder: eval-denoise.json, eval-denoise.md and sheet-sigma<σ>.png per level.
     #[arg(long)]
     pub out: PathBuf,

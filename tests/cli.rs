@@ -791,6 +791,49 @@ fn denoise_commands_write_images_and_tables_and_reject_bad_input() {
     assert!(!root.join("bad").exists(), "nothing written on bad input");
 }
 
+/// eval-denoise over two shards, merged: the report, table and sheet of one process (the leaf
+/// projection's seconds apart).
+#[test]
+fn eval_denoise_shards_merge_into_the_unsharded_report() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mnist(dir.path());
+    let root = dir.path();
+    let path = |name: &str| root.join(name).to_str().unwrap().to_string();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec!["eval-denoise", "--limit", "5", "--tune-images", "4", "--sigma", "0.2,0.4"];
+        args.extend(["--max-steps", "8", "--anchors", "1", "--out", out]);
+        args.extend(extra);
+        let output = leafwalk(&args, root);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    run(&[], &path("whole"));
+    for shard in ["1/2", "2/2"] {
+        run(&["--shard", shard], &path("parts"));
+    }
+    let parts: Vec<String> = (1..=2).map(|k| path(&format!("parts/eval-denoise-shard-{k}-of-2.json"))).collect();
+    let output = leafwalk(&["merge", "--out", &path("merged"), &parts[1], &parts[0]], root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = |dir: &str| {
+        let mut report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join(dir).join("eval-denoise.json")).unwrap()).unwrap();
+        for level in report["levels"].as_array_mut().unwrap() {
+            level["leaf_seconds"] = serde_json::Value::Null;
+        }
+        report
+    };
+    assert_eq!(report("merged"), report("whole"));
+    assert_eq!(report("whole")["images"], 5);
+    assert_eq!(files_in(&root.join("merged")), files_in(&root.join("whole")));
+    for file in ["eval-denoise.md", "sheet-sigma0.2.png", "sheet-sigma0.4.png"] {
+        let read = |dir: &str| std::fs::read(root.join(dir).join(file)).unwrap();
+        assert!(read("merged") == read("whole"), "{file} differs");
+    }
+    run(&["--shard", "2/2", "--seed", "3"], &path("other"));
+    let other = path("other/eval-denoise-shard-2-of-2.json");
+    let e = failure(&leafwalk(&["merge", "--out", &path("m2"), &parts[0], &other], root));
+    assert!(e.contains("another run"), "{e}");
+}
+
 #[test]
 fn generate_keeps_the_label_and_compare_measures_two_splits() {
     let dir = tempfile::tempdir().unwrap();
@@ -951,6 +994,39 @@ fn study_measures_a_grid_and_reruns_one_row() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("tiny@0"));
     let e = failure(&study(&["--only", "tiny@3"]));
     assert!(e.contains("tiny@3"), "{e}");
+
+    // Two shards on two "machines" (folders; each trains what its rows need), merged: the rows
+    // one process measured, timings and paths apart.
+    let folder = |name: &str| root.join(name).to_str().unwrap().to_string();
+    for (shard, dir) in [("1/2", "study-a"), ("2/2", "study-b")] {
+        let args = ["study", "--config", config.to_str().unwrap(), "--shard", shard, "--out", &folder(dir)];
+        let output = leafwalk(&args, root);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let parts = [folder("study-a/study-shard-1-of-2.json"), folder("study-b/study-shard-2-of-2.json")];
+    let output = leafwalk(&["merge", "--out", &folder("study-m"), &parts[1], &parts[0]], root);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows = |dir: &Path| {
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("study.json")).unwrap()).unwrap();
+        // Timings (at any depth) and the shard's own paths vary.
+        fn strip(value: &mut serde_json::Value) {
+            if let Some(object) = value.as_object_mut() {
+                for varies in ["seconds", "train_seconds_family", "checkpoint", "command"] {
+                    object.remove(varies);
+                }
+                object.values_mut().for_each(strip);
+            }
+            if let Some(array) = value.as_array_mut() {
+                array.iter_mut().for_each(strip);
+            }
+        }
+        let mut rows = report["rows"].clone();
+        strip(&mut rows);
+        rows
+    };
+    assert_eq!(rows(&root.join("study-m")), rows(&out));
+    assert_eq!(files_in(&root.join("study-m").join("rows")), ["tiny@0.json", "tiny@1.json"]);
     std::fs::write(&config, "pairs = 2\neuler_max_steps = 20\nwalks = 3\n[evaluators]\n[[family]]\n").unwrap();
     let e = failure(&study(&[]));
     assert!(e.contains("grid.toml"), "{e}");

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Tensor};
-use leafwalk_data::{Dataset, ImageShape};
+use leafwalk_data::Dataset;
 use leafwalk_geometry::median;
 use leafwalk_models::Classifier;
-use leafwalk_plot::{tile_grid, Tile, TileKind};
+use leafwalk_plot::tile_grid;
 use leafwalk_walk::{PairPath, State};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
 use crate::commands::frames::{inner_samples, interpolate, NearestIndex, SAMPLES};
-use crate::commands::shard::{output_file, Part, Shard};
+use crate::commands::shard::{floats, image_shape, output_file, Part, Shard, SheetTile};
 use crate::commands::walking::{path_options, training_waypoints, walk_pairs};
 use crate::commands::{load_model, model_dataset};
 
@@ -48,14 +48,8 @@ struct StrategyResults {
 #[derive(Serialize, Deserialize, Default)]
 struct SampleValues {
     max_probability: Vec<f32>,
+    #[serde(with = "floats")]
     nearest_distance: Vec<f64>,
-}
-
-/// A tile of the sheet: pixels in [0, 1] and caption.
-#[derive(Serialize, Deserialize)]
-struct SheetTile {
-    pixels: Vec<f32>,
-    caption: String,
 }
 
 /// Raw per-pair results of an `eval-paths` run or of one shard of it: what `merge` combines and
@@ -222,11 +216,7 @@ fn report(settings: &Value, results: &PathResults, out: &Path, json: bool) -> an
     }
     report.insert("setup".into(), setup);
     let report = Value::Object(report);
-    let image: Vec<usize> = serde_json::from_value(settings["image"].clone()).context("the run's image shape")?;
-    let [channels, height, width] = image[..] else { bail!("merge: the run's image shape is not [c, h, w]") };
-    let shape = ImageShape { channels, height, width };
-    let tiles: Vec<Tile> =
-        results.sheet.iter().map(|t| Tile::new(&t.pixels, shape, t.caption.clone(), TileKind::Image)).collect();
+    let tiles = SheetTile::tiles(&results.sheet, image_shape(settings)?);
     let title = "adaptive data-leaf path (upper row of each pair) vs straight pixel interpolation (lower)";
     tile_grid(&out.join("paths.png"), Some(title), &tiles, SAMPLES + 2, 2)?;
     let text = serde_json::to_string_pretty(&report)?;

@@ -62,6 +62,8 @@ fn merge(files: &[std::path::PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
         "eval-ood" => ood::merge(&settings, parts, out),
         "inspect" => inspect::merge(&settings, parts, out),
         "eval-paths" => eval_paths::merge(&settings, parts, out),
+        "eval-denoise" => denoise::merge(&settings, parts, out),
+        "study" => study::merge(&settings, parts, out),
         other => bail!("merge: shards of `{other}`, which this leafwalk cannot merge"),
     }
 }

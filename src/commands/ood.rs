@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{EvalOodArgs, OodScoreArgs, ProjectionArgs};
-use crate::commands::shard::{output_file, Part, Shard};
+use crate::commands::shard::{floats, output_file, Part, Shard};
 use crate::commands::walking::projection_options;
 use crate::commands::{load_model, model_dataset, training_set};
 
@@ -48,7 +48,7 @@ pub fn score(args: OodScoreArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     }
     let (reference, options) = scoring(&model, &args.projection, data_root)?;
     let pixels: Vec<Vec<f32>> = images.iter().map(|i| i.pixels.clone()).collect();
-    let table = score_images(&model, &reference, &pixels, &which, &options)?;
+    let table = score_images(&model, &reference, &pixels, &which, &options, |_| {})?;
     let csv = scores_csv(&images, &table, &model);
     if let Some(out) = &args.out {
         write_bytes_atomic(out, csv.as_bytes())?;
@@ -106,6 +106,7 @@ struct SetScores {
     images: usize,
     /// One list per score (the settings' `scores`, in order): this shard's images' values, in
     /// image order.
+    #[serde(with = "floats::columns")]
     columns: Vec<Vec<f64>>,
 }
 
@@ -126,12 +127,17 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
     // The leaf distances walk for every image: minutes per set, so say which set is running.
     let score_set = |name: &str, images: &[NamedImage]| -> anyhow::Result<SetScores> {
         let part = &images[shard.range(images.len())];
-        let bar = indicatif::ProgressBar::new_spinner();
+        let bar = indicatif::ProgressBar::new(part.len() as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images [{elapsed_precise}<{eta}]")
+        {
+            bar.set_style(style);
+        }
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        bar.set_message(format!("scoring {name} ({} images, shard {shard})", part.len()));
+        bar.set_message(format!("scoring {name} (shard {shard})"));
         let started = Instant::now();
         let pixels: Vec<Vec<f32>> = part.iter().map(|i| i.pixels.clone()).collect();
-        let table = score_images(&model, &reference, &pixels, &which, &options)?;
+        let table = score_images(&model, &reference, &pixels, &which, &options, |done| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         tracing::info!("{name}: {} images scored in {:.1} s", part.len(), started.elapsed().as_secs_f64());
         let columns = table.columns.into_iter().map(|(_, values)| values).collect();

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context};
+use leafwalk_data::ImageShape;
+use leafwalk_plot::{Tile, TileKind};
 use serde::{Deserialize, Serialize};
 
 /// Shard `index` (1-based) of `count`.
@@ -55,6 +57,30 @@ impl<T: Serialize> Part<T> {
     }
 }
 
+/// A tile of a report's image sheet, kept in a part so that the merge draws the sheet one
+/// process would have drawn.
+#[derive(Serialize, Deserialize)]
+pub struct SheetTile {
+    /// Pixels in [0, 1], channels first.
+    pub pixels: Vec<f32>,
+    pub caption: String,
+}
+
+impl SheetTile {
+    /// The tiles to draw, each of the run's image `shape`.
+    pub fn tiles(sheet: &[SheetTile], shape: ImageShape) -> Vec<Tile<'_>> {
+        sheet.iter().map(|t| Tile::new(&t.pixels, shape, t.caption.clone(), TileKind::Image)).collect()
+    }
+}
+
+/// The run's image shape, which its settings hold as `image: [channels, height, width]`.
+pub fn image_shape(settings: &serde_json::Value) -> anyhow::Result<ImageShape> {
+    match serde_json::from_value::<Vec<usize>>(settings["image"].clone()).ok().as_deref() {
+        Some(&[channels, height, width]) => Ok(ImageShape { channels, height, width }),
+        _ => bail!("merge: the run's settings hold no image shape [c, h, w]"),
+    }
+}
+
 /// The file a run of `command` writes into `out` — its part (shard given) or its report
 /// `COMMAND.json` — refused if it exists already, before any work is done.
 pub fn output_file(shard: Option<Shard>, out: &Path, command: &str) -> anyhow::Result<PathBuf> {
@@ -95,6 +121,72 @@ pub fn read_parts(files: &[PathBuf]) -> anyhow::Result<(String, serde_json::Valu
     Ok((command, settings, parts.into_iter().map(|(_, part)| part.results).collect()))
 }
 
+/// Serde for per-item values that may be ±∞ or NaN (the PSNR of a perfect output, the log of a
+/// zero eigenvalue): JSON numbers where finite, else the strings "inf", "-inf" and "NaN" —
+/// serde_json would write null — so that a merge computes from exactly the values one process
+/// had. For `Vec<f64>` fields, and [`floats::columns`] for `Vec<Vec<f64>>`.
+pub mod floats {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Float {
+        Number(f64),
+        Text(String),
+    }
+
+    fn write(value: f64) -> Float {
+        match value {
+            v if v.is_finite() => Float::Number(v),
+            v if v.is_nan() => Float::Text("NaN".into()),
+            v => Float::Text(if v > 0.0 { "inf" } else { "-inf" }.into()),
+        }
+    }
+
+    fn read(value: Float) -> Result<f64, String> {
+        match value {
+            Float::Number(v) => Ok(v),
+            Float::Text(text) => match text.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "NaN" => Ok(f64::NAN),
+                other => Err(format!("{other:?} is not a number")),
+            },
+        }
+    }
+
+    pub fn serialize<S: Serializer>(values: &[f64], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(values.iter().map(|&v| write(v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f64>, D::Error> {
+        Vec::<Float>::deserialize(deserializer)?
+            .into_iter()
+            .map(read)
+            .collect::<Result<_, _>>()
+            .map_err(D::Error::custom)
+    }
+
+    /// The same for lists of lists.
+    pub mod columns {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(columns: &[Vec<f64>], serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(columns.iter().map(|c| c.iter().map(|&v| write(v)).collect::<Vec<_>>()))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<f64>>, D::Error> {
+            let columns = Vec::<Vec<Float>>::deserialize(deserializer)?;
+            columns
+                .into_iter()
+                .map(|c| c.into_iter().map(read).collect::<Result<_, _>>())
+                .collect::<Result<_, _>>()
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
 impl FromStr for Shard {
     type Err = String;
 
@@ -118,6 +210,22 @@ impl fmt::Display for Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_that_json_cannot_hold_survive_a_part() {
+        #[derive(Serialize, Deserialize)]
+        struct Values(#[serde(with = "floats")] Vec<f64>, #[serde(with = "floats::columns")] Vec<Vec<f64>>);
+        let values = vec![1.5, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -0.1, 1e300];
+        let text = serde_json::to_string(&Values(values.clone(), vec![values.clone()])).unwrap();
+        let back: Values = serde_json::from_str(&text).unwrap();
+        for read in [&back.0, &back.1[0]] {
+            assert_eq!(
+                read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        assert!(serde_json::from_str::<Values>(r#"[["infinity"], []]"#).is_err());
+    }
 
     #[test]
     fn shards_cover_every_item_once() {

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{ActivationArg, IntegratorArg, LeafArg, PathWalkArgs, PoolingArg, SteerArgs, StudyArgs, ViaArg};
 use crate::commands::frames::{inner_samples, interpolate, NearestIndex, SAMPLES};
+use crate::commands::shard::{output_file, Part, Shard};
 use crate::commands::walking::walk_pairs;
 
 /// The finite-difference step (pixels) of the integrability column: the middle of
@@ -138,6 +139,9 @@ impl Family {
 pub fn run(args: StudyArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config).with_context(|| args.config.display().to_string())?;
     let config: StudyConfig = toml::from_str(&text).with_context(|| args.config.display().to_string())?;
+    if let Some(shard) = args.shard {
+        output_file(Some(shard), &args.out, "study")?;
+    }
     let config_dir = args.config.parent().unwrap_or(Path::new("."));
     let pairs = args.pairs.unwrap_or(config.pairs);
     if pairs == 0 || config.euler_max_steps == 0 {
@@ -158,13 +162,16 @@ pub fn run(args: StudyArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         }
         recipes.push(family.recipe().with_context(|| args.config.display().to_string())?);
     }
-    let rows: Vec<(usize, f64)> = config
+    let mut rows: Vec<(usize, f64)> = config
         .family
         .iter()
         .enumerate()
         .flat_map(|(k, f)| f.stages.iter().map(move |&s| (k, s)))
         .filter(|&(k, s)| args.only.is_empty() || args.only.contains(&config.family[k].row_name(s)))
         .collect();
+    // A shard measures its part of the rows in the config's order (training what they need).
+    let shard = args.shard.unwrap_or(Shard::WHOLE);
+    rows = rows.drain(shard.range(rows.len())).collect();
     if let Some(unknown) =
         args.only.iter().find(|name| !config.family.iter().any(|f| f.stages.iter().any(|&s| &f.row_name(s) == *name)))
     {
@@ -174,6 +181,7 @@ pub fn run(args: StudyArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&rows_dir).with_context(|| rows_dir.display().to_string())?;
     let started = Instant::now();
 
+    let mut measured = Vec::new();
     let mut benches: BTreeMap<String, Bench> = BTreeMap::new();
     for (k, family) in config.family.iter().enumerate() {
         let stages: Vec<f64> = rows.iter().filter(|r| r.0 == k).map(|r| r.1).collect();
@@ -212,10 +220,49 @@ pub fn run(args: StudyArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
             let file = rows_dir.join(format!("{name}.json"));
             leafwalk_data::write_bytes_atomic(&file, serde_json::to_string_pretty(&row)?.as_bytes())?;
             eprintln!("study: {}", one_line(&row));
+            measured.push(row);
         }
     }
+    let settings = json!({"config": args.config, "config_text": text, "pairs": pairs, "only": args.only});
+    let seconds = started.elapsed().as_secs_f64();
+    if args.shard.is_some() {
+        let results = json!({"rows": measured, "seconds": seconds});
+        Part { command: "study".into(), settings, shard, results }.write(&args.out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    report(&config, &settings, seconds, &args.out, args.json)
+}
 
-    // The report covers every row on disk in the config's order, so reruns of single rows land in it.
+/// The report of a study from its shards' rows (in shard order): their row files, and the
+/// report over every row in the output folder (the seconds summed over the shards).
+pub fn merge(settings: &Value, parts: Vec<Value>, out: &Path) -> anyhow::Result<ExitCode> {
+    let text = settings["config_text"].as_str().context("merge: the study shards hold no config")?;
+    let config: StudyConfig = toml::from_str(text).context("merge: the study shards' config")?;
+    let rows_dir = out.join("rows");
+    std::fs::create_dir_all(&rows_dir).with_context(|| rows_dir.display().to_string())?;
+    let mut seconds = 0.0;
+    for part in &parts {
+        let rows = part["rows"].as_array().context("merge: a study shard holds no rows")?;
+        for row in rows {
+            let name = row["name"].as_str().context("merge: a study row without a name")?;
+            let file = rows_dir.join(format!("{name}.json"));
+            leafwalk_data::write_bytes_atomic(&file, serde_json::to_string_pretty(row)?.as_bytes())?;
+        }
+        seconds += part["seconds"].as_f64().unwrap_or(0.0);
+    }
+    report(&config, settings, seconds, out, false)
+}
+
+/// study.json, study.md and the figures over every row in `out`/rows, in the config's order,
+/// so that reruns of single rows land in it.
+fn report(
+    config: &StudyConfig,
+    settings: &Value,
+    seconds: f64,
+    out: &Path,
+    print_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let rows_dir = out.join("rows");
     let mut all = Vec::new();
     for family in &config.family {
         for &stage in &family.stages {
@@ -227,24 +274,23 @@ pub fn run(args: StudyArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let report = json!({
-        "config": args.config, "pairs": pairs, "seed": config.seed, "confident": config.confident,
+        "config": settings["config"], "pairs": settings["pairs"], "seed": config.seed, "confident": config.confident,
         "euler_max_steps": config.euler_max_steps, "samples_per_path": SAMPLES,
-        "bracket_step_px": BRACKET_STEP, "seconds_this_run": started.elapsed().as_secs_f64(), "rows": all,
+        "bracket_step_px": BRACKET_STEP, "seconds_this_run": seconds, "rows": all,
     });
     let text = serde_json::to_string_pretty(&report)?;
-    leafwalk_data::write_bytes_atomic(&args.out.join("study.json"), text.as_bytes())?;
+    leafwalk_data::write_bytes_atomic(&out.join("study.json"), text.as_bytes())?;
     let table = markdown_table(&all);
-    leafwalk_data::write_bytes_atomic(&args.out.join("study.md"), table.as_bytes())?;
-    draw_figures(&args.out, &config, &all)?;
-    if args.json {
+    leafwalk_data::write_bytes_atomic(&out.join("study.md"), table.as_bytes())?;
+    draw_figures(out, config, &all)?;
+    if print_json {
         println!("{text}");
     } else {
         print!("{table}");
         println!(
-            "wrote {} rows to {} (study.json, study.md, study-closure.png, study-frames.png) in {:.0} s",
+            "wrote {} rows to {} (study.json, study.md, study-closure.png, study-frames.png) in {seconds:.0} s",
             all.len(),
-            args.out.display(),
-            started.elapsed().as_secs_f64()
+            out.display(),
         );
     }
     Ok(ExitCode::SUCCESS)
