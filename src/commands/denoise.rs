@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{DenoiseArgs, EvalDenoiseArgs, ProjectionArgs};
-use crate::commands::shard::{floats, image_shape, output_file, Part, Shard, SheetTile};
+use crate::commands::shard::{append_parts, floats, image_shape, output_file, Append, Part, Shard, SheetTile};
 use crate::commands::walking::{dataset_states, projection_options};
 use crate::commands::{fresh_output, load_model, model_dataset, training_set};
 
@@ -123,7 +123,7 @@ struct DenoiseResults {
     levels: Vec<LevelResults>,
 }
 
-impl DenoiseResults {
+impl Append for DenoiseResults {
     /// Appends the next shard's images.
     fn append(&mut self, next: DenoiseResults) -> anyhow::Result<()> {
         let tuned = |r: &DenoiseResults| r.levels.iter().map(|l| (l.sigma, l.tuned.clone())).collect::<Vec<_>>();
@@ -269,11 +269,7 @@ pub fn evaluate(args: EvalDenoiseArgs, data_root: &Path) -> anyhow::Result<ExitC
 /// The report of an `eval-denoise` run from its shards' results (in shard order), as one
 /// process would have written it (the leaf projection's seconds summed over the shards).
 pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &Path) -> anyhow::Result<ExitCode> {
-    let mut parts = parts.into_iter().map(serde_json::from_value::<DenoiseResults>);
-    let mut merged = parts.next().context("merge: no eval-denoise shard")?.context("merge: an eval-denoise shard")?;
-    for part in parts {
-        merged.append(part.context("merge: an eval-denoise shard")?)?;
-    }
+    let merged: DenoiseResults = append_parts("eval-denoise", parts)?;
     let images = settings["images"].as_u64().unwrap_or(0) as usize;
     let complete =
         merged.levels.iter().flat_map(|l| &l.methods).all(|m| m.psnr_db.len() == images && m.ssim.len() == images);

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{EvalPathsArgs, IntegratorArg, LeafArg, PathWalkArgs, ViaArg};
 use crate::commands::frames::{inner_samples, interpolate, NearestIndex, SAMPLES};
-use crate::commands::shard::{floats, image_shape, output_file, Part, Shard, SheetTile};
+use crate::commands::shard::{append_parts, floats, image_shape, output_file, Append, Part, Shard, SheetTile};
 use crate::commands::walking::{path_options, training_waypoints, walk_pairs};
 use crate::commands::{load_model, model_dataset};
 
@@ -63,7 +63,7 @@ struct PathResults {
     sheet: Vec<SheetTile>,
 }
 
-impl PathResults {
+impl Append for PathResults {
     /// Appends the next shard's pairs.
     fn append(&mut self, next: PathResults) -> anyhow::Result<()> {
         let names = |r: &PathResults| r.strategies.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
@@ -182,11 +182,7 @@ pub fn run(args: EvalPathsArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
 /// The report of an `eval-paths` run from its shards' results (in shard order), as one process
 /// would have written it (the strategies' seconds summed over the shards).
 pub fn merge(settings: &Value, parts: Vec<Value>, out: &Path) -> anyhow::Result<ExitCode> {
-    let mut parts = parts.into_iter().map(serde_json::from_value::<PathResults>);
-    let mut merged = parts.next().context("merge: no eval-paths shard")?.context("merge: an eval-paths shard")?;
-    for part in parts {
-        merged.append(part.context("merge: an eval-paths shard")?)?;
-    }
+    let merged: PathResults = append_parts("eval-paths", parts)?;
     let pairs = settings["pairs"].as_u64().unwrap_or(0) as usize;
     let complete = merged.strategies.iter().all(|s| s.pairs.len() == pairs)
         && [&merged.linear_interpolation, &merged.adaptive_path_images]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cli::InspectArgs;
-use crate::commands::shard::{output_file, Part, Shard};
+use crate::commands::shard::{append_parts, output_file, Part, Shard};
 use crate::commands::{each_image, input_batch, load_model};
 
 /// Points per Jacobian batch: throughput stops improving around 32 points (measured).
@@ -360,10 +360,7 @@ fn inspect_dataset(
 /// `inspect --data` over a split from its shards' points (in shard order): inspect.json and
 /// spectrum.png in `out`, the summary on stdout, as one process would have printed it.
 pub fn merge(settings: &Value, parts: Vec<Value>, out: &Path) -> anyhow::Result<ExitCode> {
-    let mut points: Vec<PointStats> = Vec::new();
-    for part in parts {
-        points.extend(serde_json::from_value::<Vec<PointStats>>(part).context("merge: an inspect shard")?);
-    }
+    let points: Vec<PointStats> = append_parts("inspect", parts)?;
     if Some(points.len() as u64) != settings["count"].as_u64() {
         bail!("merge: the shards hold {} points, the run {}", points.len(), settings["count"]);
     }

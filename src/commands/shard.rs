@@ -57,6 +57,35 @@ impl<T: Serialize> Part<T> {
     }
 }
 
+/// A shard's per-item results that the next shard's extend.
+pub trait Append: Sized {
+    /// Appends the next shard's items; an error when the two are not parts of one run.
+    fn append(&mut self, next: Self) -> anyhow::Result<()>;
+}
+
+/// Per-item lists (one entry an item) simply concatenate.
+impl<T> Append for Vec<T> {
+    fn append(&mut self, next: Self) -> anyhow::Result<()> {
+        self.extend(next);
+        Ok(())
+    }
+}
+
+/// The shards' results (JSON, in shard order) of `command` read and appended into one.
+pub fn append_parts<T: Append + serde::de::DeserializeOwned>(
+    command: &str,
+    parts: Vec<serde_json::Value>,
+) -> anyhow::Result<T> {
+    let mut parts = parts
+        .into_iter()
+        .map(|part| serde_json::from_value::<T>(part).with_context(|| format!("merge: a {command} shard")));
+    let mut merged = parts.next().with_context(|| format!("merge: no {command} shard"))??;
+    for part in parts {
+        merged.append(part?)?;
+    }
+    Ok(merged)
+}
+
 /// A tile of a report's image sheet, kept in a part so that the merge draws the sheet one
 /// process would have drawn.
 #[derive(Serialize, Deserialize)]
