@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_mnist
+from conftest import REPO, tiny_mnist
 
 ray = pytest.importorskip("ray")
 
@@ -23,8 +23,9 @@ def test_shards_on_ray_merge_into_the_unsharded_report(cli, tmp_path):
     spec.loader.exec_module(example)
     data = tmp_path / "data"
     tiny_mnist(data)
-    args = ["--ood", "noise:uniform,transform:invert", "--scores", "msp,energy,leaf-distance", "--limit", "20",
-            "--max-steps", "10", "--anchors", "1"]
+    # The shipped model by its full path: the shards run in Ray's workers, whose folder is theirs.
+    args = ["--model", str(REPO / "models" / "mnist-cnn.safetensors"), "--ood", "noise:uniform,transform:invert",
+            "--scores", "msp,energy,leaf-distance", "--limit", "20", "--max-steps", "10", "--anchors", "1"]
     whole = tmp_path / "whole"
     subprocess.run([str(cli), "--data-root", str(data), "eval-ood", *args, "--out", str(whole)], check=True,
                    capture_output=True)
