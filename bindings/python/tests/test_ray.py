@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 
 def test_shards_on_ray_merge_into_the_unsharded_report(cli, tmp_path):
     spec = importlib.util.spec_from_file_location(
-        "ray_eval_ood", Path(__file__).resolve().parents[1] / "examples" / "ray_eval_ood.py"
+        "ray_shards", Path(__file__).resolve().parents[1] / "examples" / "ray_shards.py"
     )
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
@@ -31,7 +31,7 @@ def test_shards_on_ray_merge_into_the_unsharded_report(cli, tmp_path):
                    capture_output=True)
     ray.init(include_dashboard=False, num_cpus=2)
     try:
-        example.eval_ood_on_cluster(str(cli), str(data), 4, args, tmp_path / "merged")
+        example.run_on_cluster(str(cli), str(data), "eval-ood", 4, args, tmp_path / "merged")
     finally:
         ray.shutdown()
     assert (tmp_path / "merged" / "eval-ood.json").read_text() == (whole / "eval-ood.json").read_text()
