@@ -17,7 +17,9 @@
 #              leaf-distance scores walk, ~1 min each on 200 images)
 #   python     the Python package's `Model.jacobian` against the engine's own figure at batch 64
 #              (lenet5, resnet-mini fixtures; same timing; installs the package into
-#              target/py-venv first; with --rounds, the two take turns; not part of `all`)
+#              target/py-venv first; with --rounds, the two take turns; not part of `all`), and
+#              against the same Rust pass timed inside the Python process between the calls
+#              (`ratio_python_over_engine_in_process_batch64`: neighbours, so drift cancels)
 #
 # When the PyTorch reference is installed (~/.venv-ref, see shared/reference), ref.py's own figures
 # are measured once in the same run on the same device and the ratios printed; `path` and `all`
@@ -215,7 +217,9 @@ import json, sys
 ours, py = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 ratios = {m: py["models"][m]["python_batch64_points_per_s"] / ours["models"][m]["results"]["engine_batch64_points_per_s"]
           for m in py["models"]}
-print(json.dumps({"engine": ours, "python": py, "ratio_python_over_engine_batch64": ratios}))
+in_process = {m: py["models"][m]["ratio_python_over_engine_in_process"] for m in py["models"]}
+print(json.dumps({"engine": ours, "python": py, "ratio_python_over_engine_batch64": ratios,
+                  "ratio_python_over_engine_in_process_batch64": in_process}))
 PY
 }
 

@@ -116,6 +116,14 @@ impl Model {
             .map_err(fail)
     }
 
+    /// log p and J of `points` images (rows of `values`) from one engine pass, on the caller's
+    /// thread (run it without the GIL).
+    fn engine_pass(&self, values: Vec<f32>, points: usize) -> PyResult<(Vec<f32>, Vec<f32>)> {
+        let x = self.batch(values, points)?;
+        leafwalk_geometry::check_finite(&x).map_err(fail)?;
+        leafwalk_engine::jacobian_values(&self.inner, &x, leafwalk_engine::Coordinates::Pixels).map_err(fail)
+    }
+
     fn states(&self, values: &[f32], points: usize) -> Vec<State> {
         let n = self.shape().len();
         (0..points).map(|k| State::from_pixels(&self.inner, &values[k * n..(k + 1) * n])).collect()
@@ -179,19 +187,38 @@ impl Model {
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>)> {
         let n = self.shape().len();
         let (points, values) = rows_of(&x, n, "x")?;
-        let x = self.batch(values, points)?;
-        let (log_probs, jacobian) = py
-            .detach(|| {
-                leafwalk_geometry::check_finite(&x)?;
-                Ok::<_, leafwalk_geometry::GeometryError>(leafwalk_engine::jacobian_values(
-                    &self.inner,
-                    &x,
-                    leafwalk_engine::Coordinates::Pixels,
-                )?)
-            })
-            .map_err(fail)?;
+        let (log_probs, jacobian) = py.detach(|| self.engine_pass(values, points))?;
         let c = self.inner.classes();
         Ok((array(py, &[points, c], log_probs)?, array(py, &[points, c, n], jacobian)?))
+    }
+
+    /// The benchmark's reference for the Python call (`benches/overhead.py`): the points/s of
+    /// [`Model::log_probs_and_jacobian`]'s Rust side on `x` — the copy in, the engine pass and
+    /// the result's allocation, Python's own work left out — as the median of `runs` runs, each
+    /// repeating it for at least `seconds`. Timed in the calling process, so that the two
+    /// figures share its threads, allocator and moment. Not part of the API.
+    #[pyo3(signature = (x, *, seconds, runs))]
+    fn _engine_points_per_s(
+        &self,
+        py: Python<'_>,
+        x: PyReadonlyArrayDyn<'_, f32>,
+        seconds: f64,
+        runs: usize,
+    ) -> PyResult<f64> {
+        let (points, values) = rows_of(&x, self.shape().len(), "x")?;
+        py.detach(|| {
+            let mut times = Vec::with_capacity(runs);
+            for _ in 0..runs.max(1) {
+                let (start, mut repeats) = (std::time::Instant::now(), 0u32);
+                while repeats == 0 || start.elapsed().as_secs_f64() < seconds {
+                    self.engine_pass(values.clone(), points)?;
+                    repeats += 1;
+                }
+                times.push(start.elapsed().as_secs_f64() / f64::from(repeats));
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(points as f64 / times[times.len() / 2])
+        })
     }
 
     fn geometry(&self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f32>) -> PyResult<Vec<Geometry>> {
