@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{EvalOodArgs, OodScoreArgs, ProjectionArgs};
-use crate::commands::shard::{floats, output_file, Part, Shard};
+use crate::commands::shard::{append_parts, floats, output_file, Append, Part, Shard};
 use crate::commands::walking::projection_options;
 use crate::commands::{load_model, model_dataset, training_set};
 
@@ -110,6 +110,27 @@ struct SetScores {
     columns: Vec<Vec<f64>>,
 }
 
+impl Append for SetScores {
+    /// Appends the next shard's images of this set.
+    fn append(&mut self, next: SetScores) -> anyhow::Result<()> {
+        if next.name != self.name || next.columns.len() != self.columns.len() {
+            bail!("merge: an eval-ood shard holds other sets or scores than its settings name");
+        }
+        self.columns.iter_mut().zip(next.columns).for_each(|(column, next)| column.extend(next));
+        Ok(())
+    }
+}
+
+impl Append for OodScores {
+    fn append(&mut self, next: OodScores) -> anyhow::Result<()> {
+        if next.ood_sets.len() != self.ood_sets.len() {
+            bail!("merge: an eval-ood shard holds other sets or scores than its settings name");
+        }
+        self.in_set.append(next.in_set)?;
+        self.ood_sets.iter_mut().zip(next.ood_sets).try_for_each(|(set, next)| set.append(next))
+    }
+}
+
 pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let which = Score::parse_list(&args.scores)?;
     let ood_sets: Vec<OodSet> = args.ood.split(',').map(|s| OodSet::parse(s.trim())).collect::<Result<_, _>>()?;
@@ -171,8 +192,7 @@ pub fn evaluate(args: EvalOodArgs, data_root: &Path) -> anyhow::Result<ExitCode>
 /// The report of an `eval-ood` run from its shards' results (in shard order), as one process
 /// would have written it.
 pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &Path) -> anyhow::Result<ExitCode> {
-    let parts: Vec<OodScores> =
-        parts.into_iter().map(serde_json::from_value).collect::<Result<_, _>>().context("merge: an eval-ood shard")?;
+    let merged: OodScores = append_parts("eval-ood", parts)?;
     let which: Vec<Score> = serde_json::from_value::<Vec<String>>(settings["scores"].clone())
         .context("merge: the eval-ood settings name no scores")?
         .iter()
@@ -183,20 +203,10 @@ pub fn merge(settings: &serde_json::Value, parts: Vec<serde_json::Value>, out: &
         part.ood_sets.len() == sets
             && std::iter::once(&part.in_set).chain(&part.ood_sets).all(|set| set.columns.len() == which.len())
     };
-    if !parts.iter().all(well_formed) {
+    // Every shard matches the first (appending checks it), so the merged scores show whether all do.
+    if !well_formed(&merged) {
         bail!("merge: an eval-ood shard holds other sets or scores than its settings name");
     }
-    let merge_set = |pick: &dyn Fn(&OodScores) -> &SetScores| -> SetScores {
-        let first = pick(&parts[0]);
-        let columns = (0..first.columns.len())
-            .map(|c| parts.iter().flat_map(|part| pick(part).columns[c].iter().copied()).collect())
-            .collect();
-        SetScores { name: first.name.clone(), images: first.images, columns }
-    };
-    let merged = OodScores {
-        in_set: merge_set(&|part| &part.in_set),
-        ood_sets: (0..parts[0].ood_sets.len()).map(|k| merge_set(&|part| &part.ood_sets[k])).collect(),
-    };
     for set in std::iter::once(&merged.in_set).chain(&merged.ood_sets) {
         if set.columns.iter().any(|column| column.len() != set.images) {
             bail!("merge: the shards hold a different number of {} images than the run ({})", set.name, set.images);

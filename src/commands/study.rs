@@ -22,12 +22,12 @@ use leafwalk_train::{snapshot_name, train, Adversary, OptimizerKind, TrainConfig
 use leafwalk_walk::State;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cli::{ActivationArg, IntegratorArg, LeafArg, PathWalkArgs, PoolingArg, SteerArgs, StudyArgs, ViaArg};
 use crate::commands::frames::{inner_samples, interpolate, NearestIndex, SAMPLES};
-use crate::commands::shard::{output_file, Part, Shard};
+use crate::commands::shard::{append_parts, output_file, Append, Part, Shard};
 use crate::commands::walking::walk_pairs;
 
 /// The finite-difference step (pixels) of the integrability column: the middle of
@@ -226,11 +226,26 @@ pub fn run(args: StudyArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
     let settings = json!({"config": args.config, "config_text": text, "pairs": pairs, "only": args.only});
     let seconds = started.elapsed().as_secs_f64();
     if args.shard.is_some() {
-        let results = json!({"rows": measured, "seconds": seconds});
+        let results = StudyRows { rows: measured, seconds };
         Part { command: "study".into(), settings, shard, results }.write(&args.out)?;
         return Ok(ExitCode::SUCCESS);
     }
     report(&config, &settings, seconds, &args.out, args.json)
+}
+
+/// A study shard's rows (its part's results) and the seconds it took.
+#[derive(Serialize, Deserialize)]
+struct StudyRows {
+    rows: Vec<Value>,
+    seconds: f64,
+}
+
+impl Append for StudyRows {
+    fn append(&mut self, next: StudyRows) -> anyhow::Result<()> {
+        self.rows.extend(next.rows);
+        self.seconds += next.seconds;
+        Ok(())
+    }
 }
 
 /// The report of a study from its shards' rows (in shard order): their row files, and the
@@ -238,19 +253,15 @@ pub fn run(args: StudyArgs, data_root: &Path) -> anyhow::Result<ExitCode> {
 pub fn merge(settings: &Value, parts: Vec<Value>, out: &Path) -> anyhow::Result<ExitCode> {
     let text = settings["config_text"].as_str().context("merge: the study shards hold no config")?;
     let config: StudyConfig = toml::from_str(text).context("merge: the study shards' config")?;
+    let merged: StudyRows = append_parts("study", parts)?;
     let rows_dir = out.join("rows");
     std::fs::create_dir_all(&rows_dir).with_context(|| rows_dir.display().to_string())?;
-    let mut seconds = 0.0;
-    for part in &parts {
-        let rows = part["rows"].as_array().context("merge: a study shard holds no rows")?;
-        for row in rows {
-            let name = row["name"].as_str().context("merge: a study row without a name")?;
-            let file = rows_dir.join(format!("{name}.json"));
-            leafwalk_data::write_bytes_atomic(&file, serde_json::to_string_pretty(row)?.as_bytes())?;
-        }
-        seconds += part["seconds"].as_f64().unwrap_or(0.0);
+    for row in &merged.rows {
+        let name = row["name"].as_str().context("merge: a study row without a name")?;
+        let file = rows_dir.join(format!("{name}.json"));
+        leafwalk_data::write_bytes_atomic(&file, serde_json::to_string_pretty(row)?.as_bytes())?;
     }
-    report(&config, settings, seconds, out, false)
+    report(&config, settings, merged.seconds, out, false)
 }
 
 /// study.json, study.md and the figures over every row in `out`/rows, in the config's order,
